@@ -1,0 +1,111 @@
+"""Findings: what MaskLens noticed about an example, as data (code, message, location), never as log lines.
+
+The app and the CLI format them; the audit counts them by code. Codes are stable: scripts and CI pipelines match on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# code -> (severity, what it means, how to fix it). The explanation and fix are shown beside a finding in the app.
+CODES: dict[str, tuple[str, str, str]] = {
+    "template_not_found": (
+        "error",
+        "The response (or instruction) template was not found in the tokenized example, so the old collator "
+        "masked the whole example: it trains on nothing.",
+        "Pass the template as the token ids it has in context (see template_ambiguous), or use assistant_only.",
+    ),
+    "template_ambiguous": (
+        "warning",
+        "The template string tokenizes differently alone than inside the text, so a search for its ids alone "
+        "misses it.",
+        "Use the in-context ids given in the message (--response-template-ids).",
+    ),
+    "no_trained_tokens": (
+        "error",
+        "No token of this example is trained: it adds nothing to the loss (TRL 1.16 drops such examples after "
+        "truncation; assistant_only_loss raises on them).",
+        "Check the strategy, the templates and max_length; remove the example if it is meant to be skipped.",
+    ),
+    "truncated_supervision": (
+        "warning",
+        "Truncation to max_length removed tokens that would have been trained.",
+        "Raise max_length, switch truncation (keep_start/keep_end) or shorten the example.",
+    ),
+    "eos_not_trained": (
+        "warning",
+        "The end-of-turn / EOS token that ends the trained response is not trained, so the model may never "
+        "learn to stop.",
+        "Train the end-of-turn marker (eos: every_turn) and make sure pad != eos for the old collator.",
+    ),
+    "pad_is_eos": (
+        "warning",
+        "The tokenizer's pad token is its EOS token. Collators that mask pad ids (TRL <= 0.19.1's "
+        "DataCollatorForCompletionOnlyLM, many custom loops) then never train EOS.",
+        "Set a distinct pad token (e.g. SFTConfig(pad_token=...) or tokenizer.pad_token = '<|pad|>').",
+    ),
+    "content_not_rendered": (
+        "error",
+        "The chat template did not render this message's content verbatim (it dropped or rewrote it), so its "
+        "tokens cannot be attributed to it.",
+        "Check the template handles this role and content, or fix the message.",
+    ),
+    "prompt_not_prefix": (
+        "warning",
+        "The tokenized prompt is not a prefix of the tokenized prompt+completion; the completion starts where "
+        "they diverge (as in TRL 1.16).",
+        "Use a template that renders the prompt the same way in both cases, or end the prompt on a token boundary.",
+    ),
+    "message_not_trained": (
+        "info",
+        "An assistant message is flagged off (weight: 0 / train: false) and is not trained.",
+        "Nothing to fix if intended.",
+    ),
+    "bos_doubled": (
+        "warning",
+        "The sequence starts with BOS twice (the template adds one and the tokenizer adds another).",
+        "Tokenize the rendered template with add_special_tokens=False (TRL does for chat data).",
+    ),
+    "labels_from_data": (
+        "info",
+        "The row carries its own labels; they are used as they are (as TRL 1.16 does) and the strategy is not applied.",
+        "Remove the labels column to let a strategy decide.",
+    ),
+    "roles_mapped": (
+        "info",
+        "ShareGPT roles (human/gpt) were mapped to user/assistant. TRL's own conversion keeps them as they are, "
+        "and chat templates then render them under those names.",
+        "Map the roles in your data to user/assistant/system/tool.",
+    ),
+    "strategy_not_applicable": (
+        "error",
+        "The strategy needs another data format (e.g. completion_only needs prompt/completion rows).",
+        "Choose a strategy that fits the data format.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing noticed about one example. Example: Finding("no_trained_tokens", "0 of 41 tokens are trained")."""
+
+    code: str
+    message: str
+    severity: str = ""
+    location: dict = field(default_factory=dict)  # e.g. {"message": 3} or {"token": 17}
+
+    def __post_init__(self):
+        assert self.code in CODES, f"unknown finding code {self.code!r}: add it to core.findings.CODES"
+        if not self.severity:
+            object.__setattr__(self, "severity", CODES[self.code][0])
+
+    @property
+    def explanation(self) -> str:
+        return CODES[self.code][1]
+
+    @property
+    def fix(self) -> str:
+        return CODES[self.code][2]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
