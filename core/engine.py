@@ -264,9 +264,8 @@ def _message_segments(text: str, messages: list[dict], spans: list[MessageSpan],
         if sp.eot_start >= 0:
             cuts.append((sp.content_end, sp.eot_start, sp.index, sp.role, "after_content"))
             cuts.append((sp.eot_start, sp.eot_end, sp.index, sp.role, "eot"))
-        elif m.get("tool_calls"):
-            # no end-of-turn marker: the tool calls run up to the next message's header
-            pass
+        if sp.eos_start >= 0:
+            cuts.append((sp.eos_start, sp.eos_end, sp.index, sp.role, "eos"))
     cuts = [c for c in cuts if c[1] > c[0]]
     cuts.sort(key=lambda c: c[0])
     segs: list[Segment] = []
@@ -326,10 +325,11 @@ def _assistant_decider(messages: list[dict], spans: list[MessageSpan], cfg: Mask
             return False, f"not trained: {role} role header"
         if part in ("content", "after_content"):
             return True, f"trained: {role} {'content' if part == 'content' else 'output after content (tool calls)'}"
-        if part == "eot":
+        if part in ("eot", "eos"):
+            what = "end-of-turn marker" if part == "eot" else "EOS the template appends after the last turn"
             if cfg.eos == "every_turn" or (cfg.eos == "last_turn" and idx == last):
-                return True, f"trained: end-of-turn marker (eos={cfg.eos})"
-            return False, f"not trained: end-of-turn marker (eos={cfg.eos})"
+                return True, f"trained: {what} (eos={cfg.eos})"
+            return False, f"not trained: {what} (eos={cfg.eos})"
         return False, "not trained"
 
     return decide
@@ -399,7 +399,7 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
         plan.gen = gen
     info = analyze_template(tokenizer, template)
     plan.info = info
-    spans = locate_messages(plan.text, msgs, info)
+    spans = locate_messages(plan.text, msgs, info, eos_token)
     plan.spans = spans
     for sp in spans:
         if not sp.found and (msgs[sp.index].get("content") or ""):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import weakref
 from dataclasses import dataclass, field
 
 from .errors import MaskLensError
@@ -109,16 +110,17 @@ def _candidates(gap: str, rx: re.Pattern | None, bos: str | None) -> list[tuple[
 
 def analyze_template(tokenizer, template: str) -> TemplateInfo:
     """Learn the end-of-turn markers and role headers of a template from a probe conversation (cached per template)."""
-    key = (id(tokenizer), template)
-    hit = _INFO_CACHE.get(key)
-    if hit is not None:
-        return hit
-    info = _analyze(tokenizer, template)
-    _INFO_CACHE[key] = info
+    # Keyed on the tokenizer object (weakly) and what the analysis reads of it: a tokenizer whose special tokens
+    # change (add_special_tokens) is analysed again.
+    per_tok = _INFO_CACHE.setdefault(tokenizer, {})
+    key = (template, tokenizer.bos_token, tokenizer.eos_token, special_tokens(tokenizer))
+    info = per_tok.get(key)
+    if info is None:
+        info = per_tok[key] = _analyze(tokenizer, template)
     return info
 
 
-_INFO_CACHE: dict = {}
+_INFO_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _analyze(tokenizer, template: str) -> TemplateInfo:
@@ -192,13 +194,15 @@ class MessageSpan:
     content_end: int = 0
     eot_start: int = -1  # -1: no end-of-turn marker found for this message
     eot_end: int = -1
+    eos_start: int = -1  # an EOS the template appends after the last message (Phi-3 renders "<|end|>\n<|endoftext|>")
+    eos_end: int = -1
 
     @property
     def end(self) -> int:
-        return self.eot_end if self.eot_end >= 0 else self.content_end
+        return max(self.eos_end, self.eot_end, self.content_end)
 
 
-def locate_messages(text: str, messages: list[dict], info: TemplateInfo) -> list[MessageSpan]:
+def locate_messages(text: str, messages: list[dict], info: TemplateInfo, eos_token: str | None = None) -> list[MessageSpan]:
     """Find each message's content (in order) and each assistant turn's end-of-turn marker in the rendered text.
 
     Example: "<|im_start|>user\\nHi<|im_end|>\\n" with [user "Hi"] -> content at 17..19.
@@ -246,6 +250,14 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo) -> list
         if best is not None:
             sp.eot_start = sp.content_end + best[0]
             sp.eot_end = sp.eot_start + len(best[1])
+    # An EOS appended after the last message (and its end-of-turn marker) belongs to that message.
+    last = spans[-1] if spans else None
+    if eos_token and last is not None and last.found:
+        tail = text[max(last.content_end, last.eot_end):]
+        p = tail.find(eos_token)
+        if p >= 0 and not tail[:p].strip(" \n") and not tail[p + len(eos_token):].strip():
+            last.eos_start = len(text) - len(tail) + p
+            last.eos_end = last.eos_start + len(eos_token)
     # Headers run from the previous message's end to this message's content.
     prev_end = 0
     for sp in spans:
