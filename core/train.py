@@ -1,0 +1,499 @@
+"""Short TRL SFT runs on exactly the engine's labels (issue #4).
+
+The engine hands over pre-tokenized examples `{"input_ids": [...], "labels": [...]}`: labels unshifted (the model
+shifts them), -100 where a token does not train. TRL 1.16's SFTTrainer uses a dataset that already has a `labels`
+column as is; its only change is to truncate to `max_length` and then drop the examples left without a trained
+token. `prepare_examples` does the same beforehand, so after `SFTTrainer.__init__` the dataset must equal ours label
+for label, and `run_training` asserts it (unless packing, which concatenates examples).
+
+Example: run_training([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}], TrainConfig(max_steps=1), Path("r"))
+         -> TrainResult(status="completed", global_step=1, ...) and r/metrics.jsonl, r/final/.
+
+`python -m core.train --run-dir DIR` is the child process that `core.runs.start_run` launches.
+
+Heavy libraries (torch, transformers, trl, datasets, peft) are imported inside functions: importing this module (for
+TrainConfig and its help texts) stays cheap for the app and the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from core.errors import MaskLensError
+from core.models import EMBEDDED
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TrainConfig",
+    "TrainResult",
+    "prepare_examples",
+    "run_training",
+    "sample_generations",
+    "sft_config_kwargs",
+]
+
+IGNORE_INDEX = -100
+STOP_FILE = "STOP"
+METRICS_FILE = "metrics.jsonl"
+FINAL_DIR = "final"
+PACKING_STRATEGIES = ("bfd", "bfd_split", "wrapped")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs besides its examples. `field(metadata={"help": ...})` feeds the UI's help texts."""
+
+    model: str = field(
+        default=EMBEDDED,
+        metadata={"help": "Model to fine-tune: 'embedded' (the built-in SmolLM2-135M-Instruct), a local checkpoint "
+                          "directory, or a Hugging Face hub id. Its tokenizer must be the one the examples were "
+                          "tokenized with."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow models whose hub repository ships custom Python code."}
+    )
+    lora: bool = field(
+        default=False,
+        metadata={"help": "Train a LoRA adapter instead of all weights (faster, far less memory; saves only the "
+                          "adapter). LoRA usually wants a learning rate around 1e-4 to 2e-4."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank: size of the low-rank update matrices."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling: the update is multiplied by alpha / r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch during training."})
+    lora_target_modules: str | list[str] = field(
+        default="all-linear",
+        metadata={"help": "Modules that get an adapter: 'all-linear' (every linear layer but the output head) or a "
+                          "list of module names such as ['q_proj', 'v_proj']."},
+    )
+    max_steps: int = field(default=20, metadata={"help": "Optimizer steps to run (a short run to compare masks)."})
+    learning_rate: float = field(
+        default=2e-5, metadata={"help": "Peak learning rate of AdamW (TRL's default 2e-5 for full fine-tuning)."}
+    )
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Examples per batch on each device."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Batches accumulated before each optimizer step (effective batch size = "
+                                     "batch size x accumulation x devices)."}
+    )
+    max_length: int | None = field(
+        default=1024,
+        metadata={"help": "Examples longer than this are truncated (the end is cut); an example left without any "
+                          "trained token is then dropped, as TRL does. With packing: the length of each pack."},
+    )
+    packing: bool = field(
+        default=False, metadata={"help": "Pack several examples into each sequence of max_length tokens."}
+    )
+    packing_strategy: str = field(
+        default="bfd",
+        metadata={"help": "'bfd': best-fit decreasing, examples kept whole (overflow truncated), padding-free; "
+                          "'bfd_split': like bfd but splits overflow; 'wrapped': concatenate and cut mid-example.",
+                  "choices": list(PACKING_STRATEGIES)},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass: less memory, about 30% slower. TRL turns it "
+                          "on by default; off here because short runs of small models do not need it."},
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed (data order, LoRA initialisation, dropout)."})
+    logging_steps: int = field(default=1, metadata={"help": "Log loss and learning rate every this many steps."})
+    save_final: bool = field(
+        default=True, metadata={"help": "Save the final weights (or the LoRA adapter) and tokenizer into final/."}
+    )
+    mask_config: dict = field(
+        default_factory=dict,
+        metadata={"help": "The mask configuration the examples were built with (stored with the run, not used "
+                          "by training)."},
+    )
+    data_path: str = field(default="", metadata={"help": "The data file the examples came from (recorded only)."})
+
+    def __post_init__(self):
+        def bad(name: str, message: str, fix: str):
+            raise MaskLensError(message, field=name, fix=fix)
+
+        for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps",
+                     "lora_r"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(name, f"must be a whole number of at least 1, got {value!r}.", f"set {name} to 1 or more.")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
+            bad("max_length", f"must be a whole number of at least 2 or None, got {self.max_length!r}.",
+                "set max_length to e.g. 1024, or None for no truncation (not with packing).")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1):
+            bad("learning_rate", f"must be between 0 and 1, got {self.learning_rate!r}.", "try 2e-5 (or 2e-4 with LoRA).")
+        if not 0 <= self.lora_dropout < 1:
+            bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}.", "try 0.05.")
+        if self.packing_strategy not in PACKING_STRATEGIES:
+            bad("packing_strategy", f"unknown packing strategy {self.packing_strategy!r}.",
+                f"use one of {', '.join(PACKING_STRATEGIES)}.")
+        if self.packing and self.max_length is None:
+            bad("max_length", "packing needs max_length (the length of each pack).", "set max_length, e.g. 1024.")
+        if not isinstance(self.mask_config, dict):
+            bad("mask_config", f"must be a dict, got {type(self.mask_config).__name__}.", "pass the mask config as a dict.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (config.json, a UI form); unknown keys are an error naming the field."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise MaskLensError(f"unknown training option {key!r}.", field=key,
+                                    fix=f"remove it; known options: {', '.join(sorted(known))}.")
+        return cls(**data)
+
+    @classmethod
+    def help(cls) -> dict[str, dict[str, Any]]:
+        """{field name: {"default": ..., "help": ..., ["choices": [...]]}} for building a form."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out[f.name] = {"default": default, **f.metadata}
+        return out
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" or "stopped"
+    global_step: int
+    max_steps: int
+    train_loss: float | None
+    n_examples: int  # handed to the trainer
+    n_dropped: int  # left without a trained token (after truncation), dropped
+    n_truncated: int
+    seconds: float
+    final_dir: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def prepare_examples(examples: list[dict], config: TrainConfig) -> tuple[list[dict], dict[str, int]]:
+    """Validate the engine's examples and apply TRL's own truncation + drop, so the trainer changes nothing.
+
+    Keeps only `input_ids` and `labels`. Raises MaskLensError naming the row for a malformed example; labels must be
+    unshifted: each one is -100 or the token id at the same position.
+    Example: [{"input_ids": [5, 6], "labels": [-100, -100]}, {"input_ids": [7], "labels": [7]}]
+             -> ([{"input_ids": [7], "labels": [7]}], {"n_examples": 1, "n_dropped": 1, "n_truncated": 0})
+    """
+    if not examples:
+        raise MaskLensError("no examples to train on.", fix="load a data file with at least one example.")
+    truncate = config.max_length if not config.packing else None  # TRL: packing truncates while packing
+    kept, dropped, truncated = [], 0, 0
+    for row, ex in enumerate(examples):
+        ids, labels = ex.get("input_ids"), ex.get("labels")
+        if not isinstance(ids, (list, tuple)) or not ids:
+            raise MaskLensError("missing or empty input_ids.", row=row, field="input_ids",
+                                fix="render the examples with the engine first.")
+        if not isinstance(labels, (list, tuple)) or len(labels) != len(ids):
+            n = len(labels) if isinstance(labels, (list, tuple)) else "no"
+            raise MaskLensError(f"{n} labels for {len(ids)} input_ids.", row=row, field="labels",
+                                fix="labels must have one entry per token (-100 for tokens that do not train).")
+        for pos, (t, y) in enumerate(zip(ids, labels)):
+            if y != IGNORE_INDEX and y != t:
+                raise MaskLensError(
+                    f"label {y} at position {pos} is neither -100 nor the token id {t}.", row=row, field="labels",
+                    fix="labels are unshifted (the model shifts them): copy the token id, or -100 to not train it.")
+        ids, labels = [int(t) for t in ids], [int(y) for y in labels]
+        if truncate is not None and len(ids) > truncate:
+            ids, labels, truncated = ids[:truncate], labels[:truncate], truncated + 1
+        if all(y == IGNORE_INDEX for y in labels):
+            dropped += 1
+            continue
+        kept.append({"input_ids": ids, "labels": labels})
+    if not kept:
+        raise MaskLensError(
+            f"all {len(examples)} examples are fully masked (no token trains)"
+            + (f" after truncation to max_length={truncate}" if truncated else "") + ".",
+            fix="check the mask configuration (does any assistant token train?) or raise max_length.")
+    return kept, {"n_examples": len(kept), "n_dropped": dropped, "n_truncated": truncated}
+
+
+def _device_kind() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sft_config_kwargs(config: TrainConfig, output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The SFTConfig arguments of a run, as plain values: the in-process run and the exported script use these.
+    Device-dependent ones (use_cpu, bf16) are left out and decided where the run happens."""
+    padding_free = config.packing and config.packing_strategy in ("bfd", "bfd_split")  # as SFTTrainer decides
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        packing=config.packing,
+        packing_strategy=config.packing_strategy,
+        activation_checkpointing=config.gradient_checkpointing,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        shuffle_dataset=False,
+        eval_strategy="no",
+        save_strategy="no",  # only the final weights, saved explicitly
+        report_to="none",
+        dataloader_num_workers=0,
+        # "non_padding" counts tokens != pad when there is no attention mask (padding-free packing), and SmolLM2's
+        # pad token is its EOS <|im_end|>: padding-free batches have no padding, so count them all.
+        include_num_input_tokens_seen="all" if padding_free else "non_padding",
+        disable_tqdm=True,  # log.txt gets one line per logged step instead of progress-bar redraws
+    )
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+
+
+class _StopFlag:
+    """Set by a SIGTERM (in the child) or by tests; the STOP file is checked beside it."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+
+_STOP = _StopFlag()
+
+
+def _make_metrics_callback(run_dir: Path):
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """One JSON line per logged step in metrics.jsonl (flushed + fsynced), and a clean stop on STOP/SIGTERM."""
+
+        def __init__(self):
+            self.path = run_dir / METRICS_FILE
+            self.stop_path = run_dir / STOP_FILE
+            self.started = None
+            self.stopped = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs:  # the end-of-training summary (train_loss, train_runtime): goes to run.json
+                return
+            elapsed = time.monotonic() - (self.started or time.monotonic())
+            step = state.global_step
+            record = {
+                "step": step,
+                "loss": logs.get("loss"),
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "epoch": logs.get("epoch"),
+                "elapsed_s": round(elapsed, 3),
+                "tokens_seen": logs.get("num_input_tokens_seen"),
+                "eta_s": round(elapsed / step * (state.max_steps - step), 1) if step else None,
+            }
+            # NaN/inf are not JSON: write null and keep the line parseable
+            record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if _STOP.event.is_set() or self.stop_path.exists():
+                self.stopped = True
+                control.should_training_stop = True
+
+    return MetricsCallback()
+
+
+def check_trainer_labels(trainer, kept: list[dict]) -> None:
+    """Assert the trainer's prepared dataset holds exactly the engine's labels.
+
+    Without packing: the same examples, token for token. With bfd packing (examples kept whole, none longer than
+    max_length): the packs hold the same trained tokens. Wrapped packing cuts examples anywhere: not checked.
+    """
+    ds = trainer.train_dataset
+    if trainer.args.packing:
+        if trainer.args.packing_strategy in ("bfd", "bfd_split") and all(
+            len(e["input_ids"]) <= trainer.args.max_length for e in kept
+        ):
+            trained = Counter(y for e in kept for y in e["labels"] if y != IGNORE_INDEX)
+            packed = Counter(y for labels in ds["labels"] for y in labels if y != IGNORE_INDEX)
+            assert packed == trained, "packing changed which tokens train: not the engine's mask"
+        return
+    assert len(ds) == len(kept), f"the trainer dropped examples: {len(ds)} of {len(kept)} left"
+    assert ds["input_ids"] == [e["input_ids"] for e in kept], "the trainer changed input_ids"
+    assert ds["labels"] == [e["labels"] for e in kept], "the trainer changed the labels: not the engine's mask"
+
+
+def run_training(
+    examples: list[dict],
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    on_trainer: Callable[[Any], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `config.model` with TRL's SFTTrainer on exactly these pre-tokenized examples.
+
+    Writes run_dir/metrics.jsonl (one JSON line per logged step) and, if config.save_final, run_dir/final/ (weights
+    or LoRA adapter + tokenizer). Creating run_dir/STOP ends the run cleanly after the current step (status
+    "stopped", weights still saved). `on_trainer(trainer)` is called after the trainer is built, before training:
+    a test hook to inspect the dataset or a collated batch. Raises MaskLensError for bad examples or config.
+    """
+    from datasets import Dataset
+    from transformers.utils import is_torch_bf16_gpu_available
+    from trl import SFTConfig, SFTTrainer
+
+    from core.models import load_model, load_tokenizer
+
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kept, stats = prepare_examples(examples, config)
+    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    model = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    cpu = _device_kind() == "cpu"
+    args = SFTConfig(
+        **sft_config_kwargs(config, run_dir / "trainer"),
+        use_cpu=cpu,
+        bf16=not cpu and is_torch_bf16_gpu_available(),
+    )
+    callback = _make_metrics_callback(run_dir)
+    dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in kept], "labels": [e["labels"] for e in kept]})
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(config) if config.lora else None,
+        callbacks=[callback],
+    )
+    check_trainer_labels(trainer, kept)
+    if on_trainer is not None:
+        on_trainer(trainer)
+    output = trainer.train()
+    final_dir = None
+    if config.save_final:
+        final_dir = run_dir / FINAL_DIR
+        trainer.save_model(str(final_dir))
+        tokenizer.save_pretrained(str(final_dir))
+    loss = output.training_loss
+    return TrainResult(
+        status="stopped" if callback.stopped else "completed",
+        global_step=trainer.state.global_step,
+        max_steps=config.max_steps,
+        train_loss=loss if loss is not None and math.isfinite(loss) else None,
+        seconds=round(time.monotonic() - started, 2),
+        final_dir=str(final_dir) if final_dir else None,
+        **stats,
+    )
+
+
+def sample_generations(
+    model_dir_or_name: Any,
+    prompts: list[list[dict]] | list[str],
+    tokenizer: Any = None,
+    max_new_tokens: int = 48,
+) -> list[str]:
+    """Greedy completions of held-out prompts, to compare a trained model with its base side by side.
+
+    `model_dir_or_name`: a run's final/ directory (full weights or a LoRA adapter), any name `load_model` takes
+    ('embedded', hub id, directory), or an already loaded model. Prompts are message lists or plain strings (a
+    string becomes one user message when the tokenizer has a chat template); they are rendered with the
+    generation prompt. Returns the new text only, special tokens removed.
+    Example: sample_generations("embedded", ["What is 2+2?"]) -> ["2 + 2 = 4."]
+    """
+    import torch
+
+    from core.models import load_model, load_tokenizer
+
+    model = model_dir_or_name
+    if isinstance(model_dir_or_name, (str, os.PathLike)) or model_dir_or_name is None:
+        model = load_model(model_dir_or_name)
+        if tokenizer is None:
+            tokenizer = load_tokenizer(model_dir_or_name)
+    if tokenizer is None:
+        raise MaskLensError("a loaded model needs its tokenizer.", fix="pass tokenizer=...")
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for prompt in prompts:
+        if isinstance(prompt, str) and not tokenizer.chat_template:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+        else:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"]
+        ids = ids.to(device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            )
+        outputs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return outputs
+
+
+# The child process: python -m core.train --run-dir DIR
+
+
+def _on_sigterm(signum, frame):
+    if _STOP.event.is_set():  # a second SIGTERM: give up on a clean stop
+        raise KeyboardInterrupt("terminated again before the run could stop cleanly")
+    _STOP.event.set()
+    print("SIGTERM: stopping after the current step", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the training recorded in --run-dir (config.json + data.jsonl), keeping run.json's status current."""
+    from core import runs
+
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=main.__doc__)
+    parser.add_argument("--run-dir", required=True, type=Path)
+    ns = parser.parse_args(argv)
+    run_dir = ns.run_dir.resolve()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    runs.update_run_record(run_dir, status="running", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
+                           started_at=time.time())
+    try:
+        config = TrainConfig.from_dict(json.loads((run_dir / runs.CONFIG_FILE).read_text()))
+        examples = runs.read_examples(run_dir / runs.DATA_FILE)
+        print(f"MaskLens run {run_dir.name}: {len(examples)} examples, model {config.model}", flush=True)
+        result = run_training(examples, config, run_dir)
+    except BaseException as exc:  # KeyboardInterrupt / SystemExit too: the record must not stay "running"
+        traceback.print_exc()
+        sys.stdout.flush()
+        stopped = isinstance(exc, KeyboardInterrupt) and _STOP.event.is_set()
+        runs.update_run_record(run_dir, status="stopped" if stopped else "failed",
+                               error=f"{type(exc).__name__}: {exc}", ended_at=time.time())
+        return 1
+    runs.update_run_record(run_dir, status=result.status, ended_at=time.time(), final_dir=result.final_dir,
+                           result=result.to_dict())
+    print(f"MaskLens run {run_dir.name}: {result.status} after {result.global_step} steps", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this __main__ copy: core.runs imports core.train, and two copies would
+    # hold two stop flags.
+    from core.train import main as _main
+
+    sys.exit(_main())
