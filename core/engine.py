@@ -556,17 +556,17 @@ def _apply_response_template(ids, text, offsets, tokenizer, cfg, findings, token
     resp_ids = ctx["response_ids"]
     instr_ids = ctx["instruction_ids"]
     pad_id = ctx["pad_id"]
-    res = legacy_completion_only_labels(ids, resp_ids, instr_ids, pad_token_id=pad_id)
+    res = legacy_completion_only_labels(ids, list(resp_ids), list(instr_ids) if instr_ids else None,
+                                        pad_token_id=pad_id)
     labels = list(res.labels)
-    starts = set(res.response_starts)
     for i in range(len(ids)):
-        token_rules[i] = ("trained: after the response template" if labels[i] != IGNORE
-                          else "not trained: before/outside the response template")
+        if labels[i] != IGNORE:
+            token_rules[i] = "trained: after the response template (old collator)"
+    for a, b, reason in res.masked_spans:  # in the order the collator applied them: later reasons win
+        for k in range(a, min(b, len(ids))):
+            token_rules[k] = f"not trained: {reason} (old collator)"
     for p in res.pad_masked:
         token_rules[p] = "not trained: id equals the pad id (the old collator masks pad ids; pad == eos masks EOS)"
-    for p in starts:
-        for k in range(p, min(p + len(resp_ids), len(ids))):
-            token_rules[k] = "not trained: the response template itself"
     if not res.response_found:
         findings.append(Finding("template_not_found",
                                 f"response template ids {resp_ids} not found in the example; the old collator "
