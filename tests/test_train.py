@@ -203,11 +203,12 @@ def _wait_for(predicate, timeout, what):
 
 @pytest.fixture(scope="module")
 def launched(tiny_model, examples, tmp_path_factory):
-    """Three runs started at once (imports overlap): one to finish, one to SIGKILL, one to stop."""
+    """Four runs started at once (imports overlap): one to finish, one to SIGKILL, one to stop, one to SIGTERM."""
     root = tmp_path_factory.mktemp("runs")
     handles = {
         "kill": runs.start_run(examples, _cfg(tiny_model, max_steps=500), root, name="kill"),
         "stop": runs.start_run(examples, _cfg(tiny_model, max_steps=500), root, name="stop"),
+        "term": runs.start_run(examples, _cfg(tiny_model, max_steps=500), root, name="term"),
         "done": runs.start_run(examples, _cfg(tiny_model, max_steps=3), root, name="done"),
     }
     yield root, handles
@@ -246,6 +247,17 @@ def test_stop_run_ends_a_running_run_as_stopped(launched):
     assert runs.stop_run(handle.run_dir) == "stopped"  # stopping a finished run is a no-op
 
 
+def test_sigterm_asks_the_child_for_a_clean_stop(launched):
+    root, handles = launched
+    handle = handles["term"]
+    _wait_for(lambda: runs.read_metrics(handle.run_dir), 120, "the first metric line")
+    handle.process.send_signal(signal.SIGTERM)
+    assert handle.process.wait(60) == 0
+    record = runs.read_run(handle.run_dir)
+    assert record["status"] == "stopped" and record["result"]["global_step"] < 500
+    assert "SIGTERM: stopping after the current step" in runs.read_log(handle.run_dir)
+
+
 def test_subprocess_run_completes(launched):
     root, handles = launched
     handle = handles["done"]
@@ -259,7 +271,7 @@ def test_subprocess_run_completes(launched):
     assert "completed after 3 steps" in log
     config = json.loads((handle.run_dir / "config.json").read_text())
     assert config["mask_config"] == {"strategy": "assistant_only"} and config["max_steps"] == 3
-    assert [r["name"] for r in runs.list_runs(root)] == ["kill", "stop", "done"]  # by start time
+    assert [r["name"] for r in runs.list_runs(root)] == ["kill", "stop", "term", "done"]  # by start time
 
 
 def test_failed_child_records_the_error(tmp_path, examples):
