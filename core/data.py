@@ -191,6 +191,45 @@ def load_examples(path: str | os.PathLike, split: str = "train", limit: int | No
     return [normalize_row(r, i, source=src, line=ln) for i, (r, ln) in enumerate(zip(rows, lines))]
 
 
+def load_examples_lenient(path: str | os.PathLike, split: str = "train",
+                          limit: int | None = None) -> tuple[list[Example], list[MaskLensError]]:
+    """Like load_examples, but a bad row (or malformed JSONL line) is collected instead of stopping the rest.
+
+    File-level problems (missing, empty, unsupported) still raise. Example: (examples, errors) for a file with one
+    malformed line -> all other rows, and one error naming that line.
+    """
+    p = Path(path)
+    errors: list[MaskLensError] = []
+    if p.exists() and p.suffix.lower() == ".jsonl" and p.stat().st_size:
+        rows, lines = [], []
+        with open(p, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    errors.append(MaskLensError(f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})",
+                                                file=str(p), row=len(rows) + len(errors),
+                                                fix="make each line one JSON object"))
+                    continue
+                rows.append(obj)
+                lines.append(lineno)
+                if limit and len(rows) >= limit:
+                    break
+        src = str(p)
+    else:
+        rows, lines, src = read_rows(path, split, limit)
+        lines = lines or [None] * len(rows)
+    examples = []
+    for i, (r, ln) in enumerate(zip(rows, lines)):
+        try:
+            examples.append(normalize_row(r, i, source=src, line=ln))
+        except MaskLensError as e:
+            errors.append(e)
+    return examples, errors
+
+
 def normalize_row(row: dict, index: int = 0, source: str | None = None, line: int | None = None) -> Example:
     """Check one raw row and turn it into an Example; raises MaskLensError naming the row and field."""
 

@@ -1,0 +1,221 @@
+"""The command line: `python -m core render | audit | train | checks`. Scripts and CI pipelines depend on it.
+
+Bad input prints one line naming the file, row, field and fix, and exits with status 2 (no traceback).
+Template arguments are taken literally: a newline in the argument is a newline, and "\\n" stays two characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import MaskLensError
+
+EXIT_BAD_INPUT = 2
+
+
+def _ids(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids such as 1,2,3, got {s!r}") from None
+
+
+def _add_render_options(p: argparse.ArgumentParser) -> None:
+    from .engine import EOS_MODES, STRATEGIES, TRUNCATION_MODES
+
+    p.add_argument("--data", required=True, help="JSONL/JSON/Parquet/CSV file, or a hub dataset id")
+    p.add_argument("--split", default="train", help="split, for hub datasets")
+    p.add_argument("--tokenizer", default=None, help="hub id or local directory (default: the embedded SmolLM2)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code (off by default)")
+    p.add_argument("--chat-template", type=Path, default=None, help="a jinja chat template file replacing the tokenizer's")
+    p.add_argument("--strategy", required=True, choices=STRATEGIES)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--response-template", default=None, help="text after which the old collator trains (literal)")
+    g.add_argument("--response-template-ids", type=_ids, default=None, help="the same as token ids: 1,2,3")
+    g2 = p.add_mutually_exclusive_group()
+    g2.add_argument("--instruction-template", default=None, help="text starting a human turn (literal)")
+    g2.add_argument("--instruction-template-ids", type=_ids, default=None, help="the same as token ids")
+    p.add_argument("--eos", default="every_turn", choices=EOS_MODES,
+                   help="assistant strategies: train end-of-turn markers on every turn, the last, or none")
+    p.add_argument("--train-roles", default="assistant", help="assistant strategies: comma-separated roles to train")
+    p.add_argument("--no-generation-markers", action="store_true",
+                   help="assistant_only: ignore {% generation %} markers and locate messages instead")
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--truncation", default="keep_start", choices=TRUNCATION_MODES)
+    p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+
+
+def _config(ns):
+    from .engine import MaskConfig
+
+    tpl = None
+    if ns.chat_template is not None:
+        try:
+            tpl = ns.chat_template.read_text(encoding="utf-8")
+        except OSError as e:
+            raise MaskLensError(f"cannot be read ({e.strerror})", file=str(ns.chat_template),
+                                fix="give a readable jinja template file") from None
+        if not tpl.strip():
+            raise MaskLensError("is empty", file=str(ns.chat_template), fix="give a jinja chat template")
+    return MaskConfig(
+        strategy=ns.strategy, eos=ns.eos, train_roles=tuple(r for r in ns.train_roles.split(",") if r),
+        response_template=ns.response_template_ids or ns.response_template,
+        instruction_template=ns.instruction_template_ids or ns.instruction_template,
+        max_length=ns.max_length, truncation=ns.truncation, chat_template=tpl,
+        use_generation_markers=not ns.no_generation_markers,
+    )
+
+
+def _load(ns):
+    from .data import load_examples
+    from .models import load_tokenizer
+
+    cfg = _config(ns)
+    examples = load_examples(ns.data, split=ns.split, limit=ns.limit)
+    tok = load_tokenizer(ns.tokenizer, trust_remote_code=ns.trust_remote_code)
+    return cfg, examples, tok
+
+
+def _atomic_write_lines(path: Path, lines) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_render(ns) -> int:
+    from .audit import CHUNK
+    from .engine import render_examples
+
+    cfg, examples, tok = _load(ns)
+
+    def records():
+        for s in range(0, len(examples), CHUNK):
+            for r in render_examples(examples[s:s + CHUNK], tok, cfg):
+                yield json.dumps(r.to_json(), ensure_ascii=False)
+
+    _atomic_write_lines(ns.output, records())
+    print(f"wrote {len(examples)} examples to {ns.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_audit(ns) -> int:
+    from .audit import audit
+
+    cfg, examples, tok = _load(ns)
+    report, _ = audit(examples, tok, cfg)
+    if ns.format == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.to_text())
+    return 0
+
+
+def cmd_train(ns) -> int:
+    from . import runs
+    from .engine import render_examples
+    from .train import TrainConfig, main as train_main
+
+    cfg, examples, tok = _load(ns)
+    rendered = render_examples(examples, tok, cfg)
+    data = [{"input_ids": r.input_ids, "labels": r.labels} for r in rendered]
+    given = {"learning_rate": ns.learning_rate, "per_device_train_batch_size": ns.batch_size,
+             "gradient_accumulation_steps": ns.grad_accum, "seed": ns.seed}
+    tc = TrainConfig(model=ns.model or "embedded", lora=ns.lora, max_steps=ns.max_steps, max_length=ns.max_length,
+                     packing=ns.packing, mask_config=_mask_dict(cfg), data_path=str(ns.data),
+                     **{k: v for k, v in given.items() if v is not None})
+    out = ns.output_dir.resolve()
+    if out.exists() and any(out.iterdir()):
+        raise MaskLensError("already exists and is not empty", file=str(out), fix="choose a new --output-dir")
+    if out.exists():
+        out.rmdir()
+    run_dir = runs.create_run(data, tc, out.parent, name=out.name)
+    rc = train_main(["--run-dir", str(run_dir)])
+    rec = runs.read_run(run_dir)
+    if rc != 0 or rec.get("status") not in ("completed", "stopped"):
+        print(f"error: the run failed: {rec.get('error')} (log: {run_dir / 'log.txt'})", file=sys.stderr)
+        return 1
+    print(f"run {rec['status']}: {run_dir}", file=sys.stderr)
+    return 0
+
+
+def _mask_dict(cfg) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d["train_roles"] = list(d["train_roles"])
+    return d
+
+
+def cmd_checks(ns) -> int:
+    from .checks import derive_templates, template_checks
+    from .models import load_tokenizer
+
+    tok = load_tokenizer(ns.tokenizer, trust_remote_code=ns.trust_remote_code)
+    tpl = ns.chat_template.read_text(encoding="utf-8") if ns.chat_template else None
+    checks = template_checks(tok, tpl)
+    derived = derive_templates(tok, tpl)
+    if ns.format == "json":
+        print(json.dumps({"checks": [c.__dict__ for c in checks], "derived": [d.__dict__ for d in derived]}, indent=2))
+    else:
+        for c in checks:
+            mark = "PASS" if c.passed else ("n/a " if c.passed is None else "FAIL")
+            print(f"{mark}  {c.name}: {c.detail}")
+        for d in derived:
+            print(f"{d.name} template: {d.text!r} ids alone {d.ids_alone}, in context {d.ids_in_context} ({d.note})")
+    return 0 if all(c.passed is not False for c in checks) or not ns.strict else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="MaskLens: see what SFT trains on.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="write input_ids + labels + findings, one JSON object per input row")
+    _add_render_options(r)
+    r.add_argument("--output", required=True, type=Path, help="FILE.jsonl")
+    r.set_defaults(func=cmd_render)
+    a = sub.add_parser("audit", help="summarise a dataset under one configuration")
+    _add_render_options(a)
+    a.add_argument("--format", choices=("json", "text"), default="text")
+    a.set_defaults(func=cmd_audit)
+    t = sub.add_parser("train", help="a short TRL SFT run on exactly these labels")
+    _add_render_options(t)
+    t.add_argument("--model", default=None, help="hub id or local directory (default: the embedded SmolLM2)")
+    t.add_argument("--lora", action="store_true")
+    t.add_argument("--max-steps", type=int, required=True)
+    t.add_argument("--learning-rate", type=float, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--grad-accum", type=int, default=None)
+    t.add_argument("--packing", action="store_true")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--output-dir", required=True, type=Path)
+    t.set_defaults(func=cmd_train)
+    c = sub.add_parser("checks", help="check a chat template against the known pitfalls")
+    c.add_argument("--tokenizer", default=None)
+    c.add_argument("--trust-remote-code", action="store_true")
+    c.add_argument("--chat-template", type=Path, default=None)
+    c.add_argument("--format", choices=("json", "text"), default="text")
+    c.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    c.set_defaults(func=cmd_checks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.func(ns)
+    except MaskLensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
