@@ -1,6 +1,6 @@
 """Training runs as directories: start one in a child process, list, stop, read metrics, export a script.
 
-A run directory (under `runs_root()`: env MASKLENS_RUNS, else `<repo>/runs`) holds:
+A run directory (under `runs_root_dir()`: env MASKLENS_RUNS, else `<repo>/runs`) holds:
     config.json    the TrainConfig (with the mask configuration it was trained on)
     data.jsonl     the engine's pre-tokenized examples, one {"input_ids", "labels"} per line
     run.json       status (queued | running | completed | failed | stopped), error, pid, times, final_dir
@@ -34,7 +34,15 @@ from typing import Any, Iterator
 
 from core.errors import MaskLensError
 from core.models import embedded_checkpoint_dir, is_embedded
-from core.train import FINAL_DIR, METRICS_FILE, STOP_FILE, TrainConfig, lora_config, sft_config_kwargs
+from core.train import (
+    METRICS_FILE,
+    STOP_FILE,
+    TrainConfig,
+    ids_and_labels,
+    lora_config,
+    prepare_examples,
+    sft_config_kwargs,
+)
 
 __all__ = [
     "STATUSES",
@@ -46,7 +54,7 @@ __all__ = [
     "read_log",
     "read_metrics",
     "read_run",
-    "runs_root",
+    "runs_root_dir",
     "start_run",
     "stop_run",
 ]
@@ -64,7 +72,7 @@ DIED = "process died (killed?)"
 _QUEUED_TIMEOUT_S = 120.0
 
 
-def runs_root(root: str | os.PathLike | None = None) -> Path:
+def runs_root_dir(root: str | os.PathLike | None = None) -> Path:
     """The directory that holds run directories: `root` if given, else env MASKLENS_RUNS, else `<repo>/runs`."""
     if root is not None:
         return Path(root).expanduser().resolve()
@@ -187,7 +195,7 @@ def _active_process(record: dict[str, Any]) -> bool:
 def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """All runs under the runs root, oldest first, each reconciled as in `read_run`. Directories without a readable
     run.json (a start_run killed half-way) are skipped."""
-    base = runs_root(root)
+    base = runs_root_dir(root)
     if not base.is_dir():
         return []
     out = []
@@ -205,8 +213,8 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
 
 
 def write_examples(path: Path, examples: list[dict]) -> None:
-    lines = (json.dumps({"input_ids": list(e["input_ids"]), "labels": list(e["labels"])}, separators=(",", ":"))
-             for e in examples)
+    pairs = (ids_and_labels(e) for e in examples)
+    lines = (json.dumps({"input_ids": list(i), "labels": list(y)}, separators=(",", ":")) for i, y in pairs)
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -285,13 +293,20 @@ class RunHandle:
 
 
 def create_run(
-    examples: list[dict], config: TrainConfig, runs_root_dir: str | os.PathLike | None = None, *, name: str | None = None
+    examples: list[dict], config: TrainConfig, runs_root: str | os.PathLike | None = None, *, name: str | None = None
 ) -> Path:
     """Write a fresh run directory (data.jsonl, config.json, run.json queued) without starting it."""
-    from core.train import prepare_examples
-
     prepare_examples(examples, config)  # fail here, with the row named, rather than in the child
-    base = runs_root(runs_root_dir)
+    config_dict = config.to_dict()
+    try:
+        json.dumps(config_dict)
+    except (TypeError, ValueError) as exc:
+        raise MaskLensError(f"the training configuration is not JSON-serialisable ({exc}).", field="mask_config",
+                            fix="pass mask_config as plain JSON values (str, numbers, bools, lists, dicts).") from None
+    model_path = Path(config.model).expanduser() if not is_embedded(config.model) else None
+    if model_path is not None and model_path.is_dir():  # the child may run from another working directory
+        config_dict["model"] = str(model_path.resolve())
+    base = runs_root_dir(runs_root)
     base.mkdir(parents=True, exist_ok=True)
     name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     run_dir = base / name
@@ -299,10 +314,6 @@ def create_run(
         run_dir.mkdir()
     except FileExistsError:
         raise MaskLensError(f"a run named {name!r} already exists in {base}.", fix="pick another name.") from None
-    config_dict = config.to_dict()
-    model_path = Path(config.model).expanduser() if not is_embedded(config.model) else None
-    if model_path is not None and model_path.is_dir():  # the child may run from another working directory
-        config_dict["model"] = str(model_path.resolve())
     write_examples(run_dir / DATA_FILE, examples)
     atomic_write_json(run_dir / CONFIG_FILE, config_dict)
     atomic_write_json(run_dir / RUN_FILE, {  # last: a directory with run.json is a complete run
@@ -339,10 +350,10 @@ def launch(run_dir: str | os.PathLike) -> RunHandle:
 
 
 def start_run(
-    examples: list[dict], config: TrainConfig, runs_root_dir: str | os.PathLike | None = None, *, name: str | None = None
+    examples: list[dict], config: TrainConfig, runs_root: str | os.PathLike | None = None, *, name: str | None = None
 ) -> RunHandle:
     """Create a run directory for these pre-tokenized examples and train in a child process. Returns at once."""
-    return launch(create_run(examples, config, runs_root_dir, name=name))
+    return launch(create_run(examples, config, runs_root, name=name))
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -402,7 +413,7 @@ _SCRIPT = '''\
 The labels are used as they are (unshifted, -100 = not trained): TRL keeps a `labels` column untouched.
 
     python train.py                                           # one process: CPU or one GPU
-    {launch}    # several GPUs (N processes)
+    {launch}             # several GPUs (N processes)
 
 With N processes the effective batch is per_device_train_batch_size x gradient_accumulation_steps x N: divide
 gradient_accumulation_steps by N to keep the run's batch size.
@@ -419,7 +430,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_cuda_available
 from trl import SFTConfig, SFTTrainer
 
-MODEL = {model!r}{model_note}
+{model_note}MODEL = {model!r}
 # data.jsonl beside this script, else the run's own copy
 DATA = Path(__file__).resolve().with_name("data.jsonl")
 if not DATA.exists():
@@ -489,8 +500,8 @@ def export_script(run_dir: str | os.PathLike) -> str:
                             fix="pick a directory listed by `list_runs`.") from None
     if is_embedded(config.model):
         model = str(embedded_checkpoint_dir())
-        note = ("  # MaskLens' embedded SmolLM2-135M-Instruct (its Q4_1 GGUF, de-quantized). Elsewhere: copy this\n"
-                "# directory, or use 'HuggingFaceTB/SmolLM2-135M-Instruct' (same tokenizer, not the same weights).")
+        note = ("# MaskLens' embedded SmolLM2-135M-Instruct (its Q4_1 GGUF, de-quantized). Elsewhere: copy this\n"
+                "# directory, or use 'HuggingFaceTB/SmolLM2-135M-Instruct' (same tokenizer, not the same weights).\n")
     else:
         model, note = config.model, ""
     kwargs = sft_config_kwargs(config, "masklens-sft-output")
@@ -506,7 +517,14 @@ def export_script(run_dir: str | os.PathLike) -> str:
         transformers=transformers.__version__, trl=trl.__version__, datasets=datasets.__version__,
         peft=peft.__version__,
         model=model, model_note=note, data=str(run_dir / DATA_FILE),
-        sft_args=pprint.pformat(kwargs, sort_dicts=False, width=100),
-        lora=pprint.pformat(lora, sort_dicts=False, width=100),
-        mask_config=pprint.pformat(config.mask_config, sort_dicts=False, width=100),
+        sft_args=_literal(kwargs),
+        lora=_literal(lora),
+        mask_config=_literal(config.mask_config),
     )
+
+
+def _literal(value: Any) -> str:
+    """A Python literal, one key per line for a dict: {'a': 1} -> "{\\n    'a': 1,\\n}"."""
+    if isinstance(value, dict) and value:
+        return "{\n" + "".join(f"    {k!r}: {pprint.pformat(v, width=100)},\n" for k, v in value.items()) + "}"
+    return pprint.pformat(value, width=100)

@@ -18,6 +18,7 @@ TrainConfig and its help texts) stays cheap for the app and the CLI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -181,6 +182,13 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
+def ids_and_labels(example: Any) -> tuple[Any, Any]:
+    """(input_ids, labels) of a dict or of an object with those attributes (the engine's RenderedExample)."""
+    if isinstance(example, dict):
+        return example.get("input_ids"), example.get("labels")
+    return getattr(example, "input_ids", None), getattr(example, "labels", None)
+
+
 def prepare_examples(examples: list[dict], config: TrainConfig) -> tuple[list[dict], dict[str, int]]:
     """Validate the engine's examples and apply TRL's own truncation + drop, so the trainer changes nothing.
 
@@ -194,7 +202,7 @@ def prepare_examples(examples: list[dict], config: TrainConfig) -> tuple[list[di
     truncate = config.max_length if not config.packing else None  # TRL: packing truncates while packing
     kept, dropped, truncated = [], 0, 0
     for row, ex in enumerate(examples):
-        ids, labels = ex.get("input_ids"), ex.get("labels")
+        ids, labels = ids_and_labels(ex)
         if not isinstance(ids, (list, tuple)) or not ids:
             raise MaskLensError("missing or empty input_ids.", row=row, field="input_ids",
                                 fix="render the examples with the engine first.")
@@ -387,6 +395,8 @@ def run_training(
     if on_trainer is not None:
         on_trainer(trainer)
     output = trainer.train()
+    with contextlib.suppress(OSError):  # Trainer's output_dir: empty, since nothing is saved mid-run
+        os.rmdir(args.output_dir)
     final_dir = None
     if config.save_final:
         final_dir = run_dir / FINAL_DIR

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,6 +96,14 @@ def test_prepare_examples_drops_truncates_and_keeps_labels_exactly():
     kept, stats = prepare_examples([{"input_ids": [5, 6, 7, 8], "labels": [IGNORE, IGNORE, IGNORE, 8]}],
                                    TrainConfig(max_length=3, packing=True))  # packing truncates later, in TRL
     assert kept[0]["input_ids"] == [5, 6, 7, 8] and stats["n_truncated"] == 0
+    rendered = SimpleNamespace(row=0, input_ids=[5, 6], labels=[IGNORE, 6], tokens=["a", "b"])  # engine objects too
+    assert prepare_examples([rendered], cfg)[0] == [{"input_ids": [5, 6], "labels": [IGNORE, 6]}]
+
+
+def test_unserialisable_mask_config_fails_before_creating_a_run(tmp_path):
+    with pytest.raises(MaskLensError, match=r"field 'mask_config'"):
+        runs.create_run([{"input_ids": [1], "labels": [1]}], TrainConfig(mask_config={"x": object()}), tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -321,9 +330,9 @@ def test_read_metrics_tolerates_a_partial_last_line(tmp_path):
 
 def test_runs_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MASKLENS_RUNS", str(tmp_path))
-    assert runs.runs_root() == tmp_path.resolve()
+    assert runs.runs_root_dir() == tmp_path.resolve()
     monkeypatch.delenv("MASKLENS_RUNS")
-    assert runs.runs_root() == REPO / "runs"
+    assert runs.runs_root_dir() == REPO / "runs"
 
 
 # Export: the same run as a standalone script.
