@@ -1,0 +1,342 @@
+"""Exports that TRL trains on as they are, and the equivalent settings in TRL, axolotl and LLaMA-Factory.
+
+A pre-tokenized dataset (``input_ids`` + ``labels``) is used by TRL 1.16's SFTTrainer without re-masking, so the
+exported file trains exactly the labels MaskLens shows. TRL needs no ``attention_mask`` column (its collator builds
+one); axolotl's pre-tokenized format does, hence ``attention_mask=True``. Labels are unshifted, -100 ignored.
+
+The snippets are text for the user to copy; this module never imports axolotl or LLaMA-Factory, and writes YAML by
+hand (with comments, which no YAML dumper keeps). Option names were checked against the projects' sources:
+axolotl ``src/axolotl/utils/schemas/datasets.py`` (``roles_to_train``, ``train_on_eos`` all|turn|last,
+``message_field_training``, ``chat_template_jinja``) and ``prompt_strategies/chat_template.py``; LLaMA-Factory
+``src/llamafactory/hparams/data_args.py`` (``template``, ``cutoff_len``, ``train_on_prompt``, ``mask_history``,
+``packing``, ``neat_packing``, ``tokenized_path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+
+from .engine import MaskConfig, RenderedExample, Strategy
+
+
+# --------------------------------------------------------------------------------------------------------- files
+def export_records(rendered: list[RenderedExample], *, row: bool = True, attention_mask: bool = False) -> list[dict]:
+    """One record per example. Example: [{"input_ids": [5, 6], "labels": [-100, 6], "row": 0}]."""
+    out = []
+    for r in rendered:
+        rec = {"input_ids": list(r.input_ids), "labels": list(r.labels)}
+        if attention_mask:
+            rec["attention_mask"] = [1] * len(r.input_ids)
+        if row:
+            rec["row"] = r.row
+        out.append(rec)
+    return out
+
+
+def _atomic_write(path: str | os.PathLike, write) -> Path:
+    """Write through a temporary file in the same folder, then os.replace: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def export_jsonl(rendered: list[RenderedExample], path: str | os.PathLike, *, row: bool = True,
+                 attention_mask: bool = False) -> Path:
+    """Write ``{"input_ids", "labels"[, "attention_mask"][, "row"]}`` per line; load_dataset("json") reads it."""
+    records = export_records(rendered, row=row, attention_mask=attention_mask)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_write(path, write)
+
+
+def export_parquet(rendered: list[RenderedExample], path: str | os.PathLike, *, row: bool = True,
+                   attention_mask: bool = False) -> Path:
+    """The same columns as export_jsonl, as Parquet (int32 lists: every vocabulary and -100 fit)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = export_records(rendered, row=row, attention_mask=attention_mask)
+    ints = pa.list_(pa.int32())
+    fields = [("input_ids", ints), ("labels", ints)]
+    if attention_mask:
+        fields.append(("attention_mask", ints))
+    if row:
+        fields.append(("row", pa.int64()))
+    schema = pa.schema(fields)
+    table = pa.Table.from_pylist(records, schema=schema)
+    return _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+# ----------------------------------------------------------------------------------------------------- describing
+def describe(cfg: MaskConfig) -> str:
+    """One line naming a configuration. Example: "strategy=assistant_only, eos=every_turn, train_roles=assistant"."""
+    parts = [f"strategy={cfg.strategy}"]
+    if cfg.strategy in (Strategy.ASSISTANT_ONLY, Strategy.LAST_ASSISTANT):
+        parts += [f"eos={cfg.eos}", f"train_roles={','.join(cfg.train_roles)}"]
+    if cfg.strategy == Strategy.RESPONSE_TEMPLATE:
+        parts.append(f"response_template={cfg.response_template!r}")
+    parts.append(f"max_length={cfg.max_length}" + (f" ({cfg.truncation})" if cfg.max_length else ""))
+    return ", ".join(parts)
+
+
+def _comment(text: str, indent: str = "", width: int = 116) -> list[str]:
+    """Comment lines, long ones wrapped (lines starting with a space are kept as they are: code, YAML)."""
+    out = []
+    for line in text.split("\n"):
+        wrapped = [line] if line.startswith(" ") else textwrap.wrap(line, width - len(indent) - 2) or [""]
+        out += [f"{indent}# {w}".rstrip() for w in wrapped]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------ TRL
+def _native_trl(cfg: MaskConfig) -> tuple[dict[str, object] | None, list[str]]:
+    """The closest native TRL 1.16 SFTConfig options for a strategy (None: there is none), and what differs."""
+    notes: list[str] = []
+    s = cfg.strategy
+    if s == Strategy.FULL:
+        notes.append("TRL's default trains every token of 'messages' and 'text' data; on prompt/completion data it "
+                     "trains only the completion unless completion_only_loss=False.")
+        return {"completion_only_loss": False}, notes
+    if s == Strategy.COMPLETION_ONLY:
+        notes.append("completion_only_loss=True on prompt/completion data (TRL's default for that format).")
+        return {"completion_only_loss": True}, notes
+    if s == Strategy.ASSISTANT_ONLY:
+        notes.append("assistant_only_loss=True needs {% generation %} markers in the chat template; TRL 1.16 swaps "
+                     "in a training template for the model families it ships (trl/chat_templates/) and raises "
+                     "otherwise. It trains every assistant turn with its end-of-turn marker.")
+        if cfg.eos != "every_turn":
+            notes.append(f"eos={cfg.eos}: no native TRL option (TRL trains every turn's end-of-turn marker).")
+        if tuple(cfg.train_roles) != ("assistant",):
+            notes.append(f"train_roles={','.join(cfg.train_roles)}: no native TRL option (assistant only).")
+        if not cfg.use_generation_markers:
+            notes.append("use_generation_markers=False: TRL always uses the template's generation markers.")
+        notes.append("Per-message flags (weight 0, train false) are ignored by TRL.")
+        return {"assistant_only_loss": True}, notes
+    if s == Strategy.LAST_ASSISTANT:
+        notes.append("last_assistant has no native TRL option (TRL trains every assistant turn or none): train on "
+                     "the exported labels.")
+        return None, notes
+    notes.append("response_template: DataCollatorForCompletionOnlyLM(response_template=...) was removed in TRL "
+                 "0.20; no native option: train on the exported labels.")
+    return None, notes
+
+
+def _py_kwargs(kwargs: dict[str, object], comments: dict[str, str], indent: str = "    ") -> list[str]:
+    lines = []
+    for k, v in kwargs.items():
+        line = f"{indent}{k}={v!r},"
+        if k in comments:
+            line += f"  # {comments[k]}"
+        lines.append(line)
+    return lines
+
+
+def sftconfig_snippet(cfg: MaskConfig, tokenizer_name: str, data_path: str,
+                      extra_args: dict[str, object] | None = None) -> str:
+    """A runnable TRL 1.16 script training on the exported file, plus the closest native SFTConfig for the strategy.
+
+    ``extra_args``: more SFTConfig keywords for both configs (hyper-parameters; ``bf16=False, use_cpu=True`` on a CPU:
+    TRL defaults to bf16).
+
+    The export was truncated by MaskLens already, so ``max_length`` is MaskLens' own (None when it did not truncate:
+    TRL's default of 1024 would cut longer rows again). With a ``max_length``, TRL also drops rows left with no
+    trained token, which MaskLens keeps and flags.
+    """
+    fmt = "parquet" if str(data_path).lower().endswith(".parquet") else "json"
+    exact: dict[str, object] = {"output_dir": "sft-output", "max_length": cfg.max_length}
+    exact_notes = {"max_length": ("MaskLens did not truncate; TRL's default, 1024, would cut longer rows"
+                                  if cfg.max_length is None
+                                  else "as MaskLens truncated; TRL also drops rows with no trained token")}
+    extra = dict(extra_args or {})
+    exact.update(extra)
+    native, notes = _native_trl(cfg)
+
+    lines = [f'"""Train on MaskLens\' labels with TRL 1.16 ({describe(cfg)}).', "",
+             "The file is pre-tokenized: SFTTrainer uses its input_ids and labels as they are (no chat template, no",
+             "re-masking). Use the model whose tokenizer made the ids.", '"""',
+             "from datasets import load_dataset",
+             "from trl import SFTConfig, SFTTrainer", "",
+             f"MODEL = {tokenizer_name!r}",
+             f"dataset = load_dataset({fmt!r}, data_files={str(data_path)!r}, split='train')", "",
+             "# TRL defaults to bf16: on a CPU (or a GPU without bf16) add bf16=False (and use_cpu=True).",
+             "args = SFTConfig(", *_py_kwargs(exact, exact_notes), ")", ""]
+    lines += _comment("The closest native TRL 1.16 setting, for raw (untokenized) data instead of the export:")
+    lines += _comment("\n".join(notes))
+    if native is not None:
+        nkw: dict[str, object] = {"output_dir": "sft-output", **native, "max_length": cfg.max_length}
+        ncomments = {}
+        if cfg.max_length is not None and cfg.truncation != "keep_start":  # keep_start is TRL's default
+            nkw["truncation_mode"] = cfg.truncation
+            ncomments["truncation_mode"] = "deprecated in TRL 1.16, to be removed in 2.0"
+        nkw.update(extra)
+        if cfg.chat_template:
+            nkw["chat_template_path"] = "chat_template.jinja"
+            ncomments["chat_template_path"] = "save MaskLens' chat template to this file"
+        lines += ["native_args = SFTConfig(", *_py_kwargs(nkw, ncomments), ")",
+                  "# raw = load_dataset('json', data_files='your_raw_data.jsonl', split='train')",
+                  "# SFTTrainer(model=MODEL, args=native_args, train_dataset=raw).train()"]
+    lines += ["", "trainer = SFTTrainer(model=MODEL, args=args, train_dataset=dataset)", "trainer.train()", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------ YAML
+def _y(v) -> str:
+    """A YAML scalar or flow list. JSON strings are valid YAML double-quoted scalars."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_y(x) for x in v) + "]"
+    return json.dumps(str(v), ensure_ascii=False)
+
+
+def _yaml_lines(items: list, indent: str = "") -> list[str]:
+    """items: (key, value[, comment]) tuples, or a string (a comment line)."""
+    out = []
+    for it in items:
+        if isinstance(it, str):
+            out += _comment(it, indent)
+            continue
+        k, v, *c = it
+        line = f"{indent}{k}: {_y(v)}"
+        out.append(line + (f"  # {c[0]}" if c else ""))
+    return out
+
+
+def axolotl_snippet(cfg: MaskConfig, data_path: str = "data.jsonl", base_model: str | None = None) -> str:
+    """An axolotl config (YAML) with the options closest to ``cfg``; comments say where there is no equivalent."""
+    s = cfg.strategy
+    head = [f"axolotl equivalent of MaskLens {describe(cfg)}.",
+            "Exactly MaskLens' labels instead: export with attention_mask=True (axolotl's pre-tokenized format needs",
+            "input_ids, attention_mask, labels) and use a dataset with an empty type:",
+            "  datasets:", "    - path: masklens_export.jsonl", "      ds_type: json", "      type:"]
+    top: list = [("base_model", base_model or "CHANGE_ME", "the model whose tokenizer MaskLens used")]
+    if cfg.chat_template:
+        top += [("chat_template", "jinja"), ("chat_template_jinja", cfg.chat_template)]
+    else:
+        top.append(("chat_template", "tokenizer_default"))
+    if cfg.max_length:
+        top.append(("sequence_len", cfg.max_length))
+        if cfg.truncation == "keep_start":
+            top.append(("excess_length_strategy", "truncate", "axolotl's default, drop, removes long rows"))
+        else:
+            top.append("truncation=keep_end: no axolotl equivalent (excess_length_strategy truncates the end or drops)")
+    else:
+        top.append("MaskLens did not truncate: set sequence_len above your longest example "
+                   "(axolotl's default, 512, drops longer rows)")
+    top.append(("sample_packing", False, "true packs like TRL's bfd + padding-free"))
+
+    ds: list = [("path", data_path), ("ds_type", "json")]
+    notes: list[str] = []
+    if s == Strategy.FULL:
+        top.append(("train_on_inputs", True))
+        ds += [("type", "chat_template"), ("field_messages", "messages"),
+               ("roles_to_train", ["system", "user", "assistant", "tool"]), ("train_on_eos", "all")]
+        notes.append("full: axolotl trains every message's content and EOS but not role headers or other template "
+                     "text: not exact (text data: type: completion trains everything). The pre-tokenized export is.")
+    elif s == Strategy.COMPLETION_ONLY:
+        top.append(("train_on_inputs", False))
+        ds += [("type", "input_output")]
+        notes.append("completion_only: convert each row to segments: [{text: prompt, label: false}, "
+                     "{text: completion + EOS, label: true}]. Segments are tokenized one by one, so ids at the seam "
+                     "can differ from TRL's (which tokenizes prompt + completion together).")
+    elif s in (Strategy.ASSISTANT_ONLY, Strategy.LAST_ASSISTANT):
+        top.append(("train_on_inputs", False))
+        ds += [("type", "chat_template"), ("field_messages", "messages")]
+        if s == Strategy.ASSISTANT_ONLY:
+            ds.append(("roles_to_train", list(cfg.train_roles)))
+            if cfg.eos == "none":
+                notes.append("eos=none: no equivalent in current axolotl (train_on_eos accepts all, turn, last).")
+            else:
+                ds.append(("train_on_eos", {"every_turn": "turn", "last_turn": "last"}[cfg.eos]))
+            ds.append(("message_field_training", "train", "per-message train: true/false, as MaskLens reads it"))
+            notes.append("axolotl locates each turn's content by rendering a dummy message; role headers stay "
+                         "masked as in MaskLens. OpenAI-style weight 0 is not read by axolotl.")
+        else:
+            ds += [("roles_to_train", []), ("train_on_eos", None)]
+            notes.append("last_assistant: with no roles_to_train and no train_on_eos, axolotl trains the last message "
+                         "only (everything after the generation prompt, its end-of-turn included): the same when "
+                         "conversations end with the trained turn.")
+            if cfg.eos == "none":
+                notes.append("eos=none: no equivalent (that path trains the last end-of-turn marker).")
+    else:  # response_template
+        ds += [("type", None, "pre-tokenized: the MaskLens export with attention_mask=True")]
+        notes.append("response_template: no axolotl equivalent: the dataset above is MaskLens' pre-tokenized export.")
+        ds[0] = ("path", "masklens_export.jsonl")
+
+    lines = _comment("\n".join(head)) + _yaml_lines(top) + ["datasets:"]
+    body = _yaml_lines(ds, "    ")
+    body[0] = "  - " + body[0].lstrip()
+    lines += body + _comment("\n".join(notes)) + [""]
+    return "\n".join(lines)
+
+
+def llamafactory_snippet(cfg: MaskConfig, dataset: str = "your_dataset", template: str | None = None,
+                         model: str | None = None) -> str:
+    """A LLaMA-Factory training config (YAML) with the options closest to ``cfg``."""
+    s = cfg.strategy
+    tok_cmd = ("python -c \"from datasets import DatasetDict, load_dataset; DatasetDict({'train': load_dataset('json', "
+               "data_files='masklens_export.jsonl', split='train')}).save_to_disk('masklens_tokenized')\"")
+    lines = _comment(f"LLaMA-Factory equivalent of MaskLens {describe(cfg)}.\n"
+                     "Exactly MaskLens' labels instead: export with attention_mask=True, then\n"
+                     f"  {tok_cmd}\n"
+                     "and set tokenized_path: masklens_tokenized (LLaMA-Factory then skips its own preprocessing).")
+    items: list = [("model_name_or_path", model or "CHANGE_ME"), ("stage", "sft"), ("do_train", True)]
+    notes: list[str] = []
+    if s == Strategy.RESPONSE_TEMPLATE:
+        items.append(("tokenized_path", "masklens_tokenized", "the MaskLens export, saved as above"))
+        notes.append("response_template: no LLaMA-Factory equivalent: train on the pre-tokenized export.")
+    else:
+        items.append(("dataset", dataset, "registered in data/dataset_info.json"))
+    items.append(("template", template, "required: LLaMA-Factory's name for the model's template (e.g. qwen, llama3)"))
+    if cfg.chat_template:
+        notes.append("A custom chat template has no direct equivalent: LLaMA-Factory templates are registered in "
+                     "src/llamafactory/data/template.py.")
+    if cfg.max_length:
+        items.append(("cutoff_len", cfg.max_length))
+        notes.append(f"truncation={cfg.truncation}: LLaMA-Factory shares cutoff_len between prompt and response "
+                     "(neither keep_start nor keep_end).")
+    else:
+        notes.append("MaskLens did not truncate: set cutoff_len (default 2048) above your longest example.")
+    if s == Strategy.FULL:
+        items += [("train_on_prompt", True), ("mask_history", False)]
+    elif s == Strategy.COMPLETION_ONLY:
+        items += [("train_on_prompt", False), ("mask_history", False)]
+        notes.append("completion_only: alpaca-format prompt (instruction + input) and completion (output).")
+    elif s == Strategy.ASSISTANT_ONLY:
+        items += [("train_on_prompt", False), ("mask_history", False)]
+        if cfg.eos != "every_turn":
+            notes.append(f"eos={cfg.eos}: no LLaMA-Factory option (each response trains its template's end-of-turn).")
+        if tuple(cfg.train_roles) != ("assistant",):
+            notes.append(f"train_roles={','.join(cfg.train_roles)}: no LLaMA-Factory option (responses only).")
+    elif s == Strategy.LAST_ASSISTANT:
+        items += [("train_on_prompt", False), ("mask_history", True, "train the last turn only")]
+        if cfg.eos != "every_turn":
+            notes.append(f"eos={cfg.eos}: no LLaMA-Factory option.")
+    items += [("packing", False), ("neat_packing", False, "true: packing without cross-attention (like TRL's bfd)")]
+    lines += _yaml_lines(items) + _comment("\n".join(notes)) + [""]
+    return "\n".join(lines)
