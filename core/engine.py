@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from .data import (KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, Example,
                    is_trained_flag_off)
@@ -77,8 +78,7 @@ class MaskConfig:
                                 fix='pass --response-template "### Assistant:" or --response-template-ids 1,2,3')
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """A span of the rendered text: which message and part it belongs to, and whether the strategy trains it."""
 
     start: int
@@ -105,21 +105,41 @@ class TokenInfo:
 
 @dataclass
 class RenderedExample:
-    """One example rendered under one configuration: ids, labels and everything needed to explain them."""
+    """One example rendered under one configuration: ids, labels and everything needed to explain them.
+
+    ``offsets`` (character span of each token in ``text``) and ``segments`` are computed on first access: a whole
+    dataset renders without building per-token Python objects.
+    """
 
     row: int
     kind: str
     input_ids: list[int]
     labels: list[int]
     text: str = ""
-    offsets: list[tuple[int, int]] | None = None
-    segments: list[Segment] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     messages: list[dict] | None = None
     token_rules: dict[int, str] = field(default_factory=dict)  # position -> rule, where a token-level rule decided
     n_before_truncation: int = 0
     truncated_at_start: int = 0  # tokens cut from the start (keep_end)
     strategy: str = ""
+    _enc: object = field(default=None, repr=False)
+    _keep: slice | None = field(default=None, repr=False)
+    _segments: list | None = field(default=None, repr=False)
+    _segment_builder: object = field(default=None, repr=False)
+    _offsets: list | None = field(default=None, repr=False)
+
+    @property
+    def offsets(self) -> list[tuple[int, int]] | None:
+        if self._offsets is None and self._enc is not None:
+            off = self._enc.offsets
+            self._offsets = off[self._keep] if self._keep is not None else off
+        return self._offsets
+
+    @property
+    def segments(self) -> list[Segment]:
+        if self._segments is None:
+            self._segments = self._segment_builder() if self._segment_builder is not None else []
+        return self._segments
 
     @property
     def n_tokens(self) -> int:
@@ -127,7 +147,7 @@ class RenderedExample:
 
     @property
     def n_trained(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
+        return len(self.labels) - self.labels.count(IGNORE)
 
     def to_json(self) -> dict:
         """The CLI/export record: one per input row."""
@@ -248,6 +268,7 @@ class _Plan:
     info: TemplateInfo | None = None
     findings: list[Finding] = field(default_factory=list)
     token_level: str | None = None  # "completion" | "response_template" | "given" | "not_applicable"
+    decide: object = None  # conversational: decide(message_index, part) -> (trained, rule)
     enc: object = None
     prompt_enc: object = None
 
@@ -340,7 +361,7 @@ def _full_decider(idx, part):
 
 
 # ------------------------------------------------------------------------------------------------- phase 1
-def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_token: str) -> _Plan:
+def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_token: str, batch: dict) -> _Plan:
     plan = _Plan(ex=ex, findings=list(ex.notes))
     strat = cfg.strategy
     if ex.kind == KIND_TOKENS:
@@ -394,10 +415,12 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
     msgs = ex.messages
     tpl_kwargs = ex.chat_template_kwargs
     use_gen = (strat == Strategy.ASSISTANT_ONLY and cfg.use_generation_markers and has_generation_markers(template))
-    plan.text, gen = render(tokenizer, msgs, template, tools=ex.tools, return_generation=use_gen, **tpl_kwargs)
+    special_map = batch["special_map"]
+    plan.text, gen = render(tokenizer, msgs, template, tools=ex.tools, return_generation=use_gen,
+                            special_map=special_map, **tpl_kwargs)
     if use_gen:
         plan.gen = gen
-    info = analyze_template(tokenizer, template)
+    info = batch["info"]
     plan.info = info
     spans = locate_messages(plan.text, msgs, info, eos_token)
     plan.spans = spans
@@ -425,6 +448,7 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
         else:
             n_prompt = len(ex.prompt)
             plan.prompt_text, _ = render(tokenizer, ex.prompt, template, tools=ex.tools, add_generation_prompt=True,
+                                         special_map=special_map,
                                          **tpl_kwargs)
             plan.token_level = "completion"
 
@@ -435,8 +459,28 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
     else:  # response_template: labels decided per token by the old collator
         plan.token_level = "response_template"
         decide = lambda idx, part: (False, "decided per token by the old collator")  # noqa: E731
-    plan.segments = _message_segments(plan.text, msgs, spans, decide)
+    plan.decide = decide
     return plan
+
+
+def _trained_spans(spans: list[MessageSpan], decide) -> list[tuple[int, int]]:
+    """Character spans an assistant strategy trains, straight from the message spans (no segment objects)."""
+    out: list[tuple[int, int]] = []
+    for sp in spans:
+        if not sp.found:
+            continue
+        parts = [("header", sp.header_start, sp.content_start), ("content", sp.content_start, sp.content_end)]
+        if sp.eot_start >= 0:
+            parts += [("after_content", sp.content_end, sp.eot_start), ("eot", sp.eot_start, sp.eot_end)]
+        if sp.eos_start >= 0:
+            parts.append(("eos", sp.eos_start, sp.eos_end))
+        for part, a, b in parts:
+            if b > a and decide(sp.index, part)[0]:
+                if out and out[-1][1] >= a:
+                    out[-1] = (out[-1][0], max(b, out[-1][1]))
+                else:
+                    out.append((a, b))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- phase 3
@@ -444,46 +488,58 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
     ex = plan.ex
     findings = plan.findings
     token_rules: dict[int, str] = {}
-    offsets = None
+    enc = None
+    builder = None
     if ex.kind == KIND_TOKENS:
         ids = list(ex.input_ids)
         text = ""
-        segments = [Segment(0, 0, None, None, "tokens", False, "")]
         if plan.token_level == "given":
             labels = list(ex.labels)
-            segments = [Segment(0, 0, None, None, "tokens", False, "labels given in the data")]
+            seg = Segment(0, 0, None, None, "tokens", False, "labels given in the data")
         elif plan.token_level == "full":
             labels = list(ids)
-            segments = [Segment(0, 0, None, None, "tokens", True, "trained: full trains every token")]
+            seg = Segment(0, 0, None, None, "tokens", True, "trained: full trains every token")
         else:
             labels = [IGNORE] * len(ids)
+            seg = Segment(0, 0, None, None, "tokens", False, f"not trained: {cfg.strategy} needs messages")
+        builder = lambda: [seg]  # noqa: E731
     else:
         enc = plan.enc
-        ids = list(enc.ids)
-        offsets = list(enc.offsets)
+        ids = enc.ids
         text = plan.text
-        segments = plan.segments
+        if plan.spans is not None:  # conversational: segments built only if someone looks
+            msgs, spans, decide = ex.messages, plan.spans, plan.decide
+            builder = lambda: _message_segments(text, msgs, spans, decide)  # noqa: E731
+            if plan.gen is not None:
+                gen = plan.gen
+                builder = lambda: _relabel_for_generation(_message_segments(text, msgs, spans, decide), gen)  # noqa: E731
+        else:
+            segs = plan.segments
+            builder = lambda: segs  # noqa: E731
         if plan.gen is not None:
             labels = _labels_from_generation(enc, ids, _filter_generation(plan))
-            segments = _relabel_for_generation(segments, plan.gen)
         elif plan.token_level in (None, "not_applicable"):
-            labels = _labels_from_char_spans(enc, ids, _merge_trained(segments))
+            if plan.spans is None:
+                trained = _merge_trained(plan.segments)
+            elif cfg.strategy == Strategy.FULL:
+                trained = [(0, len(text))]
+            else:
+                trained = _trained_spans(plan.spans, plan.decide)
+            labels = _labels_from_char_spans(enc, ids, trained)
         elif plan.token_level == "completion":
-            prompt_ids = list(plan.prompt_enc.ids)
+            prompt_ids = plan.prompt_enc.ids
             n = common_prefix_length(prompt_ids, ids)
             if n < len(prompt_ids):
                 findings.append(Finding("prompt_not_prefix",
                                         f"the prompt's last {len(prompt_ids) - n} token(s) differ inside prompt+completion; "
                                         f"the completion starts at token {n}", location={"token": n}))
             labels = [IGNORE] * n + ids[n:]
-            for i in range(len(ids)):
-                s, _ = offsets[i]
-                token_rules[i] = "trained: completion (after the prompt's tokens)" if i >= n else \
-                    "not trained: prompt (common prefix of prompt and prompt+completion)"
+            if n < len(ids):
+                token_rules[n] = "trained: first completion token (where prompt and prompt+completion tokens diverge)"
         else:  # response_template
             labels = [IGNORE] * len(ids)
     if plan.token_level == "response_template":
-        labels = _apply_response_template(ids, text, offsets, tokenizer, cfg, findings, token_rules, ctx)
+        labels = _apply_response_template(ids, text, enc, tokenizer, cfg, findings, token_rules, ctx)
 
     # bos doubled
     bos = tokenizer.bos_token_id
@@ -491,8 +547,9 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
         findings.append(Finding("bos_doubled", "the sequence starts with two BOS tokens", location={"token": 1}))
 
     n_before = len(ids)
-    n_trained_before = sum(1 for x in labels if x != IGNORE)
+    n_trained_before = len(labels) - labels.count(IGNORE)
     cut_start = 0
+    keep = None
     if cfg.max_length is not None and len(ids) > cfg.max_length:
         L = cfg.max_length
         if cfg.truncation == "keep_start":
@@ -501,25 +558,25 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
             sl = slice(-L, None)
             cut_start = len(ids) - L
         ids, labels = ids[sl], labels[sl]
-        if offsets is not None:
-            offsets = offsets[sl]
+        keep = sl
         if cut_start:
             token_rules = {k - cut_start: v for k, v in token_rules.items() if k >= cut_start}
         else:
             token_rules = {k: v for k, v in token_rules.items() if k < L}
-        lost = n_trained_before - sum(1 for x in labels if x != IGNORE)
+        lost = n_trained_before - (len(labels) - labels.count(IGNORE))
         if lost:
             findings.append(Finding("truncated_supervision",
                                     f"truncation ({cfg.truncation}, max_length={L}) removed {lost} of "
                                     f"{n_trained_before} trained tokens"))
-    n_trained = sum(1 for x in labels if x != IGNORE)
+    n_trained = len(labels) - labels.count(IGNORE)
     if n_trained == 0:
         why = " (TRL 1.16 drops it after truncation)" if cfg.max_length else ""
         findings.append(Finding("no_trained_tokens", f"0 of {len(ids)} tokens are trained{why}"))
     _check_eos(ids, labels, tokenizer, plan, findings, ctx)
-    return RenderedExample(row=ex.row, kind=ex.kind, input_ids=ids, labels=labels, text=text, offsets=offsets,
-                           segments=segments, findings=findings, messages=ex.messages, token_rules=token_rules,
-                           n_before_truncation=n_before, truncated_at_start=cut_start, strategy=cfg.strategy)
+    return RenderedExample(row=ex.row, kind=ex.kind, input_ids=ids, labels=labels, text=text, findings=findings,
+                           messages=ex.messages, token_rules=token_rules, n_before_truncation=n_before,
+                           truncated_at_start=cut_start, strategy=cfg.strategy, _enc=enc, _keep=keep,
+                           _segment_builder=builder)
 
 
 def _filter_generation(plan: _Plan) -> list[tuple[int, int]]:
@@ -550,7 +607,7 @@ def _relabel_for_generation(segments: list[Segment], gen: list[tuple[int, int]])
     return out
 
 
-def _apply_response_template(ids, text, offsets, tokenizer, cfg, findings, token_rules, ctx) -> list[int]:
+def _apply_response_template(ids, text, enc, tokenizer, cfg, findings, token_rules, ctx) -> list[int]:
     from .legacy_collator import legacy_completion_only_labels  # noqa: PLC0415
 
     resp_ids = ctx["response_ids"]
@@ -580,8 +637,8 @@ def _apply_response_template(ids, text, offsets, tokenizer, cfg, findings, token
                                 "collator", severity="warning", location={"tokens": res.pad_masked[:20]}))
     for name, tmpl, t_ids, found in (("response", cfg.response_template, resp_ids, res.response_found),
                                      ("instruction", cfg.instruction_template, instr_ids, res.instruction_found)):
-        if isinstance(tmpl, str) and tmpl and not found and offsets is not None and tmpl in text:
-            ctx_ids = _ids_in_context(text, offsets, ids, tmpl)
+        if isinstance(tmpl, str) and tmpl and not found and enc is not None and tmpl in text:
+            ctx_ids = _ids_in_context(text, enc.offsets, ids, tmpl)
             if ctx_ids and ctx_ids != t_ids:
                 findings.append(Finding("template_ambiguous",
                                         f"{name} template {tmpl!r} is {t_ids} alone but {ctx_ids} in context; "
@@ -599,15 +656,37 @@ def _ids_in_context(text, offsets, ids, tmpl) -> list[int]:
     return [ids[i] for i in (inside or toks)]
 
 
+def _positions(seq: list[int], value: int, start: int) -> list[int]:
+    """Every index of value in seq from start on (list.index runs in C)."""
+    out = []
+    try:
+        while True:
+            start = seq.index(value, start)
+            out.append(start)
+            start += 1
+    except ValueError:
+        return out
+
+
+def _first_trained(labels: list[int]) -> int | None:
+    n = len(labels)
+    if labels.count(IGNORE) == n:
+        return None
+    i = 0
+    while i < n and labels[i] == IGNORE:  # typically a few hundred header tokens; fine
+        i += 1
+    return i
+
+
 def _check_eos(ids, labels, tokenizer, plan: _Plan, findings, ctx):
     """eos_not_trained: the marker that ends the trained text (end-of-turn or EOS) follows it but is never trained."""
     if any(f.code in ("eos_not_trained", "no_trained_tokens", "strategy_not_applicable") for f in findings):
         return
     marker_ids = ctx["marker_ids"]
-    first = next((i for i, x in enumerate(labels) if x != IGNORE), None)
+    first = _first_trained(labels)
     if first is None:
         return
-    occ = [i for i in range(first, len(ids)) if ids[i] in marker_ids]
+    occ = sorted(i for m in marker_ids for i in _positions(ids, m, first))
     if occ and all(labels[i] == IGNORE for i in occ):
         findings.append(Finding("eos_not_trained",
                                 f"{len(occ)} end-of-turn/EOS token(s) follow trained tokens and none is trained",
@@ -647,10 +726,12 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig) -> list
         t = getattr(tokenizer, "chat_template", None)
         template = t if isinstance(t, str) else None
     eos_token = tokenizer.eos_token or ""
+    batch = {"special_map": dict(tokenizer.special_tokens_map),
+             "info": analyze_template(tokenizer, template) if needs_template else None}
     plans = []
     for ex in examples:
         try:
-            plans.append(_plan(ex, tokenizer, cfg, template, eos_token))
+            plans.append(_plan(ex, tokenizer, cfg, template, eos_token, batch))
         except MaskLensError as e:
             raise MaskLensError(e.message, file=ex.source, row=ex.row, field=e.field, fix=e.fix) from None
     for add_special in (False, True):

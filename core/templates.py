@@ -48,12 +48,17 @@ def template_hash(template: str) -> str:
 
 
 def render(tokenizer, messages: list[dict], template: str, tools=None, add_generation_prompt: bool = False,
-           return_generation: bool = False, **kwargs) -> tuple[str, list[tuple[int, int]]]:
-    """Render one conversation as apply_chat_template(tokenize=False) does. Returns (text, generation char spans)."""
+           return_generation: bool = False, special_map: dict | None = None,
+           **kwargs) -> tuple[str, list[tuple[int, int]]]:
+    """Render one conversation as apply_chat_template(tokenize=False) does. Returns (text, generation char spans).
+
+    special_map: the tokenizer's special_tokens_map, precomputed by callers rendering many conversations.
+    """
     from transformers.utils.chat_template_utils import render_jinja_template  # noqa: PLC0415
 
     convo = [{k: v for k, v in m.items() if v is not None} for m in messages]
-    template_kwargs = {**tokenizer.special_tokens_map, **kwargs}
+    base = special_map if special_map is not None else tokenizer.special_tokens_map
+    template_kwargs = {**base, **kwargs}
     try:
         texts, gen = render_jinja_template(
             conversations=[convo], tools=tools, chat_template=template,
