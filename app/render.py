@@ -1,0 +1,329 @@
+"""Pure formatting for the app: the token view, stats, findings, error boxes. HTML strings in, HTML strings out.
+
+No gradio and no tokenizer calls here except through ``RenderedExample.tokens``: everything is unit-testable without
+a browser. The token view is built in one pass with one small ``<span>`` per token; what a tooltip shows (message,
+role, part, rule) is stored once per distinct value in the view's ``data-info`` table, and each token points into it
+with ``data-k`` (a 4,000-token conversation has a handful of distinct entries, not 4,000 copies).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from collections.abc import Iterable
+
+from core.engine import IGNORE, RenderedExample, TokenInfo
+from core.findings import CODES, Finding
+
+ROLE_CLASS = {"system": "rs", "user": "ru", "assistant": "ra", "tool": "rt", "developer": "rd"}
+ROLE_ORDER = ("system", "developer", "user", "assistant", "tool", None)
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+_WS = {" ": "<s>·</s>", "\t": "<s>→</s>", "\n": "<s>↵</s>", "\r": "<s>␍</s>"}
+
+
+def esc(s: object) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def visible_text(text: str) -> str:
+    """A token's text as HTML with whitespace made visible. Example: " a\\n" -> '<s>·</s>a<s>↵</s>'."""
+    out = html.escape(text, quote=False)
+    if any(c in out for c in _WS):
+        out = "".join(_WS.get(c, c) for c in out)
+    return out or "<s>∅</s>"
+
+
+# ------------------------------------------------------------------------------------------------------ token view
+def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff: Iterable[int] = (),
+                    empty: str = "No tokens.", truncated_at_start: int = 0, breaks: dict[int, str] | None = None) -> str:
+    """The token view: one ``<span data-token-id data-label data-k>`` per token, colour-coded by CSS.
+
+    Trained vs ignored comes from ``data-label`` (-100 = ignored); the class gives the role tint (rs/ru/ra/rt/rd),
+    ``x`` marks a special token and ``d`` a token whose label differs between compared configurations.
+    ``breaks`` puts a labelled marker before some positions (packed rows: document boundaries).
+    """
+    if not infos:
+        return f'<div id="{elem_id}" class="tv tv-empty">{esc(empty)}</div>'
+    diff = set(diff)
+    keys: dict[tuple, int] = {}
+    table: list[list] = []
+    vis_cache: dict[str, str] = {}
+    parts: list[str] = []
+    for t in infos:
+        key = (t.message, t.role, t.part, t.rule)
+        k = keys.get(key)
+        if k is None:
+            k = keys[key] = len(table)
+            table.append([t.message, t.role or "", t.part, t.rule])
+        v = vis_cache.get(t.text)
+        if v is None:
+            v = vis_cache[t.text] = visible_text(t.text)
+        cls = ROLE_CLASS.get(t.role, "ro")
+        if t.special:
+            cls += " x"
+        if t.position in diff:
+            cls += " d"
+        if breaks and t.position in breaks:
+            parts.append(f'<b class="brk">‖ {esc(breaks[t.position])}</b>')
+        parts.append(f'<span class="{cls}" data-token-id="{t.id}" data-label="{t.label}" data-k="{k}">{v}</span>')
+        if "\n" in t.text:
+            parts.append("<br>" * t.text.count("\n"))
+    head = (f'<div id="{elem_id}" class="tv" data-n="{len(infos)}" data-offset="{truncated_at_start}" '
+            f'data-info="{esc(json.dumps(table, ensure_ascii=False))}">')
+    return head + "".join(parts) + "</div>"
+
+
+def legend_html() -> str:
+    return (
+        '<div class="legend">'
+        '<span class="lg"><span class="sw sw-y"></span>trained</span>'
+        '<span class="lg"><span class="sw sw-n"></span>ignored (label -100)</span>'
+        '<span class="lg"><span class="sw sw-x"></span>special token</span>'
+        '<span class="lg"><span class="ul rs"></span>system</span>'
+        '<span class="lg"><span class="ul ru"></span>user</span>'
+        '<span class="lg"><span class="ul ra"></span>assistant</span>'
+        '<span class="lg"><span class="ul rt"></span>tool</span>'
+        '<span class="lg"><span class="ul ro"></span>template</span>'
+        '<span class="lg"><code>·</code> space <code>→</code> tab <code>↵</code> newline</span>'
+        '<span class="lg hint">hover a token for id, label, message, rule</span>'
+        "</div>")
+
+
+# ------------------------------------------------------------------------------------------------------ stats
+def token_stats(infos: list[TokenInfo]) -> dict:
+    """Counts for the stats panel. Example: {"tokens": 179, "trained": 114, "share": 0.637, "roles": {...}}."""
+    n = len(infos)
+    trained = sum(1 for t in infos if t.label != IGNORE)
+    roles: dict = {}
+    for t in infos:
+        r = roles.setdefault(t.role, [0, 0])
+        r[0] += 1
+        if t.label != IGNORE:
+            r[1] += 1
+    return {"tokens": n, "trained": trained, "share": trained / n if n else 0.0,
+            "special": sum(1 for t in infos if t.special),
+            "roles": {k: {"tokens": v[0], "trained": v[1]} for k, v in roles.items()}}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def stats_html(rendered: RenderedExample, infos: list[TokenInfo]) -> str:
+    s = token_stats(infos)
+    rows = []
+    for role in sorted(s["roles"], key=lambda r: ROLE_ORDER.index(r) if r in ROLE_ORDER else 99):
+        v = s["roles"][role]
+        share = v["trained"] / v["tokens"] if v["tokens"] else 0
+        name = role or "template"
+        rows.append(f'<tr><td><span class="ul {ROLE_CLASS.get(role, "ro")}"></span>{esc(name)}</td>'
+                    f'<td>{v["tokens"]}</td><td>{v["trained"]}</td><td>{pct(share)}</td></tr>')
+    extra = ""
+    cut = rendered.n_before_truncation - rendered.n_tokens
+    if cut > 0:
+        extra = f'<div class="note">truncated: {cut} of {rendered.n_before_truncation} tokens cut</div>'
+    return (
+        '<div class="stats">'
+        f'<div class="kpis"><div class="kpi"><b>{s["tokens"]}</b><span>tokens</span></div>'
+        f'<div class="kpi"><b>{s["trained"]}</b><span>trained</span></div>'
+        f'<div class="kpi"><b>{pct(s["share"])}</b><span>share</span></div></div>'
+        '<table class="grid"><thead><tr><th>role</th><th>tokens</th><th>trained</th><th>share</th></tr></thead>'
+        f'<tbody>{"".join(rows)}</tbody></table>{extra}</div>')
+
+
+# ------------------------------------------------------------------------------------------------------ findings
+def findings_html(findings: list[Finding]) -> str:
+    if not findings:
+        return '<div class="findings"><div class="ok">No findings: nothing suspicious in this example.</div></div>'
+    items = []
+    for f in sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 3)):
+        loc = ""
+        if f.location:
+            loc = '<span class="loc">' + esc(", ".join(f"{k} {v}" for k, v in f.location.items())) + "</span>"
+        items.append(
+            f'<div class="finding sev-{esc(f.severity)}" data-code="{esc(f.code)}">'
+            f'<div class="fh"><span class="badge">{esc(f.severity)}</span><code>{esc(f.code)}</code>{loc}</div>'
+            f'<div class="fm">{esc(f.message)}</div>'
+            f'<div class="fx">{esc(f.explanation)}</div>'
+            f'<div class="ff"><b>Fix:</b> {esc(f.fix)}</div></div>')
+    return '<div class="findings">' + "".join(items) + "</div>"
+
+
+def finding_counts_html(counts: Counter | dict) -> str:
+    if not counts:
+        return '<div class="ok">No findings in the dataset.</div>'
+    rows = "".join(
+        f'<tr><td><span class="badge sev-{esc(CODES.get(c, ("info",))[0])}">{esc(CODES.get(c, ("info",))[0])}</span></td>'
+        f'<td><code>{esc(c)}</code></td><td>{n}</td><td>{esc(CODES[c][1]) if c in CODES else ""}</td></tr>'
+        for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return ('<table class="grid findings-table"><thead><tr><th></th><th>code</th><th>examples</th><th>meaning</th>'
+            f"</tr></thead><tbody>{rows}</tbody></table>")
+
+
+# ------------------------------------------------------------------------------------------------------ boxes
+def error_html(message: str, title: str = "Error") -> str:
+    """The in-page error box (the message of a MaskLensError names file, row, field and fix)."""
+    msg = esc(message)
+    if " Fix: " in msg:
+        what, fix = msg.split(" Fix: ", 1)
+        msg = f'{what}<div class="ff"><b>Fix:</b> {fix}</div>'
+    return f'<div class="errbox" role="alert"><b>{esc(title)}</b><div>{msg}</div></div>'
+
+
+def data_info_html(data, index: int | None = None) -> str:
+    """Source line for the current dataset plus the list of rows that could not be read."""
+    if data is None:
+        return ""
+    n_ok, n_bad = len(data.examples), len(data.errors)
+    head = f'<div class="datainfo"><b>{esc(data.name)}</b>: {n_ok} example{"s" if n_ok != 1 else ""}'
+    if n_bad:
+        head += f', <span class="bad">{n_bad} row{"s" if n_bad != 1 else ""} could not be read</span>'
+    head += "</div>"
+    if not n_bad:
+        return head
+    rows = "".join(
+        f'<li><span class="where">{f"line {e.line}" if e.line else f"row {e.row}" if e.row is not None else ""}'
+        f'</span> {esc(_strip_file(e.message, data.name))}</li>' for e in data.errors[:200])
+    more = f"<li>… and {n_bad - 200} more</li>" if n_bad > 200 else ""
+    return head + f'<div class="errbox rowerrors" role="alert"><b>Rows skipped</b><ul>{rows}{more}</ul></div>'
+
+
+def _strip_file(message: str, name: str) -> str:
+    """'file x.jsonl, row 3, field 'f': line 4: msg' -> "field 'f': msg" (the list already says file and line)."""
+    import re  # noqa: PLC0415
+
+    m = re.sub(rf"^file {re.escape(name)}(, row \d+)?(, |: )?", "", message)
+    m = re.sub(r"(^|: )line \d+: ", r"\1", m)
+    return re.sub(r"^line \d+ ", "", m)
+
+
+def example_caption(ex, index: int, total: int) -> str:
+    where = f"row {ex.row}" + (f", line {ex.line}" if ex.line else "")
+    return f'<div class="caption">example <b>{index + 1}</b> of {total} · {esc(where)} · <code>{esc(ex.kind)}</code></div>'
+
+
+def raw_json(ex) -> str:
+    return json.dumps(ex.raw, ensure_ascii=False, indent=2)
+
+
+# ------------------------------------------------------------------------------------------------------ compare
+def label_diff_positions(label_lists: list[list[int]]) -> set[int]:
+    """Positions where not all configurations agree on the label (same token sequence assumed)."""
+    out = set()
+    for i, labs in enumerate(zip(*label_lists)):
+        if any(x != labs[0] for x in labs[1:]):
+            out.add(i)
+    return out
+
+
+def compare_summary_html(names: list[str], rendered: list[RenderedExample], same_ids: bool, n_diff: int,
+                         per_config_diff: list[int]) -> str:
+    rows = []
+    for i, (name, r) in enumerate(zip(names, rendered)):
+        share = r.n_trained / r.n_tokens if r.n_tokens else 0
+        d = f"{per_config_diff[i]}" if same_ids else "—"
+        codes = ", ".join(sorted({f.code for f in r.findings})) or "—"
+        rows.append(f"<tr><td><b>{chr(65 + i)}</b></td><td>{esc(name)}</td><td>{r.n_tokens}</td><td>{r.n_trained}</td>"
+                    f"<td>{pct(share)}</td><td>{d}</td><td>{esc(codes)}</td></tr>")
+    if same_ids:
+        head = (f'<div class="cmp-head"><b class="ndiff" data-diff="{n_diff}">{n_diff}</b> token'
+                f'{"s" if n_diff != 1 else ""} labelled differently across the configurations '
+                f"(outlined in the views below)</div>")
+    else:
+        head = ('<div class="cmp-head warn">The configurations tokenize the example differently (different chat '
+                "templates), so labels are not compared position by position; compare counts per role instead.</div>")
+    return (head + '<table class="grid"><thead><tr><th></th><th>configuration</th><th>tokens</th><th>trained</th>'
+            '<th>share</th><th>labels differing</th><th>findings</th></tr></thead><tbody>' + "".join(rows)
+            + "</tbody></table>")
+
+
+# ------------------------------------------------------------------------------------------------------ templates
+def checks_html(checks) -> str:
+    """core.checks.Check list as a pass/fail table."""
+    rows = []
+    for c in checks:
+        mark, cls = ("✔", "pass") if c.passed else ("–", "na") if c.passed is None else ("✘", "fail")
+        rows.append(f'<tr class="chk-{cls}"><td class="mark">{mark}</td><td><b>{esc(c.name)}</b></td>'
+                    f'<td>{esc(c.detail)}<div class="fx">{esc(c.explanation)}</div></td></tr>')
+    return ('<table class="grid checks"><thead><tr><th></th><th>check</th><th>result · why it matters</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def spans_html(text: str, spans, title: str = "") -> str:
+    """A rendered conversation with each message's header, content and end-of-turn marker tinted by role."""
+    cuts = []
+    for sp in spans:
+        if not sp.found:
+            continue
+        cls = ROLE_CLASS.get(sp.role, "ro")
+        cuts += [(sp.header_start, sp.content_start, f"sh {cls}", f"message {sp.index} ({sp.role}): header"),
+                 (sp.content_start, sp.content_end, f"sc {cls}", f"message {sp.index} ({sp.role}): content")]
+        if sp.eot_start >= 0:
+            cuts.append((sp.eot_start, sp.eot_end, f"se {cls}", f"message {sp.index} ({sp.role}): end-of-turn"))
+        if sp.eos_start >= 0:
+            cuts.append((sp.eos_start, sp.eos_end, f"se {cls}", f"message {sp.index} ({sp.role}): EOS"))
+    cuts = sorted((c for c in cuts if c[1] > c[0]), key=lambda c: c[0])
+    out, pos = [], 0
+
+    def piece(s: str) -> str:
+        return html.escape(s, quote=False).replace("\n", "<s>↵</s>\n")
+
+    for a, b, cls, tip in cuts:
+        if a < pos:
+            a = pos
+        if b <= a:
+            continue
+        if a > pos:
+            out.append(f'<span class="st" title="template text">{piece(text[pos:a])}</span>')
+        out.append(f'<span class="{cls}" title="{esc(tip)}">{piece(text[a:b])}</span>')
+        pos = b
+    if pos < len(text):
+        out.append(f'<span class="st" title="template text">{piece(text[pos:])}</span>')
+    head = f'<div class="spans-title">{esc(title)}</div>' if title else ""
+    return head + '<div class="spans">' + "".join(out) + "</div>"
+
+
+def derived_html(derived) -> str:
+    rows = []
+    for d in derived:
+        same = d.ids_in_context == d.ids_alone
+        rows.append(f"<tr><td><b>{esc(d.name)}</b></td><td><code>{esc(repr(d.text)) if d.text else '—'}</code></td>"
+                    f"<td><code>{esc(d.ids_alone)}</code></td>"
+                    f'<td class="{"" if same else "bad"}"><code>{esc(d.ids_in_context)}</code></td>'
+                    f"<td>{esc(d.note)}</td></tr>")
+    return ('<table class="grid"><thead><tr><th>template</th><th>text</th><th>ids alone</th><th>ids in context</th>'
+            f'<th>note</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def usage_html(usage: dict, n_texts: int) -> str:
+    """core.checks.template_usage's answer for a dataset of n_texts rendered examples."""
+    t = usage["template"]
+    n_text = len(usage["texts_containing"])
+    n_ids = len(usage["texts_with_alone_ids"])
+    cls = "ok" if n_ids == n_texts and not usage["ambiguous"] else "errbox"
+    lines = [f"<b>{esc(repr(t))}</b> is <code>{esc(usage['alone_ids'])}</code> alone "
+             f"(<code>{esc(' '.join(usage['alone_tokens']))}</code>).",
+             f"Found as text in <b>{n_text}</b> of {n_texts} examples; its alone ids are found in <b>{n_ids}</b>."]
+    if n_text > n_ids:
+        lines.append(f"In {n_text - n_ids} example(s) the text is there but its ids are not: the old collator "
+                     "masks those examples entirely.")
+    variants = "".join(
+        f"<tr><td><code>{esc(v['ids'])}</code></td><td>{v['count']}</td>"
+        f"<td>{'same as alone' if v['same_as_alone'] else '<b>differs from alone</b>'}</td></tr>"
+        for v in usage["in_context_variants"])
+    table = ('<table class="grid"><thead><tr><th>ids in context</th><th>occurrences</th><th></th></tr></thead>'
+             f"<tbody>{variants}</tbody></table>") if variants else ""
+    return f'<div class="{cls}">' + "<br>".join(lines) + "</div>" + table
+
+
+def proof_html(proof) -> str:
+    def yn(ok: bool) -> str:
+        return '<span class="yes">✔ yes</span>' if ok else '<span class="no">✘ no</span>'
+
+    diffs = "".join(f"<li>{esc(d)}</li>" for d in proof.differences[:20])
+    return (f'<div class="{"ok" if proof.ok else "errbox"}"><b>{"Proven" if proof.ok else "Not proven"}</b> on '
+            f"{proof.n_conversations} conversation(s) (the dataset's plus probes):<br>"
+            f"rendering byte-identical to the original: {yn(proof.byte_identical)}<br>"
+            f"{{% generation %}} mask (TRL assistant_only_loss) == MaskLens assistant_only on the original: "
+            f"{yn(proof.masks_equal)}" + (f"<ul>{diffs}</ul>" if diffs else "") + "</div>")

@@ -1,0 +1,229 @@
+"""Per-user state and the small glue between UI values and the engine: datasets read row by row, tokenizers by name,
+masking settings as the UI holds them. No gradio here: every function is callable (and tested) without a browser.
+
+A session lives in a ``gr.State`` (one per browser tab); the only module-level cache is core.models' tokenizer cache
+(tokenizers are immutable once loaded and shared by all users).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from core.data import Example, load_examples_lenient, normalize_row
+from core.engine import MaskConfig, RenderedExample, render_examples
+from core.errors import MaskLensError
+from core.models import load_tokenizer
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "samples"
+DEFAULT_SAMPLE = "chat_multiturn.jsonl"
+EMBEDDED = "embedded"
+
+# file -> what it shows off (the sample dropdown's labels)
+SAMPLES = {
+    "chat_multiturn.jsonl": "multi-turn chats with system prompts",
+    "tools.jsonl": "tool calls and tool results",
+    "weighted.jsonl": "assistant turns flagged weight 0/1, train true/false",
+    "prompt_completion.jsonl": "prompt/completion strings",
+    "prompt_completion_chat.jsonl": "prompt/completion message lists",
+    "text.jsonl": "plain text (language modelling)",
+    "sharegpt.jsonl": "ShareGPT conversations (from/value)",
+    "broken.jsonl": "deliberately broken rows",
+}
+
+
+def sample_choices() -> list[tuple[str, str]]:
+    """(label, file name) pairs for the bundled samples present on disk, the default first."""
+    present = {p.name for p in SAMPLES_DIR.glob("*.jsonl")}
+    names = [n for n in SAMPLES if n in present] + sorted(present - set(SAMPLES))
+    return [(f"{n} — {SAMPLES[n]}" if n in SAMPLES else n, n) for n in names]
+
+
+# ------------------------------------------------------------------------------------------------------ datasets
+@dataclass
+class RowError:
+    """A row that could not be read: where it is and why (the MaskLensError text, which names the fix)."""
+
+    row: int | None
+    line: int | None
+    message: str
+
+
+@dataclass
+class Dataset:
+    """The valid examples of one file plus the rows that failed. ``examples[k].row`` is the row in the file."""
+
+    name: str
+    examples: list[Example]
+    errors: list[RowError] = field(default_factory=list)
+    n_rows: int = 0  # rows in the file, valid or not
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def load_dataset(path: str | Path, name: str | None = None) -> Dataset:
+    """Read a dataset tolerantly (core.data.load_examples_lenient): every valid row is kept and every bad row listed
+    with its error, so one malformed line does not hide the rest. Errors name the file by `name` (an upload's
+    temporary path means nothing to the user). Raises MaskLensError only when the file as a whole cannot be read.
+    Example: load_dataset("assets/samples/broken.jsonl") -> 2 examples, 5 errors.
+    """
+    p = Path(path)
+    name = name or p.name
+    try:
+        examples, errors = load_examples_lenient(p)
+    except MaskLensError as e:
+        raise _renamed(e, name) from None
+    except UnicodeDecodeError as e:
+        raise MaskLensError(f"is not UTF-8 text ({e.reason})", file=name, fix="save the file as UTF-8") from None
+    for ex in examples:
+        ex.source = name
+    errs = [RowError(e.row, _line_of(e), str(_renamed(e, name))) for e in errors]
+    errs.sort(key=lambda e: (e.row is None, e.row or 0))
+    return Dataset(name, examples, errs, len(examples) + len(errors))
+
+
+def _renamed(e: MaskLensError, name: str) -> MaskLensError:
+    return MaskLensError(e.message, file=name if e.file else None, row=e.row, field=e.field, fix=e.fix)
+
+
+def _line_of(e: MaskLensError) -> int | None:
+    m = re.match(r"line (\d+)", e.message)
+    return int(m.group(1)) if m else None
+
+
+def load_sample(file_name: str) -> Dataset:
+    """A bundled sample by file name (only names listed in assets/samples: no path from the UI reaches the disk)."""
+    allowed = {n for _, n in sample_choices()}
+    if file_name not in allowed:
+        raise MaskLensError(f"unknown sample {file_name!r}", fix=f"choose one of {', '.join(sorted(allowed))}")
+    return load_dataset(SAMPLES_DIR / file_name, file_name)
+
+
+def parse_example_json(text: str, row: int = 0) -> Example:
+    """One example pasted or edited as JSON. Example: '{"text": "hi"}' -> Example(kind="text")."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MaskLensError(f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", field="example JSON",
+                            fix="edit the JSON so that it parses (one object)") from None
+    if not isinstance(obj, dict):
+        raise MaskLensError(f"a JSON {type(obj).__name__}, not an object", field="example JSON",
+                            fix='give one object such as {"messages": [...]}')
+    return normalize_row(obj, row, source="edited example")
+
+
+# ------------------------------------------------------------------------------------------------------ tokenizers
+def get_tokenizer(name: str | None):
+    """The tokenizer for a UI name ("embedded", a hub id or a local directory); cached and shared (do not mutate)."""
+    name = (name or "").strip() or EMBEDDED
+    return load_tokenizer(None if name == EMBEDDED else name)
+
+
+# ------------------------------------------------------------------------------------------------------ settings
+_IDS_RE = re.compile(r"^\s*\[?\s*-?\d+(\s*[, ]\s*-?\d+)*\s*\]?\s*$")
+
+
+def unescape(s: str) -> str:
+    r"""Read \n, \t and \\ typed in a one-line text box as the characters. Example: "a\\nb" -> "a\nb"."""
+    out, i = [], 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s) and s[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[s[i + 1]])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def escape(s: str) -> str:
+    r"""The inverse of unescape, to show a template with newlines in a one-line box. Example: "a\nb" -> "a\\nb"."""
+    return s.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def parse_ids(s: str, field_name: str) -> list[int]:
+    """'27, 1234 5' or '[27, 1234]' -> [27, 1234, 5]; anything else is an error naming the field."""
+    if not _IDS_RE.match(s or ""):
+        raise MaskLensError(f"{s!r} is not a list of token ids", field=field_name,
+                            fix="give comma-separated integers such as 1, 31, 22, or untick 'token ids'")
+    return [int(x) for x in re.findall(r"-?\d+", s)]
+
+
+@dataclass
+class Settings:
+    """The masking settings as the Inspect controls hold them (strings from text boxes, 0 for 'no max_length')."""
+
+    strategy: str = "assistant_only"
+    eos: str = "every_turn"
+    train_roles: tuple[str, ...] = ("assistant",)
+    response_template: str = "<|im_start|>assistant\\n"
+    instruction_template: str = ""
+    templates_as_ids: bool = False
+    max_length: int = 0
+    truncation: str = "keep_start"
+    use_generation_markers: bool = True
+
+    def to_config(self, chat_template: str | None = None) -> MaskConfig:
+        """The engine's MaskConfig; raises MaskLensError (naming the field) for a bad value."""
+
+        def tpl(s: str, name: str):
+            s = (s or "").strip("\r")
+            if not s.strip():
+                return None
+            return parse_ids(s, name) if self.templates_as_ids else unescape(s)
+
+        try:
+            max_length = int(self.max_length or 0)
+        except (TypeError, ValueError):
+            raise MaskLensError(f"{self.max_length!r} is not a number", field="max_length") from None
+        return MaskConfig(
+            strategy=self.strategy, eos=self.eos, train_roles=tuple(self.train_roles) or ("assistant",),
+            response_template=tpl(self.response_template, "response_template"),
+            instruction_template=tpl(self.instruction_template, "instruction_template"),
+            max_length=max_length if max_length > 0 else None, truncation=self.truncation,
+            chat_template=chat_template or None, use_generation_markers=bool(self.use_generation_markers))
+
+
+@dataclass
+class Session:
+    """Everything one user has chosen. Lives in gr.State (deep-copied per browser tab)."""
+
+    tokenizer_name: str = EMBEDDED
+    data: Dataset | None = None
+    index: int = 0
+    settings: Settings = field(default_factory=Settings)
+    chat_template: str | None = None  # an edited template replacing the tokenizer's; None = the tokenizer's
+
+    @property
+    def example(self) -> Example | None:
+        if self.data is None or not self.data.examples:
+            return None
+        return self.data.examples[max(0, min(self.index, len(self.data.examples) - 1))]
+
+    def config(self, **overrides) -> MaskConfig:
+        return replace(self.settings, **overrides).to_config(self.chat_template) if overrides else \
+            self.settings.to_config(self.chat_template)
+
+    def tokenizer(self):
+        return get_tokenizer(self.tokenizer_name)
+
+    def render_current(self, cfg: MaskConfig | None = None) -> RenderedExample:
+        ex = self.example
+        if ex is None:
+            raise MaskLensError("no example to render", fix="choose a sample dataset, upload a file or paste an example")
+        return render_examples([ex], self.tokenizer(), cfg or self.config())[0]
+
+    def tokenizer_template(self) -> str:
+        """The tokenizer's own chat template (its 'default' when it ships several), or ''."""
+        t = getattr(self.tokenizer(), "chat_template", None)
+        if isinstance(t, dict):
+            t = t.get("default")
+        return t or ""
+
+    def template(self) -> str | None:
+        """The template in use: the edited one, else the tokenizer's."""
+        return self.chat_template or self.tokenizer_template() or None

@@ -1,0 +1,97 @@
+"""Export: the masked dataset as JSONL/Parquet, and the same configuration for TRL, axolotl and LLaMA-Factory
+(core.export). Files are written to a fresh temporary directory per export and handed to the browser."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from core.engine import render_examples
+from core.errors import MaskLensError
+from core.export import axolotl_snippet, describe, export_jsonl, export_parquet, llamafactory_snippet, sftconfig_snippet
+
+from . import render
+from .session import EMBEDDED, Session
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"JSONL": ".jsonl", "Parquet": ".parquet"}
+CHUNK = 512
+
+
+def _fail(e: Exception) -> str:
+    if not isinstance(e, MaskLensError):
+        log.exception("export tab")
+        return render.error_html(f"{type(e).__name__}: {e}", "Unexpected error")
+    return render.error_html(str(e))
+
+
+def export_name(session: Session, fmt: str) -> str:
+    stem = Path(session.data.name).stem if session.data else "masklens"
+    return f"{stem}.masked{FORMATS.get(fmt, '.jsonl')}"
+
+
+def on_snippets(session: Session):
+    """(configuration line, SFTConfig script, axolotl YAML, LLaMA-Factory YAML) for the Inspect tab's settings."""
+    try:
+        cfg = session.config()
+        data_path = export_name(session, "JSONL")
+        tok = session.tokenizer_name if session.tokenizer_name != EMBEDDED else "HuggingFaceTB/SmolLM2-135M-Instruct"
+        model = None if session.tokenizer_name == EMBEDDED else session.tokenizer_name
+        head = (f'<div class="caption">Configuration: <code>{render.esc(describe(cfg))}</code> · tokenizer '
+                f"<code>{render.esc(session.tokenizer_name)}</code>"
+                + (" (the embedded SmolLM2-135M-Instruct: snippets name its hub id)" if model is None else "")
+                + "</div>")
+        return (head, sftconfig_snippet(cfg, tok, data_path), axolotl_snippet(cfg, data_path, base_model=model or tok),
+                llamafactory_snippet(cfg, model=model or tok))
+    except Exception as e:  # noqa: BLE001
+        return _fail(e), "", "", ""
+
+
+def on_export(session: Session, fmt: str, progress=gr.Progress()):
+    """Render every example and write them. Returns (status HTML, file path or None)."""
+    if session.data is None or not session.data.examples:
+        return render.error_html("No examples to export: choose data in the Inspect tab.", "Nothing to export"), None
+    try:
+        tok = session.tokenizer()
+        cfg = session.config()
+        examples = session.data.examples
+        rendered = []
+        for start in range(0, len(examples), CHUNK):
+            progress(start / len(examples), desc=f"{start}/{len(examples)} examples")
+            rendered += render_examples(examples[start:start + CHUNK], tok, cfg)
+        path = Path(tempfile.mkdtemp(prefix="masklens-export-")) / export_name(session, fmt)
+        (export_parquet if fmt == "Parquet" else export_jsonl)(rendered, path)
+    except Exception as e:  # noqa: BLE001
+        return _fail(e), None
+    n_tok = sum(r.n_tokens for r in rendered)
+    n_tr = sum(r.n_trained for r in rendered)
+    empty = sum(1 for r in rendered if r.n_trained == 0)
+    skipped = len(session.data.errors)
+    msg = (f'<div class="ok">Wrote <b>{len(rendered)}</b> examples ({n_tok} tokens, {n_tr} trained) to '
+           f"<code>{render.esc(path.name)}</code>: columns input_ids, labels (-100 = ignored), row."
+           + (f" {empty} example(s) have no trained token (TRL drops them when it truncates)." if empty else "")
+           + (f" {skipped} unreadable row(s) were left out." if skipped else "") + "</div>")
+    return msg, str(path)
+
+
+def build_export_tab(session: gr.State) -> dict:
+    """The Export tab (call inside a gr.Tab). Returns {"refresh": event kwargs for the snippets}."""
+    head = gr.HTML()
+    with gr.Row():
+        fmt = gr.Radio(choices=list(FORMATS), value="JSONL", label="Format", scale=0, min_width=200)
+        run = gr.Button("Export the masked dataset", variant="primary", scale=0, min_width=240, elem_id="export-run")
+        out = gr.File(label="Download", interactive=False, scale=1, height=70, elem_id="export-file")
+    status = gr.HTML(elem_id="export-status")
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=380):
+            sft = gr.Code(language="python", label="TRL 1.16 (SFTConfig)", interactive=False, lines=20, max_lines=60)
+        with gr.Column(min_width=320):
+            axo = gr.Code(language="yaml", label="axolotl", interactive=False, lines=20, max_lines=60)
+        with gr.Column(min_width=320):
+            lf = gr.Code(language="yaml", label="LLaMA-Factory", interactive=False, lines=20, max_lines=60)
+    run.click(on_export, [session, fmt], [status, out])
+    return {"refresh": dict(fn=on_snippets, inputs=[session], outputs=[head, sft, axo, lf])}

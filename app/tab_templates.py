@@ -1,0 +1,146 @@
+"""Templates: how the chat template in use renders and masks, checked (core.checks).
+
+The template is the one the Inspect tab uses (the tokenizer's, or the edited one). Sections: checks with pass/fail,
+the current example and a probe conversation rendered with message spans, the derived response/instruction templates
+with their ids alone and in context, a template string's usage across the dataset, and a {% generation %}-marked
+twin of the template with its proof and a download.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from core.checks import (PROBE_CONVERSATION, add_generation_markers, derive_templates, render_spans,
+                         template_checks, template_usage, verify_generation_template)
+from core.data import normalize_row
+from core.engine import MaskConfig, render_examples
+from core.errors import MaskLensError
+
+from . import render
+from .session import Session, unescape
+
+log = logging.getLogger(__name__)
+
+
+def _template(session: Session) -> str:
+    t = session.template()
+    if not t:
+        raise MaskLensError("the tokenizer has no chat template", fix="edit one in Inspect → Chat template, or load a chat "
+                                                                      "model's tokenizer")
+    return t
+
+
+def _fail(e: Exception) -> str:
+    if not isinstance(e, MaskLensError):
+        log.exception("templates tab")
+        return render.error_html(f"{type(e).__name__}: {e}", "Unexpected error")
+    return render.error_html(str(e))
+
+
+def on_templates(session: Session):
+    """(source line, checks, spans of the current example and of the probe, derived templates)."""
+    try:
+        tok = session.tokenizer()
+        template = _template(session)
+        source = ("the template edited in Inspect" if session.chat_template else
+                  f"the chat template of tokenizer <code>{render.esc(session.tokenizer_name)}</code>")
+        head = f'<div class="caption">Checking {source}.</div>'
+        checks = render.checks_html(template_checks(tok, template))
+        spans = []
+        ex = session.example
+        if ex is not None and ex.messages:
+            text, sp = render_spans(tok, ex.messages, template)
+            spans.append(render.spans_html(text, sp, f"current example (row {ex.row})"))
+        elif ex is not None:
+            spans.append(f'<div class="caption">The current example is {render.esc(ex.kind)}: no chat template '
+                         "involved.</div>")
+        text, sp = render_spans(tok, PROBE_CONVERSATION, template)
+        spans.append(render.spans_html(text, sp, "probe conversation"))
+        derived = render.derived_html(derive_templates(tok, template))
+    except Exception as e:  # noqa: BLE001 - shown in the page
+        err = _fail(e)
+        return err, "", "", ""
+    return head, checks, "".join(spans), derived
+
+
+def rendered_texts(session: Session) -> list[str]:
+    """The dataset's rendered texts (what the old collator searched), pre-tokenized rows left out."""
+    if session.data is None:
+        return []
+    cfg = MaskConfig(strategy="full", chat_template=session.chat_template)
+    examples = [e for e in session.data.examples if e.kind != "tokens"]
+    return [r.text for r in render_examples(examples, session.tokenizer(), cfg)]
+
+
+def on_usage(session: Session, string: str) -> str:
+    """Where a template string occurs in the dataset, and how it tokenizes there."""
+    s = unescape(string or "")
+    if not s.strip():
+        return render.error_html("Type a template string, e.g. <|im_start|>assistant\\n", "Nothing to look for")
+    try:
+        texts = rendered_texts(session)
+        return render.usage_html(template_usage(session.tokenizer(), s, texts), len(texts))
+    except Exception as e:  # noqa: BLE001
+        return _fail(e)
+
+
+def on_generate(session: Session):
+    """A {% generation %}-marked twin of the template in use, proven on the dataset and probes.
+
+    Returns (proof HTML, marked template text, path of a .jinja file to download or None)."""
+    try:
+        tok = session.tokenizer()
+        original = _template(session)
+        marked = add_generation_markers(tok, original)
+        examples = [e for e in (session.data.examples if session.data else []) if e.kind == "messages"]
+        examples.append(normalize_row({"messages": PROBE_CONVERSATION}, len(examples)))
+        proof = verify_generation_template(tok, original, marked, examples)
+    except Exception as e:  # noqa: BLE001
+        return _fail(e), "", None
+    path = Path(tempfile.mkdtemp(prefix="masklens-")) / "chat_template_training.jinja"
+    path.write_text(marked, encoding="utf-8")
+    return render.proof_html(proof), marked, str(path)
+
+
+def build_templates_tab(session: gr.State) -> dict:
+    """The Templates tab (call inside a gr.Tab). Returns {"refresh": event kwargs, "marked": code, "use": button}."""
+    head = gr.HTML()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=420):
+            gr.Markdown("#### Rendering with message spans")
+            gr.HTML('<div class="legend"><span class="lg"><span class="sw sh-sw"></span>header</span>'
+                    '<span class="lg"><span class="sw sc-sw"></span>content</span>'
+                    '<span class="lg"><span class="sw se-sw"></span>end-of-turn / EOS</span>'
+                    '<span class="lg"><span class="sw st-sw"></span>template text</span>'
+                    '<span class="lg">colour = role (system / user / assistant / tool)</span></div>')
+            spans = gr.HTML(elem_id="template-spans")
+        with gr.Column(scale=2, min_width=360):
+            gr.Markdown("#### Checks")
+            checks = gr.HTML(elem_id="template-checks")
+            gr.Markdown("#### Derived templates (for the old collator / train_on_responses_only)")
+            derived = gr.HTML(elem_id="template-derived")
+            gr.Markdown("#### A template string across the dataset")
+            with gr.Row():
+                usage_in = gr.Textbox(value=r"<|im_start|>assistant\n", show_label=False, scale=4,
+                                      placeholder=r"<|im_start|>assistant\n  (\n = newline)")
+                usage_btn = gr.Button("Find", size="sm", scale=0, min_width=60)
+            usage = gr.HTML(elem_id="template-usage")
+    gr.Markdown("#### A `{% generation %}`-marked twin (what TRL's `assistant_only_loss=True` needs)")
+    with gr.Row():
+        gen_btn = gr.Button("Generate marked template", variant="primary", scale=0, min_width=220,
+                            elem_id="generate-template")
+        use_btn = gr.Button("Use it in Inspect", scale=0, min_width=160)
+        download = gr.DownloadButton("Download .jinja", value=None, scale=0, min_width=160, interactive=True)
+    proof = gr.HTML(elem_id="template-proof")
+    marked = gr.Code(language="jinja2", label="Marked template", interactive=False, lines=8, max_lines=30,
+                     wrap_lines=True)
+
+    refresh = dict(fn=on_templates, inputs=[session], outputs=[head, checks, spans, derived])
+    usage_btn.click(on_usage, [session, usage_in], [usage])
+    usage_in.submit(on_usage, [session, usage_in], [usage])
+    gen_btn.click(on_generate, [session], [proof, marked, download])
+    return {"refresh": refresh, "marked": marked, "use": use_btn}
