@@ -200,33 +200,33 @@ def load_examples_lenient(path: str | os.PathLike, split: str = "train",
     """
     p = Path(path)
     errors: list[MaskLensError] = []
+    indexed: list[tuple[int, dict, int | None]] = []  # (row, object, line): a bad line still takes its row number
     if p.exists() and p.suffix.lower() == ".jsonl" and p.stat().st_size:
-        rows, lines = [], []
+        src = str(p)
         with open(p, encoding="utf-8") as f:
+            n = 0
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
+                    indexed.append((n, json.loads(line), lineno))
                 except json.JSONDecodeError as e:
                     errors.append(MaskLensError(f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})",
-                                                file=str(p), row=len(rows) + len(errors),
-                                                fix="make each line one JSON object"))
-                    continue
-                rows.append(obj)
-                lines.append(lineno)
-                if limit and len(rows) >= limit:
+                                                file=src, row=n, fix="make each line one JSON object"))
+                n += 1
+                if limit and n >= limit:
                     break
-        src = str(p)
     else:
         rows, lines, src = read_rows(path, split, limit)
         lines = lines or [None] * len(rows)
+        indexed = [(i, r, ln) for i, (r, ln) in enumerate(zip(rows, lines))]
     examples = []
-    for i, (r, ln) in enumerate(zip(rows, lines)):
+    for i, r, ln in indexed:
         try:
             examples.append(normalize_row(r, i, source=src, line=ln))
         except MaskLensError as e:
             errors.append(e)
+    errors.sort(key=lambda e: e.row if e.row is not None else -1)
     return examples, errors
 
 
