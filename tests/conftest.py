@@ -2,10 +2,15 @@
 Llama-2-family SentencePiece model that mistral-common ships, and tiny random models built here."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Tests are offline by design: never wait on the Hugging Face Hub (set before datasets/transformers are imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
