@@ -19,7 +19,7 @@ from core.findings import CODES, Finding
 ROLE_CLASS = {"system": "rs", "user": "ru", "assistant": "ra", "tool": "rt", "developer": "rd"}
 ROLE_ORDER = ("system", "developer", "user", "assistant", "tool", None)
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-_WS = {" ": "<s>·</s>", "\t": "<s>→</s>", "\n": "<s>↵</s>", "\r": "<s>␍</s>"}
+_WS = {" ": "<s>·</s>", "\t": "<s>→</s>", "\n": "<s>↵</s><br>", "\r": "<s>␍</s>"}
 
 
 def esc(s: object) -> str:
@@ -27,7 +27,8 @@ def esc(s: object) -> str:
 
 
 def visible_text(text: str) -> str:
-    """A token's text as HTML with whitespace made visible. Example: " a\\n" -> '<s>·</s>a<s>↵</s>'."""
+    """A token's text as HTML with whitespace made visible; a newline also breaks the line (inside the token, so that
+    the indentation after it starts the next line). Example: " a\\n" -> '<s>·</s>a<s>↵</s><br>'."""
     out = html.escape(text, quote=False)
     if any(c in out for c in _WS):
         out = "".join(_WS.get(c, c) for c in out)
@@ -67,8 +68,6 @@ def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff
         if breaks and t.position in breaks:
             parts.append(f'<b class="brk">‖ {esc(breaks[t.position])}</b>')
         parts.append(f'<span class="{cls}" data-token-id="{t.id}" data-label="{t.label}" data-k="{k}">{v}</span>')
-        if "\n" in t.text:
-            parts.append("<br>" * t.text.count("\n"))
     head = (f'<div id="{elem_id}" class="tv" data-n="{len(infos)}" data-offset="{truncated_at_start}" '
             f'data-info="{esc(json.dumps(table, ensure_ascii=False))}">')
     return head + "".join(parts) + "</div>"

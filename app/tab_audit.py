@@ -231,8 +231,8 @@ def on_pack(session: Session, strategy: str, max_length, show_row):
 
 def build_audit_tab(session: gr.State) -> dict:
     """The Audit tab (call inside a gr.Tab). Returns the problem table (main.py wires its select to Inspect)."""
-    with gr.Row():
-        run = gr.Button("Audit the dataset", variant="primary", scale=0, min_width=200, elem_id="audit-run")
+    with gr.Row(elem_classes="bar"):
+        run = gr.Button("Audit the dataset", variant="primary", size="md", scale=0, min_width=170, elem_id="audit-run")
         gr.HTML('<div class="hint">Every example under the Inspect tab\'s tokenizer, template and strategy. '
                 "Click a problem row to open it in Inspect.</div>")
     summary = gr.HTML(elem_id="audit-summary")
@@ -248,14 +248,17 @@ def build_audit_tab(session: gr.State) -> dict:
             problems = gr.Dataframe(headers=PROBLEM_COLUMNS, value=[], interactive=False, elem_id="audit-problems",
                                     wrap=True, max_height=360)
     gr.Markdown("#### Packing preview (TRL 1.16 `packing=True`)")
-    with gr.Row():
-        pstrat = gr.Radio(choices=list(PACKING_STRATEGIES), value="bfd", label="packing_strategy", scale=0,
-                          min_width=260, elem_id="packing-strategy")
+    with gr.Row(elem_classes="bar"):
+        pstrat = gr.Dropdown(choices=list(PACKING_STRATEGIES), value="bfd", label="packing_strategy", scale=0,
+                             min_width=150, elem_id="packing-strategy")
         plen = gr.Number(value=512, precision=0, minimum=16, label="max_length", scale=0, min_width=110)
         prow = gr.Number(value=0, precision=0, minimum=0, label="show row", scale=0, min_width=90)
-        pbtn = gr.Button("Preview packing", scale=0, min_width=160, elem_id="packing-run")
+        pbtn = gr.Button("Preview packing", size="md", scale=0, min_width=150, elem_id="packing-run")
+        gr.HTML('<div class="hint">Rows built by TRL\'s own pack_dataset from the examples rendered without '
+                "max_length (TRL does not truncate before packing). bfd and bfd_split are padding-free: the collator "
+                "masks each document's first token.</div>")
     packing = gr.HTML(elem_id="packing")
-    packed_view = gr.HTML(elem_id="packed-row", js_on_load=TOKEN_VIEW_JS)
+    packed_view = gr.HTML(elem_id="packed-row", js_on_load=TOKEN_VIEW_JS, elem_classes="tvbox")
 
     run.click(on_audit, [session], [summary, share, length, counts, problems])
     pargs = dict(fn=on_pack, inputs=[session, pstrat, plen, prow], outputs=[packing, packed_view])

@@ -132,10 +132,9 @@ def on_count(n: int):
 
 def build_compare_tab(session: gr.State) -> dict:
     """The Compare tab (call inside a gr.Tab). Returns its components; `refresh` re-runs the comparison."""
-    with gr.Row(elem_classes="cmp-bar"):
+    with gr.Row(elem_classes="bar"):
         count = gr.Radio(choices=[2, 3, 4], value=3, label="Configurations", scale=0, min_width=200)
-        run = gr.Button("Compare on the current example", variant="primary", scale=0, min_width=240,
-                        elem_id="compare-run")
+        run = gr.Button("Compare", variant="primary", size="md", scale=0, min_width=120, elem_id="compare-run")
         gr.HTML('<div class="hint">The example, train roles, max_length and truncation come from the Inspect tab. '
                 "Tokens whose labels differ between the configurations are outlined in red.</div>")
     summary = gr.HTML(elem_id="compare-summary")
@@ -146,11 +145,16 @@ def build_compare_tab(session: gr.State) -> dict:
             strat, eos, resp, tpl = DEFAULTS[i]
             L = chr(65 + i)
             with gr.Column(visible=i < 3, min_width=260, elem_classes="cmpcol") as col:
-                with gr.Group():
-                    s = gr.Dropdown(choices=STRATEGIES, value=strat, label=f"{L}: strategy", elem_id=f"cmp-strategy-{L.lower()}")
-                    e = gr.Dropdown(choices=list(EOS_MODES), value=eos, label=f"{L}: EOS")
-                    r = gr.Textbox(value=resp, label=f"{L}: response template", placeholder=r"<|im_start|>assistant\n")
-                    t = gr.Dropdown(choices=tchoices, value=tpl, label=f"{L}: chat template", filterable=True)
+                with gr.Group(elem_classes="cmp-cfg"):
+                    with gr.Row():
+                        s = gr.Dropdown(choices=STRATEGIES, value=strat, label=f"{L} · strategy", min_width=150,
+                                        elem_id=f"cmp-strategy-{L.lower()}")
+                        e = gr.Dropdown(choices=list(EOS_MODES), value=eos, label="EOS", min_width=100)
+                    with gr.Row():
+                        r = gr.Textbox(value=resp, label="response template", min_width=150,
+                                       placeholder=r"<|im_start|>assistant\n")
+                        t = gr.Dropdown(choices=tchoices, value=tpl, label="chat template", filterable=True,
+                                        min_width=150)
                 v = gr.HTML(js_on_load=TOKEN_VIEW_JS, elem_id=f"cmp-box-{L.lower()}", elem_classes="tvbox")
             inputs += [s, e, r, t]
             cols.append(col)

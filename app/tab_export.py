@@ -78,20 +78,31 @@ def on_export(session: Session, fmt: str, progress=gr.Progress()):
     return msg, str(path)
 
 
+def _with_button(status: str, path: str | None):
+    return status, gr.DownloadButton(value=path, interactive=path is not None,
+                                     label=f"Download {Path(path).name}" if path else "Download")
+
+
 def build_export_tab(session: gr.State) -> dict:
     """The Export tab (call inside a gr.Tab). Returns {"refresh": event kwargs for the snippets}."""
     head = gr.HTML()
-    with gr.Row():
+    with gr.Row(elem_classes="bar"):
         fmt = gr.Radio(choices=list(FORMATS), value="JSONL", label="Format", scale=0, min_width=200)
-        run = gr.Button("Export the masked dataset", variant="primary", scale=0, min_width=240, elem_id="export-run")
-        out = gr.File(label="Download", interactive=False, scale=1, height=70, elem_id="export-file")
+        run = gr.Button("Export the masked dataset", variant="primary", size="md", scale=0, min_width=220, elem_id="export-run")
+        out = gr.DownloadButton("Download", value=None, size="md", scale=0, min_width=160, interactive=False,
+                                elem_id="export-file")
+        gr.HTML('<div class="hint">input_ids and labels (-100 = ignored) per example, ready for SFTTrainer: a '
+                "pre-tokenized dataset with labels is used as is.</div>")
     status = gr.HTML(elem_id="export-status")
     with gr.Row(equal_height=False):
         with gr.Column(min_width=380):
-            sft = gr.Code(language="python", label="TRL 1.16 (SFTConfig)", interactive=False, lines=20, max_lines=60)
+            sft = gr.Code(language="python", label="TRL 1.16 (SFTConfig)", interactive=False, lines=20, max_lines=60,
+                              wrap_lines=True)
         with gr.Column(min_width=320):
-            axo = gr.Code(language="yaml", label="axolotl", interactive=False, lines=20, max_lines=60)
+            axo = gr.Code(language="yaml", label="axolotl", interactive=False, lines=20, max_lines=60,
+                              wrap_lines=True)
         with gr.Column(min_width=320):
-            lf = gr.Code(language="yaml", label="LLaMA-Factory", interactive=False, lines=20, max_lines=60)
-    run.click(on_export, [session, fmt], [status, out])
+            lf = gr.Code(language="yaml", label="LLaMA-Factory", interactive=False, lines=20, max_lines=60,
+                              wrap_lines=True)
+    run.click(lambda s, f: _with_button(*on_export(s, f)), [session, fmt], [status, out])
     return {"refresh": dict(fn=on_snippets, inputs=[session], outputs=[head, sft, axo, lf])}

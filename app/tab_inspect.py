@@ -129,7 +129,7 @@ def on_load(data_path: str | None = None, tokenizer_name: str | None = None):
         except Exception as e:  # noqa: BLE001 - shown in the page; the embedded tokenizer is used instead
             errors.append(_err(e))
     try:
-        session.data = load_dataset(data_path) if data_path else load_sample(DEFAULT_SAMPLE)
+        session.data = load_dataset(data_path, str(data_path)) if data_path else load_sample(DEFAULT_SAMPLE)
     except Exception as e:  # noqa: BLE001
         errors.append(_err(e))
     try:
@@ -319,17 +319,15 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
         with gr.Column(scale=1, min_width=270, elem_classes="controls"):
             with gr.Row(elem_classes="tok-row"):
                 tok_name = gr.Textbox(value=EMBEDDED, label="Tokenizer", scale=4, elem_id="tokenizer-name",
-                                      placeholder="embedded | org/model | /path/to/dir",
-                                      info="'embedded' = SmolLM2-135M-Instruct; or a hub id / local directory")
-                tok_btn = gr.Button("Load", scale=0, min_width=56, size="sm", elem_id="tokenizer-load")
+                                      placeholder="embedded | org/model | /path/to/dir")
+                tok_btn = gr.Button("Load", scale=0, min_width=64, size="md", elem_id="tokenizer-load")
             with gr.Row(elem_classes="data-row"):
                 sample = gr.Dropdown(choices=sample_choices(), value=DEFAULT_SAMPLE, label="Data", scale=4,
-                                     elem_id="sample", info="a bundled sample, or upload your own")
-                upload = gr.UploadButton("Upload…", type="filepath", size="sm", scale=0, min_width=80,
+                                     elem_id="sample")
+                upload = gr.UploadButton("Upload…", type="filepath", size="md", scale=0, min_width=88,
                                          file_types=[".jsonl", ".json", ".parquet", ".csv"], elem_id="upload")
             data_info = gr.HTML(elem_id="data-info")
-            strategy = gr.Radio(choices=STRATEGIES, value=s0.strategy, label="Strategy", elem_id="strategy",
-                                info=config_help("strategy").split(":")[0])
+            strategy = gr.Radio(choices=STRATEGIES, value=s0.strategy, label="Strategy", elem_id="strategy")
             with gr.Accordion("Options", open=True, elem_classes="opts"):
                 eos = gr.Radio(choices=list(EOS_MODES), value=s0.eos, label="EOS / end-of-turn", info=config_help("eos"))
                 roles = gr.CheckboxGroup(choices=list(ROLES), value=list(s0.train_roles), label="Train roles",

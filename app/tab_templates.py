@@ -106,6 +106,10 @@ def on_generate(session: Session):
     return render.proof_html(proof), marked, str(path)
 
 
+def _with_button(proof: str, marked: str, path: str | None):
+    return proof, marked, gr.DownloadButton(value=path, interactive=path is not None)
+
+
 def build_templates_tab(session: gr.State) -> dict:
     """The Templates tab (call inside a gr.Tab). Returns {"refresh": event kwargs, "marked": code, "use": button}."""
     head = gr.HTML()
@@ -130,11 +134,13 @@ def build_templates_tab(session: gr.State) -> dict:
                 usage_btn = gr.Button("Find", size="sm", scale=0, min_width=60)
             usage = gr.HTML(elem_id="template-usage")
     gr.Markdown("#### A `{% generation %}`-marked twin (what TRL's `assistant_only_loss=True` needs)")
-    with gr.Row():
-        gen_btn = gr.Button("Generate marked template", variant="primary", scale=0, min_width=220,
+    with gr.Row(elem_classes="bar"):
+        gen_btn = gr.Button("Generate marked template", variant="primary", size="md", scale=0, min_width=210,
                             elem_id="generate-template")
-        use_btn = gr.Button("Use it in Inspect", scale=0, min_width=160)
-        download = gr.DownloadButton("Download .jinja", value=None, scale=0, min_width=160, interactive=True)
+        use_btn = gr.Button("Use it in Inspect", size="md", scale=0, min_width=150)
+        download = gr.DownloadButton("Download .jinja", value=None, size="md", scale=0, min_width=150, interactive=False)
+        gr.HTML('<div class="hint">Wraps each assistant message\'s content and end-of-turn marker in {% generation %}; '
+                "the proof renders every conversation of the dataset (and probes) with both templates.</div>")
     proof = gr.HTML(elem_id="template-proof")
     marked = gr.Code(language="jinja2", label="Marked template", interactive=False, lines=8, max_lines=30,
                      wrap_lines=True)
@@ -142,5 +148,5 @@ def build_templates_tab(session: gr.State) -> dict:
     refresh = dict(fn=on_templates, inputs=[session], outputs=[head, checks, spans, derived])
     usage_btn.click(on_usage, [session, usage_in], [usage])
     usage_in.submit(on_usage, [session, usage_in], [usage])
-    gen_btn.click(on_generate, [session], [proof, marked, download])
+    gen_btn.click(lambda s: _with_button(*on_generate(s)), [session], [proof, marked, download])
     return {"refresh": refresh, "marked": marked, "use": use_btn}

@@ -1,0 +1,372 @@
+"""The app's callbacks and formatting, called directly (no browser): every output checked against the engine."""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from app import render, tab_audit, tab_compare, tab_export, tab_inspect, tab_templates
+from app.session import SAMPLES_DIR, Session, Settings, load_dataset, load_sample, parse_ids, sample_choices, unescape
+from core.audit import audit
+from core.data import normalize_row
+from core.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
+from core.errors import MaskLensError
+
+TOKEN_RE = re.compile(r'<span class="([^"]*)" data-token-id="(-?\d+)" data-label="(-?\d+)" data-k="(\d+)">')
+SETTING_NAMES = ["strategy", "eos", "train_roles", "response_template", "instruction_template", "templates_as_ids",
+                 "max_length", "truncation", "use_generation_markers"]
+
+
+def tokens_of(html: str) -> list[tuple[str, int, int]]:
+    """(class, id, label) of every token span in a token view."""
+    return [(c, int(i), int(lab)) for c, i, lab, _ in TOKEN_RE.findall(html)]
+
+
+def settings_values(**overrides) -> list:
+    s = Settings(**overrides)
+    return [getattr(s, n) for n in SETTING_NAMES]
+
+
+@pytest.fixture
+def loaded(smol_tok):
+    """A page just loaded: embedded tokenizer, the default sample, assistant_only."""
+    out = tab_inspect.on_load()
+    return tab_inspect.InspectOut(*out[:len(tab_inspect.InspectOut._fields)]), out
+
+
+# ------------------------------------------------------------------------------------------------------ Inspect
+def test_load_renders_default_sample_under_assistant_only(loaded, smol_tok):
+    out, extra = loaded
+    s = out.session
+    assert s.tokenizer_name == "embedded" and s.data.name == "chat_multiturn.jsonl"
+    assert s.settings.strategy == "assistant_only" and out.error == ""
+    r = render_examples([s.data.examples[0]], smol_tok, MaskConfig("assistant_only"))[0]
+    toks = tokens_of(out.view)
+    assert 'id="token-view"' in out.view
+    assert [i for _, i, _ in toks] == r.input_ids
+    assert [lab for _, _, lab in toks] == r.labels
+    assert {lab for _, _, lab in toks} & {IGNORE} and any(lab != IGNORE for _, _, lab in toks)
+    # the response template box is prefilled with the chat template's generation prompt, escaped
+    assert extra[-1] == r"<|im_start|>assistant\n"
+    assert "<|im_start|>" in extra[-2]  # the chat template shown in the code box
+    assert json.loads(out.raw) == s.data.examples[0].raw
+    assert f"<b>{r.n_tokens}</b><span>tokens</span>" in out.stats
+    assert f"<b>{r.n_trained}</b><span>trained</span>" in out.stats
+
+
+def test_token_view_markup_roles_special_whitespace_and_tooltip_table(loaded, smol_tok):
+    out, _ = loaded
+    r = out.session.render_current()
+    infos = r.tokens(smol_tok)
+    toks = tokens_of(out.view)
+    assert len(toks) == len(infos)
+    for (cls, _, _), t in zip(toks, infos):
+        assert cls.split()[0] == render.ROLE_CLASS.get(t.role, "ro")
+        assert ("x" in cls.split()) == t.special
+    info = json.loads(re.search(r'data-info="([^"]*)"', out.view).group(1).replace("&quot;", '"'))
+    keys = [int(k) for *_, k in TOKEN_RE.findall(out.view)]
+    for t, k in zip(infos, keys):  # the tooltip's table gives each token its own message, role, part and rule
+        assert info[k] == [t.message, t.role or "", t.part, t.rule]
+    assert len(info) < len(infos) / 4  # shared entries, not one per token
+    assert render.visible_text(" a\tb\n") == "<s>·</s>a<s>→</s>b<s>↵</s><br>"
+    assert render.visible_text("<|im_end|>") == "&lt;|im_end|&gt;"
+
+
+def test_strategy_switch_changes_labels(loaded):
+    out, _ = loaded
+    s = out.session
+    ignored = lambda html: sum(1 for *_, lab in tokens_of(html) if lab == IGNORE)  # noqa: E731
+    n_asst = ignored(out.view)
+    full = tab_inspect.on_settings(s, *settings_values(strategy="full"))
+    assert ignored(full.view) == 0 and full.error == ""
+    last = tab_inspect.on_settings(s, *settings_values(strategy="last_assistant"))
+    assert ignored(last.view) > n_asst
+    resp = tab_inspect.on_settings(s, *settings_values(strategy="response_template"))
+    assert "pad_is_eos" in resp.findings and "Fix:" in resp.findings
+    # a bad value is an error box naming the field, not an exception
+    bad = tab_inspect.on_settings(s, *settings_values(strategy="response_template", response_template="1,x",
+                                                      templates_as_ids=True))
+    assert "errbox" in bad.error and "response_template" in bad.error and 'data-token-id' not in bad.view
+
+
+def test_navigation_and_jump(loaded):
+    out, _ = loaded
+    s = out.session
+    n = len(s.data.examples)
+    assert tab_inspect.on_next(s).number == 2
+    assert tab_inspect.on_prev(s).number == 1
+    assert tab_inspect.on_prev(s).number == n  # wraps
+    assert tab_inspect.on_jump(s, 3).number == 3
+    assert tab_inspect.on_jump(s, 999).number == n  # clamped
+    assert f"of {n}" in tab_inspect.on_jump(s, 1).caption
+
+
+def test_bundled_samples_all_load(smol_tok):
+    names = [n for _, n in sample_choices()]
+    assert names[0] == "chat_multiturn.jsonl" and len(names) == 8
+    for name in names:
+        d = load_sample(name)
+        assert d.examples, name
+        assert bool(d.errors) == (name == "broken.jsonl")
+    with pytest.raises(MaskLensError, match="unknown sample"):
+        load_sample("../../etc/passwd")
+
+
+def test_upload_broken_file_lists_bad_rows_and_shows_valid_ones(loaded):
+    out, _ = loaded
+    res = tab_inspect.on_upload(out.session, str(SAMPLES_DIR / "broken.jsonl"))
+    assert res.error == ""
+    assert "2 examples" in res.data_info and "5 rows could not be read" in res.data_info
+    for needle in ("unknown role", "content must be a string", "has no &#x27;content&#x27;", "not valid JSON",
+                   "is missing"):
+        assert needle in res.data_info, needle
+    assert tokens_of(res.view)  # the first valid row is rendered
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("empty.jsonl", "", "empty"),
+    ("notes.txt", "hello", "unsupported file type"),
+    ("garbage.jsonl", "this is not json\n{also not\n", "not valid JSON"),
+    ("latin1.jsonl", b'{"text": "caf\xe9"}\n', "UTF-8"),
+])
+def test_upload_unreadable_file_is_an_error_message_not_an_exception(loaded, tmp_path, name, content, needle):
+    out, _ = loaded
+    p = tmp_path / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    res = tab_inspect.on_upload(out.session, str(p))
+    shown = res.error + res.data_info
+    assert needle in shown
+    assert name in shown  # the user's file name, not the temporary path
+    assert str(tmp_path) not in shown
+
+
+def test_edit_json_and_bad_json(loaded):
+    out, _ = loaded
+    s = out.session
+    bad = tab_inspect.on_apply_json(s, '{"messages": [')
+    assert "not valid JSON" in bad.error
+    bad_role = tab_inspect.on_apply_json(s, '{"messages": [{"role": "robot", "content": "x"}]}')
+    assert "unknown role" in bad_role.error
+    ok = tab_inspect.on_apply_json(s, json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                               {"role": "assistant", "content": "Hello!"}]}))
+    assert ok.error == "" and "Hello!" in ok.raw
+    assert s.example.messages[-1]["content"] == "Hello!"
+
+
+def test_bad_tokenizer_keeps_the_old_one(loaded, tmp_path):
+    out, _ = loaded
+    s = out.session
+    res = tab_inspect.on_tokenizer(s, str(tmp_path / "no_such_dir"))
+    assert "no such directory" in res[7] and s.tokenizer_name == "embedded"
+    assert tokens_of(res[1])  # still rendered with the old tokenizer
+
+
+def test_edited_chat_template_and_a_broken_one(loaded):
+    out, _ = loaded
+    s = out.session
+    broken = tab_inspect.on_apply_template(s, "{% for m in messages %}{{ m['content'] }")
+    assert "chat template failed to render" in broken.error
+    reset = tab_inspect.on_reset_template(s)
+    assert reset[7] == "" and s.chat_template is None
+
+
+# ------------------------------------------------------------------------------------------------------ Compare
+def test_compare_counts_differing_tokens(loaded, smol_tok):
+    out, _ = loaded
+    s = out.session
+    values = ["full", "every_turn", "", "tokenizer", "assistant_only", "every_turn", "", "tokenizer",
+              "response_template", "every_turn", r"<|im_start|>assistant\n", "tokenizer"] + [""] * 4
+    summary, *views = tab_compare.on_compare(s, 2, *values)
+    ex = s.example
+    full, asst = (render_examples([ex], smol_tok, MaskConfig(st))[0] for st in ("full", "assistant_only"))
+    n_diff = sum(1 for a, b in zip(full.labels, asst.labels) if a != b)
+    assert n_diff > 0
+    assert f'data-diff="{n_diff}"' in summary
+    assert sum(1 for c, *_ in tokens_of(views[0]) if "d" in c.split()) == n_diff
+    assert views[2] == views[3] == ""  # only two configurations shown
+    summary3, *views3 = tab_compare.on_compare(s, 3, *values)
+    resp = render_examples([ex], smol_tok, MaskConfig("response_template",
+                                                      response_template="<|im_start|>assistant\n"))[0]
+    n3 = sum(1 for a, b, c in zip(full.labels, asst.labels, resp.labels) if not a == b == c)
+    assert f'data-diff="{n3}"' in summary3 and tokens_of(views3[2])
+
+
+def test_compare_bad_configuration_does_not_hide_the_others(loaded):
+    out, _ = loaded
+    values = ["full", "every_turn", "", "tokenizer", "assistant_only", "every_turn", "", "tokenizer",
+              "response_template", "every_turn", "", "tokenizer"] + [""] * 4
+    summary, *views = tab_compare.on_compare(out.session, 3, *values)
+    assert "errbox" in views[2] and "response template" in views[2]
+    assert tokens_of(views[0]) and tokens_of(views[1]) and "data-diff" in summary
+
+
+def test_compare_two_chat_templates(loaded):
+    out, _ = loaded
+    base = ["assistant_only", "every_turn", "", "tokenizer", "assistant_only", "every_turn", ""]
+    # Qwen2.5's training template is ChatML too: same tokens, and its {% generation %} blocks differ from the
+    # engine's assistant_only on SmolLM2's template only in a few tokens
+    summary, *views = tab_compare.on_compare(out.session, 2, *base, "trl:qwen2_5_training.jinja", *[""] * 8)
+    n = int(re.search(r'data-diff="(\d+)"', summary).group(1))
+    assert 0 < n < 20 and "qwen2_5_training.jinja" in summary
+    # Llama 3's template renders other tokens: no position-by-position comparison, both views shown
+    summary, *views = tab_compare.on_compare(out.session, 2, *base, "trl:llama3_training.jinja", *[""] * 8)
+    assert "tokenize the example differently" in summary
+    assert tokens_of(views[0]) and tokens_of(views[1])
+
+
+# ------------------------------------------------------------------------------------------------------ Audit
+def test_audit_counts_match_core_and_open_in_inspect(loaded, smol_tok):
+    out, _ = loaded
+    s = out.session
+    tab_inspect.on_sample(s, "text.jsonl")  # assistant_only on plain text: nothing trained anywhere
+    head, fig_share, fig_len, counts, problems = tab_audit.on_audit(s, progress=lambda *a, **k: None)
+    rep, _ = audit(s.data.examples, smol_tok, s.config())
+    assert len(problems) == len(rep.problems) == 3
+    assert f"<b>{rep.tokens}</b><span>tokens</span>" in head
+    assert f"<b>{rep.examples_without_trained_tokens}</b><span>with nothing trained</span>" in head
+    for code, n in rep.findings.items():
+        assert f"<code>{code}</code></td><td>{n}</td>" in counts
+    assert fig_share is not None and fig_len is not None
+    assert [p[0] for p in problems] == [1, 2, 3] and problems[1][3] == "no_trained_tokens, strategy_not_applicable"
+    opened = tab_audit.open_problem(s, problems[1][0])
+    assert opened.number == 2 and s.index == 1 and "example <b>2</b> of 3" in opened.caption
+
+
+def test_audit_broken_sample_maps_file_rows_to_positions(smol_tok):
+    s = Session(data=load_sample("broken.jsonl"))
+    s.settings.strategy = "response_template"
+    s.settings.response_template = "<|im_start|>assistant\\n"
+    _, _, _, _, problems = tab_audit.on_audit(s, progress=lambda *a, **k: None)
+    rows = {p[1]: p[0] for p in problems}
+    assert rows == {ex.row: k + 1 for k, ex in enumerate(s.data.examples)}
+
+
+def test_audit_and_export_without_data_are_messages():
+    s = Session()
+    assert "Nothing to audit" in tab_audit.on_audit(s, progress=lambda *a, **k: None)[0]
+    assert "Nothing to export" in tab_export.on_export(s, "JSONL", progress=lambda *a, **k: None)[0]
+
+
+@pytest.mark.parametrize("strategy", ["bfd", "wrapped"])
+def test_packing_preview_rows_and_boundaries(loaded, strategy):
+    out, _ = loaded
+    html, view = tab_audit.on_pack(out.session, strategy, 256, 0)
+    n_rows = html.count('class="prow"')
+    assert n_rows >= 3 and 'data-source="' in html
+    assert 'class="brk"' in view and tokens_of(view)
+    assert ("padding-free: True" in html) == (strategy == "bfd")
+    bad, _ = tab_audit.on_pack(out.session, strategy, 0, 0)
+    assert "positive max_length" in bad
+
+
+# ------------------------------------------------------------------------------------------------------ Templates
+def test_templates_checks_spans_derived_usage_and_generation(loaded):
+    out, _ = loaded
+    s = out.session
+    head, checks, spans, derived = tab_templates.on_templates(s)
+    assert "generation markers" in checks and "chk-fail" in checks and "chk-pass" in checks
+    assert spans.count('class="spans"') == 2 and 'class="sc ra"' in spans
+    assert "[1, 520, 9531, 198]" in derived
+    usage = tab_templates.on_usage(s, r"<|im_start|>assistant\n")
+    assert f"Found as text in <b>{len(s.data.examples)}</b> of {len(s.data.examples)}" in usage
+    proof, marked, path = tab_templates.on_generate(s)
+    assert "Proven" in proof and "{% generation %}" in marked
+    assert Path(path).read_text() == marked
+    use = tab_inspect.on_use_template(s, marked)
+    assert s.chat_template == marked and use[7] == ""
+    # rendering under the marked template with generation markers gives the same labels
+    r_marked = s.render_current()
+    s.chat_template = None
+    assert r_marked.labels == s.render_current().labels
+
+
+# ------------------------------------------------------------------------------------------------------ Export
+@pytest.mark.parametrize("fmt", ["JSONL", "Parquet"])
+def test_export_writes_engine_labels(loaded, smol_tok, fmt):
+    out, _ = loaded
+    s = out.session
+    status, path = tab_export.on_export(s, fmt, progress=lambda *a, **k: None)
+    assert path and Path(path).name == f"chat_multiturn.masked{tab_export.FORMATS[fmt]}" and "Wrote" in status
+    if fmt == "JSONL":
+        recs = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    else:
+        import pyarrow.parquet as pq
+        recs = pq.read_table(path).to_pylist()
+    expected = render_examples(s.data.examples, smol_tok, s.config())
+    assert [r["labels"] for r in recs] == [e.labels for e in expected]
+    head, sft, axo, lf = tab_export.on_snippets(s)
+    assert "SFTConfig" in sft and "datasets:" in axo and "stage" in lf and "assistant_only" in head
+
+
+# ------------------------------------------------------------------------------------------------------ misc
+def test_settings_parsing():
+    assert unescape(r"<|im_start|>assistant\n") == "<|im_start|>assistant\n"
+    assert parse_ids("[1, 520 9531]", "response_template") == [1, 520, 9531]
+    with pytest.raises(MaskLensError, match="response_template"):
+        parse_ids("1, two", "response_template")
+    cfg = Settings(strategy="response_template", response_template="1,2", templates_as_ids=True, max_length=0,
+                   instruction_template="  ").to_config()
+    assert cfg.response_template == [1, 2] and cfg.instruction_template is None and cfg.max_length is None
+
+
+def test_app_builds_without_side_effects_and_strategy_choices_are_the_registry():
+    import gradio as gr
+
+    from app.main import build_app, launch_options
+
+    demo = build_app()
+    radios = [b for b in demo.blocks.values() if isinstance(b, (gr.Radio, gr.Dropdown)) and b.label == "Strategy"]
+    assert len(radios) == 1 and [c[1] for c in radios[0].choices] == STRATEGIES
+    assert not demo.is_running
+    opts = launch_options()
+    assert opts["max_file_size"] and Path(opts["css_paths"][0]).is_file()
+
+
+def test_cli_arguments():
+    from app.__main__ import main, parse_args
+
+    a = parse_args([])
+    assert (a.host, a.port, a.auth, a.data, a.tokenizer) == ("127.0.0.1", 7860, None, None, None)
+    a = parse_args(["--host", "0.0.0.0", "--port", "9000", "--auth", "u:p", "--data", "x.jsonl", "--tokenizer", "t"])
+    assert (a.host, a.port, a.auth, a.data, a.tokenizer) == ("0.0.0.0", 9000, "u:p", "x.jsonl", "t")
+    assert main(["--auth", "nopassword"]) == 2
+
+
+def test_cli_data_and_tokenizer_open_the_page(tmp_path):
+    p = tmp_path / "mine.jsonl"
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
+                 + "\n")
+    out = tab_inspect.make_loader(str(p), "embedded")()
+    assert out[0].data.name == "mine.jsonl" and tokens_of(out[1])
+    missing = tab_inspect.make_loader(str(tmp_path / "nope.jsonl"), None)()
+    assert "no such file" in missing[7]
+
+
+def long_conversation(n_tokens_target: int = 4000) -> dict:
+    msgs = [{"role": "system", "content": "You are a meticulous assistant."}]
+    k = 0
+    while sum(len(m["content"]) for m in msgs) < n_tokens_target * 4:
+        msgs.append({"role": "user", "content": f"Question {k}: explain step {k} of the build, with details.\n"})
+        msgs.append({"role": "assistant", "content": (f"Step {k}: run `make build-{k}`, then check the log.\n"
+                                                      "    - compile\n    - link\n    - test\n") * 3})
+        k += 1
+    return {"messages": msgs}
+
+
+def test_4000_token_conversation_renders_fast(smol_tok):
+    ex = normalize_row(long_conversation(), 0)
+    r = render_examples([ex], smol_tok, MaskConfig("assistant_only"))[0]
+    assert r.n_tokens >= 4000
+    t0 = time.perf_counter()
+    infos = r.tokens(smol_tok)
+    t1 = time.perf_counter()
+    html = render.token_view_html(infos)
+    t2 = time.perf_counter()
+    assert len(tokens_of(html)) == r.n_tokens
+    per_token = len(html) / r.n_tokens
+    print(f"\n4k-token view: {r.n_tokens} tokens, tokens() {1000 * (t1 - t0):.1f} ms, HTML {1000 * (t2 - t1):.1f} ms, "
+          f"{len(html) / 1024:.0f} KiB ({per_token:.0f} B/token)")
+    assert per_token < 100  # minimal per-token markup
+    assert t2 - t1 < 0.5
