@@ -51,13 +51,14 @@ class AuditReport:
 
 
 def audit(examples: list[Example], tokenizer, cfg: MaskConfig, progress=None,
-          keep_rendered: bool = False) -> tuple[AuditReport, list[RenderedExample]]:
-    """Render every example and summarise. progress(done, total) is called after each chunk."""
+          keep_rendered: bool = False, errors: str = "raise") -> tuple[AuditReport, list[RenderedExample]]:
+    """Render every example and summarise. progress(done, total) is called after each chunk.
+    errors="finding" keeps going past examples the template cannot render (see render_examples)."""
     rep = AuditReport(max_length=cfg.max_length)
     kept: list[RenderedExample] = []
     total = len(examples)
     for start in range(0, total, CHUNK):
-        for r in render_examples(examples[start:start + CHUNK], tokenizer, cfg):
+        for r in render_examples(examples[start:start + CHUNK], tokenizer, cfg, errors=errors):
             add(rep, r)
             if keep_rendered:
                 kept.append(r)

@@ -718,8 +718,13 @@ def _context(tokenizer, cfg: MaskConfig, template: str | None) -> dict:
     return ctx
 
 
-def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig) -> list[RenderedExample]:
-    """Render many examples under one configuration (the fast path: one batch tokenization)."""
+def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors: str = "raise") -> list[RenderedExample]:
+    """Render many examples under one configuration (the fast path: one batch tokenization).
+
+    errors="raise": a template that fails on an example raises MaskLensError naming its row (the CLI's contract);
+    errors="finding": that example comes back empty with a render_failed finding and the others render (the app).
+    """
+    assert errors in ("raise", "finding"), errors
     needs_template = any(e.kind in (KIND_MESSAGES, KIND_PC_CONV) for e in examples)
     template = get_template(tokenizer, cfg.chat_template) if needs_template else (cfg.chat_template or None)
     if template is None:
@@ -729,11 +734,15 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig) -> list
     batch = {"special_map": dict(tokenizer.special_tokens_map),
              "info": analyze_template(tokenizer, template) if needs_template else None}
     plans = []
-    for ex in examples:
+    failed: dict[int, RenderedExample] = {}
+    for k, ex in enumerate(examples):
         try:
             plans.append(_plan(ex, tokenizer, cfg, template, eos_token, batch))
         except MaskLensError as e:
-            raise MaskLensError(e.message, file=ex.source, row=ex.row, field=e.field, fix=e.fix) from None
+            if errors == "raise":
+                raise MaskLensError(e.message, file=ex.source, row=ex.row, field=e.field, fix=e.fix) from None
+            failed[k] = RenderedExample(row=ex.row, kind=ex.kind, input_ids=[], labels=[], messages=ex.messages,
+                                        findings=[Finding("render_failed", str(e))], strategy=cfg.strategy)
     for add_special in (False, True):
         group = [p for p in plans if p.ex.kind != KIND_TOKENS and p.add_special == add_special]
         for p, enc in zip(group, encode_batch(tokenizer, [p.text for p in group], add_special)):
@@ -742,7 +751,8 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig) -> list
         for p, enc in zip(pgroup, encode_batch(tokenizer, [p.prompt_text for p in pgroup], add_special)):
             p.prompt_enc = enc
     ctx = _context(tokenizer, cfg, template)
-    return [_finish(p, tokenizer, cfg, ctx) for p in plans]
+    done = iter([_finish(p, tokenizer, cfg, ctx) for p in plans])
+    return [failed[k] if k in failed else next(done) for k in range(len(examples))]
 
 
 def render_example(example: Example, tokenizer, cfg: MaskConfig) -> RenderedExample:

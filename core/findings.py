@@ -77,6 +77,11 @@ CODES: dict[str, tuple[str, str, str]] = {
         "and chat templates then render them under those names.",
         "Map the roles in your data to user/assistant/system/tool.",
     ),
+    "render_failed": (
+        "error",
+        "The chat template raised an error on this example, so it cannot be tokenized (TRL would stop on it).",
+        "Read the template's message; fix the example (e.g. roles out of order) or the template.",
+    ),
     "strategy_not_applicable": (
         "error",
         "The strategy needs another data format (e.g. completion_only needs prompt/completion rows).",

@@ -117,3 +117,12 @@ def test_tools_column_as_json_string(smol_tok):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     e = normalize_row({"messages": ROWS[0]["messages"], "tools": json.dumps(tools)})
     assert e.tools == tools
+
+
+def test_render_failure_as_finding_keeps_other_rows(smol_tok):
+    tpl = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    exs = [normalize_row({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]}, 0),
+           normalize_row({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, 1)]
+    bad, good = render_examples(exs, smol_tok, MaskConfig(strategy="full", chat_template=tpl), errors="finding")
+    assert bad.findings[0].code == "render_failed" and "no system role" in bad.findings[0].message
+    assert bad.input_ids == [] and good.n_trained == good.n_tokens > 0
