@@ -126,3 +126,11 @@ def test_render_failure_as_finding_keeps_other_rows(smol_tok):
     bad, good = render_examples(exs, smol_tok, MaskConfig(strategy="full", chat_template=tpl), errors="finding")
     assert bad.findings[0].code == "render_failed" and "no system role" in bad.findings[0].message
     assert bad.input_ids == [] and good.n_trained == good.n_tokens > 0
+
+
+def test_user_templates_are_sandboxed(smol_tok):
+    """A template reaching for Python internals fails like in transformers' sandbox, as a clear error."""
+    evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    ex = normalize_row({"messages": [{"role": "user", "content": "x"}]}, 0, source="d.jsonl")
+    with pytest.raises(MaskLensError, match="chat template failed to render.*(unsafe|SecurityError|access)"):
+        render_examples([ex], smol_tok, MaskConfig(strategy="full", chat_template=evil))
