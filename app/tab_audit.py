@@ -39,7 +39,10 @@ def _figure(height: float = 2.5):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
     fig, ax = plt.subplots(figsize=(7.5, height), dpi=100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(labelsize=8)
     fig.subplots_adjust(left=0.08, right=0.99, bottom=0.2, top=0.88)
@@ -50,8 +53,13 @@ def share_plot(shares: list[float]):
     """Trained share per example (bars, red where nothing is trained), or its histogram for big datasets."""
     fig, ax = _figure()
     if len(shares) <= PER_EXAMPLE_BARS:
-        colors = ["#dc2626" if s == 0 else "#10b981" for s in shares]
-        ax.bar(range(1, len(shares) + 1), [100 * s for s in shares], color=colors, width=0.85)
+        xs = range(1, len(shares) + 1)
+        ax.bar(xs, [100 * s for s in shares], color="#10b981", width=0.85)
+        zeros = [x for x, s in zip(xs, shares) if s == 0]
+        if zeros:  # nothing trained: a bar of height 0 would be invisible
+            ax.scatter(zeros, [2] * len(zeros), marker="x", color="#dc2626", s=18, label="nothing trained", zorder=3)
+            ax.legend(fontsize=7, frameon=False, loc="upper right")
+        ax.set_ylim(0, 105)
         ax.set_xlabel("example #", fontsize=8)
     else:
         ax.hist([100 * s for s in shares], bins=40, color="#10b981")
@@ -248,15 +256,15 @@ def build_audit_tab(session: gr.State) -> dict:
             problems = gr.Dataframe(headers=PROBLEM_COLUMNS, value=[], interactive=False, elem_id="audit-problems",
                                     wrap=True, max_height=360)
     gr.Markdown("#### Packing preview (TRL 1.16 `packing=True`)")
+    gr.HTML('<div class="hint">Rows built by TRL\'s own pack_dataset from the examples rendered without max_length '
+            "(TRL does not truncate before packing). bfd and bfd_split are padding-free: the collator masks each "
+            "document's first token; wrapped lets documents attend across boundaries.</div>")
     with gr.Row(elem_classes="bar"):
         pstrat = gr.Dropdown(choices=list(PACKING_STRATEGIES), value="bfd", label="packing_strategy", scale=0,
-                             min_width=150, elem_id="packing-strategy")
-        plen = gr.Number(value=512, precision=0, minimum=16, label="max_length", scale=0, min_width=110)
-        prow = gr.Number(value=0, precision=0, minimum=0, label="show row", scale=0, min_width=90)
+                             min_width=160, elem_id="packing-strategy")
+        plen = gr.Number(value=512, precision=0, minimum=16, label="max_length", scale=0, min_width=120)
+        prow = gr.Number(value=0, precision=0, minimum=0, label="show row", scale=0, min_width=120)
         pbtn = gr.Button("Preview packing", size="md", scale=0, min_width=150, elem_id="packing-run")
-        gr.HTML('<div class="hint">Rows built by TRL\'s own pack_dataset from the examples rendered without '
-                "max_length (TRL does not truncate before packing). bfd and bfd_split are padding-free: the collator "
-                "masks each document's first token.</div>")
     packing = gr.HTML(elem_id="packing")
     packed_view = gr.HTML(elem_id="packed-row", js_on_load=TOKEN_VIEW_JS, elem_classes="tvbox")
 
