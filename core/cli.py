@@ -123,10 +123,16 @@ def cmd_audit(ns) -> int:
 
 
 def cmd_train(ns) -> int:
+    """Train in the child process the app uses (`core.runs.launch`): its output goes to DIR/log.txt, and a line per
+    logged step (step, loss, ETA) to stderr. A failed run prints its error and the end of its log, exit 1."""
+    import time
+
     from . import runs
     from .engine import render_examples
-    from .train import TrainConfig, main as train_main
+    from .train import TrainConfig
 
+    if ns.model and ns.tokenizer is None:
+        ns.tokenizer = ns.model  # the labels are token ids: they must be the model's own tokenizer's
     cfg, examples, tok = _load(ns)
     rendered = render_examples(examples, tok, cfg)
     data = [{"input_ids": r.input_ids, "labels": r.labels} for r in rendered]
@@ -141,12 +147,41 @@ def cmd_train(ns) -> int:
     if out.exists():
         out.rmdir()
     run_dir = runs.create_run(data, tc, out.parent, name=out.name)
-    rc = train_main(["--run-dir", str(run_dir)])
+    log = run_dir / runs.LOG_FILE
+    n_trained = sum(r.n_trained for r in rendered)
+    print(f"training {tc.model} on {len(data)} examples ({n_trained} trained tokens, {cfg.strategy}) for "
+          f"{tc.max_steps} steps; log: {log}", file=sys.stderr)
+    handle = runs.launch(run_dir)
+    seen = 0
+    try:
+        while True:
+            exited = handle.process.poll() is not None
+            metrics = runs.read_metrics(run_dir)
+            for m in metrics[seen:]:
+                loss = "nan" if m.get("loss") is None else f"{m['loss']:.4f}"
+                eta = m.get("eta_s")
+                print(f"step {m['step']}/{tc.max_steps}  loss {loss}  elapsed {m.get('elapsed_s', 0):.0f}s  ETA "
+                      + ("-" if eta is None else f"{eta:.0f}s"), file=sys.stderr, flush=True)
+            seen = len(metrics)
+            if exited:
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:  # the child leads its own session: Ctrl-C does not reach it, so stop it here
+        print("interrupted: stopping the run after its current step...", file=sys.stderr, flush=True)
+        status = runs.stop_run(run_dir, grace_s=30)
+        handle.process.wait()
+        print(f"run {status}: {run_dir}", file=sys.stderr)
+        return 130
     rec = runs.read_run(run_dir)
-    if rc != 0 or rec.get("status") not in ("completed", "stopped"):
-        print(f"error: the run failed: {rec.get('error')} (log: {run_dir / 'log.txt'})", file=sys.stderr)
+    if handle.process.returncode != 0 or rec.get("status") not in ("completed", "stopped"):
+        print(f"error: the run failed: {rec.get('error') or f'exit status {handle.process.returncode}'}",
+              file=sys.stderr)
+        tail = runs.read_log(run_dir, 6000).rstrip().splitlines()[-20:]
+        print(f"last lines of {log}:\n" + "\n".join(f"  {line}" for line in tail), file=sys.stderr)
         return 1
-    print(f"run {rec['status']}: {run_dir}", file=sys.stderr)
+    loss = (rec.get("result") or {}).get("train_loss")
+    print(f"run {rec['status']} after {(rec.get('result') or {}).get('global_step')} steps"
+          + (f", mean loss {loss:.4f}" if loss is not None else "") + f": {run_dir}", file=sys.stderr)
     return 0
 
 
