@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from core.engine import IGNORE, RenderedExample, TokenInfo
 from core.findings import CODES, Finding
 
+from .session import SAMPLES
+
 ROLE_CLASS = {"system": "rs", "user": "ru", "assistant": "ra", "tool": "rt", "developer": "rd"}
 ROLE_ORDER = ("system", "developer", "user", "assistant", "tool", None)
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -170,14 +172,16 @@ def error_html(message: str, title: str = "Error") -> str:
     return f'<div class="errbox" role="alert"><b>{esc(title)}</b><div>{msg}</div></div>'
 
 
-def data_info_html(data, index: int | None = None) -> str:
+def data_info_html(data) -> str:
     """Source line for the current dataset plus the list of rows that could not be read."""
     if data is None:
         return ""
     n_ok, n_bad = len(data.examples), len(data.errors)
+    what = f' <span class="what">· {esc(SAMPLES[data.name])}</span>' if data.name in SAMPLES else ""
     head = f'<div class="datainfo"><b>{esc(data.name)}</b>: {n_ok} example{"s" if n_ok != 1 else ""}'
     if n_bad:
         head += f', <span class="bad">{n_bad} row{"s" if n_bad != 1 else ""} could not be read</span>'
+    head += what
     head += "</div>"
     if not n_bad:
         return head

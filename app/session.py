@@ -35,10 +35,10 @@ SAMPLES = {
 
 
 def sample_choices() -> list[tuple[str, str]]:
-    """(label, file name) pairs for the bundled samples present on disk, the default first."""
+    """(label, file name) pairs for the bundled samples present on disk, the default first (SAMPLES describes them)."""
     present = {p.name for p in SAMPLES_DIR.glob("*.jsonl")}
     names = [n for n in SAMPLES if n in present] + sorted(present - set(SAMPLES))
-    return [(f"{n} — {SAMPLES[n]}" if n in SAMPLES else n, n) for n in names]
+    return [(n, n) for n in names]
 
 
 # ------------------------------------------------------------------------------------------------------ datasets

@@ -260,10 +260,14 @@ def build_audit_tab(session: gr.State) -> dict:
             "(TRL does not truncate before packing). bfd and bfd_split are padding-free: the collator masks each "
             "document's first token; wrapped lets documents attend across boundaries.</div>")
     with gr.Row(elem_classes="bar"):
-        pstrat = gr.Dropdown(choices=list(PACKING_STRATEGIES), value="bfd", label="packing_strategy", scale=0,
-                             min_width=160, elem_id="packing-strategy")
-        plen = gr.Number(value=512, precision=0, minimum=16, label="max_length", scale=0, min_width=120)
-        prow = gr.Number(value=0, precision=0, minimum=0, label="show row", scale=0, min_width=120)
+        # one column each: gradio would put adjacent form controls in one shared box that wraps them
+        with gr.Column(scale=0, min_width=170):
+            pstrat = gr.Dropdown(choices=list(PACKING_STRATEGIES), value="bfd", label="packing_strategy",
+                                 elem_id="packing-strategy")
+        with gr.Column(scale=0, min_width=120):
+            plen = gr.Number(value=512, precision=0, minimum=16, label="max_length")
+        with gr.Column(scale=0, min_width=110):
+            prow = gr.Number(value=0, precision=0, minimum=0, label="show row")
         pbtn = gr.Button("Preview packing", size="md", scale=0, min_width=150, elem_id="packing-run")
     packing = gr.HTML(elem_id="packing")
     packed_view = gr.HTML(elem_id="packed-row", js_on_load=TOKEN_VIEW_JS, elem_classes="tvbox")

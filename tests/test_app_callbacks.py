@@ -339,7 +339,7 @@ def test_cli_data_and_tokenizer_open_the_page(tmp_path):
     p.write_text(json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
                  + "\n")
     out = tab_inspect.make_loader(str(p), "embedded")()
-    assert out[0].data.name == "mine.jsonl" and tokens_of(out[1])
+    assert out[0].data.name == str(p) and tokens_of(out[1])  # the CLI path, as given
     missing = tab_inspect.make_loader(str(tmp_path / "nope.jsonl"), None)()
     assert "no such file" in missing[7]
 

@@ -178,3 +178,31 @@ def test_templates_and_export_views(page):
     page.locator("#export-run").click()
     page.wait_for_selector("#export-status :text('Wrote')", timeout=30_000)
     shot(page, "export")
+
+
+def test_4000_token_conversation_renders_and_paints_fast(page, tmp_path):
+    import json
+
+    from .test_app_callbacks import long_conversation
+
+    p = tmp_path / "long.jsonl"
+    p.write_text(json.dumps(long_conversation()) + "\n")
+    t0 = time.perf_counter()
+    page.locator(UPLOAD).set_input_files(str(p))
+    wait_count(page, TOKENS, ">", 4000, timeout=30_000)
+    end_to_end = time.perf_counter() - t0
+    n = count(page, TOKENS)
+    # browser side alone: parse the same HTML into a fresh element and force style + layout
+    paint_ms = page.evaluate("""() => {
+        const html = document.querySelector('#token-view').outerHTML.replace('id="token-view"', 'id="tv-copy"');
+        const box = document.createElement('div'); box.className = 'tvbox';
+        const t0 = performance.now();
+        box.innerHTML = html; document.querySelector('#token-view').parentElement.appendChild(box);
+        box.getBoundingClientRect(); document.body.offsetHeight;
+        const ms = performance.now() - t0; box.remove(); return ms; }""")
+    page.locator(TOKENS).nth(n - 10).hover()
+    page.locator("#ml-tip").wait_for(state="visible", timeout=5_000)
+    print(f"\n{n}-token conversation: upload -> tokens on screen {end_to_end:.2f} s; "
+          f"browser parse + layout of the view {paint_ms:.0f} ms")
+    assert end_to_end < 10 and paint_ms < 1500
+    shot(page, "inspect_4k_tokens")
