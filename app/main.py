@@ -19,7 +19,9 @@ MAX_FILE_SIZE = "50mb"
 
 HEADER = """
 <div class="ml-header">
-  <div class="ml-logo" aria-hidden="true"><span class="a"></span><span class="b"></span><span class="a"></span><span class="b"></span><span class="a"></span></div>
+  <div class="ml-logo" aria-hidden="true">
+    <span class="a"></span><span class="b"></span><span class="a"></span><span class="b"></span><span class="a"></span>
+  </div>
   <div class="ml-title">MaskLens<span class="ml-sub">see which tokens your SFT run trains on — and why</span></div>
 </div>
 """

@@ -39,7 +39,8 @@ def visible_text(text: str) -> str:
 
 # ------------------------------------------------------------------------------------------------------ token view
 def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff: Iterable[int] = (),
-                    empty: str = "No tokens.", truncated_at_start: int = 0, breaks: dict[int, str] | None = None) -> str:
+                    empty: str = "No tokens.", truncated_at_start: int = 0,
+                    breaks: dict[int, str] | None = None) -> str:
     """The token view: one ``<span data-token-id data-label data-k>`` per token, colour-coded by CSS.
 
     Trained vs ignored comes from ``data-label`` (-100 = ignored); the class gives the role tint (rs/ru/ra/rt/rd),
@@ -142,8 +143,11 @@ def findings_html(findings: list[Finding]) -> str:
         loc = ""
         if f.location:
             loc = '<span class="loc">' + esc(", ".join(f"{k} {v}" for k, v in f.location.items())) + "</span>"
+        pos = f.location.get("token") if isinstance(f.location.get("token"), int) else \
+            next(iter(f.location.get("tokens") or []), None)
+        goto = f' data-token="{pos}" title="show token {pos}"' if isinstance(pos, int) else ""
         items.append(
-            f'<div class="finding sev-{esc(f.severity)}" data-code="{esc(f.code)}">'
+            f'<div class="finding sev-{esc(f.severity)}" data-code="{esc(f.code)}"{goto}>'
             f'<div class="fh"><span class="badge">{esc(f.severity)}</span><code>{esc(f.code)}</code>{loc}</div>'
             f'<div class="fm">{esc(f.message)}</div>'
             f'<div class="fx">{esc(f.explanation)}</div>'
@@ -151,11 +155,15 @@ def findings_html(findings: list[Finding]) -> str:
     return '<div class="findings">' + "".join(items) + "</div>"
 
 
+def _severity(code: str) -> str:
+    return CODES[code][0] if code in CODES else "info"
+
+
 def finding_counts_html(counts: Counter | dict) -> str:
     if not counts:
         return '<div class="ok">No findings in the dataset.</div>'
     rows = "".join(
-        f'<tr><td><span class="badge sev-{esc(CODES.get(c, ("info",))[0])}">{esc(CODES.get(c, ("info",))[0])}</span></td>'
+        f'<tr><td><span class="badge sev-{esc(_severity(c))}">{esc(_severity(c))}</span></td>'
         f'<td><code>{esc(c)}</code></td><td>{n}</td><td>{esc(CODES[c][1]) if c in CODES else ""}</td></tr>'
         for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     return ('<table class="grid findings-table"><thead><tr><th></th><th>code</th><th>examples</th><th>meaning</th>'
@@ -203,7 +211,8 @@ def _strip_file(message: str, name: str) -> str:
 
 def example_caption(ex, index: int, total: int) -> str:
     where = f"row {ex.row}" + (f", line {ex.line}" if ex.line else "")
-    return f'<div class="caption">example <b>{index + 1}</b> of {total} · {esc(where)} · <code>{esc(ex.kind)}</code></div>'
+    return (f'<div class="caption">example <b>{index + 1}</b> of {total} · {esc(where)} · '
+            f"<code>{esc(ex.kind)}</code></div>")
 
 
 def raw_json(ex) -> str:
@@ -249,8 +258,8 @@ def checks_html(checks) -> str:
         mark, cls = ("✔", "pass") if c.passed else ("–", "na") if c.passed is None else ("✘", "fail")
         rows.append(f'<tr class="chk-{cls}"><td class="mark">{mark}</td><td><b>{esc(c.name)}</b></td>'
                     f'<td>{esc(c.detail)}<div class="fx">{esc(c.explanation)}</div></td></tr>')
-    return ('<table class="grid checks"><thead><tr><th></th><th>check</th><th>result · why it matters</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    return ('<table class="grid checks"><thead><tr><th></th><th>check</th><th>result · why it matters</th></tr>'
+            f'</thead><tbody>{"".join(rows)}</tbody></table>')
 
 
 def spans_html(text: str, spans, title: str = "") -> str:

@@ -214,7 +214,8 @@ class Session:
     def render_current(self, cfg: MaskConfig | None = None) -> RenderedExample:
         ex = self.example
         if ex is None:
-            raise MaskLensError("no example to render", fix="choose a sample dataset, upload a file or paste an example")
+            raise MaskLensError("no example to render",
+                                fix="choose a sample dataset, upload a file or paste an example")
         return render_examples([ex], self.tokenizer(), cfg or self.config())[0]
 
     def tokenizer_template(self) -> str:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_COLUMNS = ["#", "row", "severity", "findings", "tokens", "trained share"]
 PER_EXAMPLE_BARS = 400  # above this many examples the plots are histograms
+MAX_PROBLEM_ROWS = 2000  # the table lists the first ones; the counts above it cover all
 
 
 def _fail(e: Exception) -> str:
@@ -105,7 +106,7 @@ def problems_table(session: Session, rep) -> list[list]:
     """One row per problem example: its # in Inspect (1-based), file row, severity, codes, tokens, trained share."""
     position = {ex.row: k for k, ex in enumerate(session.data.examples)}
     out = []
-    for p in rep.problems:
+    for p in rep.problems[:MAX_PROBLEM_ROWS]:
         k = position.get(p["row"])
         if k is None:
             continue
@@ -128,7 +129,7 @@ def on_audit(session: Session, progress=gr.Progress()):
         def cb(done: int, n: int):
             progress(done / n, desc=f"{done}/{n} examples")
 
-        rep, _ = audit(session.data.examples, tok, cfg, progress=cb)
+        rep, _ = audit(session.data.examples, tok, cfg, progress=cb, errors="finding")
     except Exception as e:  # noqa: BLE001 - shown in the page
         return (_fail(e), *empty)
     from core.export import describe  # noqa: PLC0415
@@ -183,7 +184,8 @@ def packed_row_infos(row, tok) -> tuple[list[TokenInfo], dict[int, str]]:
 
 def packing_html(summary: dict, rows, limit: int = 80) -> str:
     s = summary
-    k = [(s["rows"], "rows"), (f'{100 * s["fill_ratio"]:.1f}%', "fill"), (f'{s["documents_per_row"]:.2f}', "docs / row"),
+    k = [(s["rows"], "rows"), (f'{100 * s["fill_ratio"]:.1f}%', "fill"),
+         (f'{s["documents_per_row"]:.2f}', "docs / row"),
          (s["examples_split"], "examples split"), (s["examples_truncated"], "truncated"),
          (s["trained_tokens_seen"], "trained tokens seen"),
          (s["trained_tokens_lost_to_truncation"] + s["trained_tokens_masked_by_collator"], "trained tokens lost")]
@@ -201,7 +203,8 @@ def packing_html(summary: dict, rows, limit: int = 80) -> str:
         for d, ((a, b, src), sl) in enumerate(zip(row.documents, row.slices)):
             kept = sum(1 for x in row.labels_seen[a:b] if x != IGNORE)
             w = 100 * (b - a) / L
-            tip = f"doc {d}: example #{src + 1}, {b - a} tokens ({sl.start}-{sl.end} of {sl.length}), {kept} trained seen"
+            tip = (f"doc {d}: example #{src + 1}, {b - a} tokens ({sl.start}-{sl.end} of {sl.length}), "
+                   f"{kept} trained seen")
             cls = "doc" + (" cut" if (sl.start, sl.end) != (0, sl.length) else "")
             docs.append(f'<div class="{cls}" style="width:{w:.3f}%" title="{render.esc(tip)}" data-source="{src}">'
                         f'<div class="kept" style="width:{100 * kept / max(1, b - a):.1f}%"></div>'
@@ -223,7 +226,8 @@ def on_pack(session: Session, strategy: str, max_length, show_row):
         max_length = int(max_length or 0)
         tok = session.tokenizer()
         # TRL does not truncate before packing (bfd truncates documents itself): render without max_length.
-        rendered = render_examples(session.data.examples, tok, session.config(max_length=0))
+        rendered = [r for r in render_examples(session.data.examples, tok, session.config(max_length=0),
+                                               errors="finding") if r.n_tokens]
         rows = pack_preview(rendered, max_length, strategy)
         summary = packing_summary(rows, len(rendered))
     except Exception as e:  # noqa: BLE001

@@ -62,7 +62,9 @@ def on_export(session: Session, fmt: str, progress=gr.Progress()):
         rendered = []
         for start in range(0, len(examples), CHUNK):
             progress(start / len(examples), desc=f"{start}/{len(examples)} examples")
-            rendered += render_examples(examples[start:start + CHUNK], tok, cfg)
+            rendered += render_examples(examples[start:start + CHUNK], tok, cfg, errors="finding")
+        failed = [r.row for r in rendered if any(f.code == "render_failed" for f in r.findings)]
+        rendered = [r for r in rendered if r.row not in set(failed)]
         path = Path(tempfile.mkdtemp(prefix="masklens-export-")) / export_name(session, fmt)
         (export_parquet if fmt == "Parquet" else export_jsonl)(rendered, path)
     except Exception as e:  # noqa: BLE001
@@ -74,7 +76,9 @@ def on_export(session: Session, fmt: str, progress=gr.Progress()):
     msg = (f'<div class="ok">Wrote <b>{len(rendered)}</b> examples ({n_tok} tokens, {n_tr} trained) to '
            f"<code>{render.esc(path.name)}</code>: columns input_ids, labels (-100 = ignored), row."
            + (f" {empty} example(s) have no trained token (TRL drops them when it truncates)." if empty else "")
-           + (f" {skipped} unreadable row(s) were left out." if skipped else "") + "</div>")
+           + (f" {skipped} unreadable row(s) were left out." if skipped else "")
+           + (f" Left out because the chat template failed on them: rows {', '.join(map(str, failed[:20]))}"
+              f"{' …' if len(failed) > 20 else ''} (see Audit)." if failed else "") + "</div>")
     return msg, str(path)
 
 
@@ -88,7 +92,8 @@ def build_export_tab(session: gr.State) -> dict:
     head = gr.HTML()
     with gr.Row(elem_classes="bar"):
         fmt = gr.Radio(choices=list(FORMATS), value="JSONL", label="Format", scale=0, min_width=200)
-        run = gr.Button("Export the masked dataset", variant="primary", size="md", scale=0, min_width=220, elem_id="export-run")
+        run = gr.Button("Export the masked dataset", variant="primary", size="md", scale=0, min_width=220,
+                        elem_id="export-run")
         out = gr.DownloadButton("Download", value=None, size="md", scale=0, min_width=160, interactive=False,
                                 elem_id="export-file")
         gr.HTML('<div class="hint">input_ids and labels (-100 = ignored) per example, ready for SFTTrainer: a '

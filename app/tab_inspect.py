@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from core.engine import EOS_MODES, STRATEGIES, TRUNCATION_MODES, MaskConfig
 from core.data import ROLES
+from core.engine import EOS_MODES, STRATEGIES, TRUNCATION_MODES, MaskConfig
 from core.errors import MaskLensError
 
 from . import render
@@ -33,7 +33,10 @@ if (!tip.parentNode) document.body.appendChild(tip);
 const cache = new WeakMap();
 const info = (tv) => {
   let v = cache.get(tv);
-  if (!v) { v = {t: JSON.parse(tv.dataset.info || '[]'), toks: tv.querySelectorAll('[data-token-id]')}; cache.set(tv, v); }
+  if (!v) {
+    v = {t: JSON.parse(tv.dataset.info || '[]'), toks: tv.querySelectorAll('[data-token-id]')};
+    cache.set(tv, v);
+  }
   return v;
 };
 element.addEventListener('mouseover', (e) => {
@@ -46,8 +49,9 @@ element.addEventListener('mouseover', (e) => {
   const lab = s.dataset.label;
   const where = msg === null ? 'template text (no message)' : role ? `message ${msg} (${role})` : `example #${msg + 1}`;
   tip.className = lab === '-100' ? 'tip-n' : 'tip-y';
+  const text = s.textContent.replace(/·/g, ' ').replace(/→/g, '\t').replace(/↵/g, '\n').replace(/␍/g, '\r');
   tip.textContent = `#${pos}  id ${s.dataset.tokenId}  label ${lab}${lab === '-100' ? ' (ignored)' : ''}` +
-    `${s.classList.contains('x') ? '  special' : ''}\n${where} · ${part}\n${rule}\ntext ${JSON.stringify(s.textContent.replace(/·/g, ' ').replace(/→/g, '\t').replace(/↵/g, '\n').replace(/␍/g, '\r'))}`;
+    `${s.classList.contains('x') ? '  special' : ''}\n${where} · ${part}\n${rule}\ntext ${JSON.stringify(text)}`;
   tip.style.display = 'block';
   const r = s.getBoundingClientRect();
   const x = Math.min(r.left, window.innerWidth - tip.offsetWidth - 8);
@@ -55,6 +59,20 @@ element.addEventListener('mouseover', (e) => {
   tip.style.left = Math.max(4, x) + 'px'; tip.style.top = Math.max(4, y) + 'px';
 });
 element.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
+"""
+
+
+# A finding that names a token (location {"token": n}) scrolls the token view to it and flashes it.
+FINDINGS_JS = r"""
+element.addEventListener('click', (e) => {
+  const f = e.target.closest && e.target.closest('[data-token]');
+  if (!f) return;
+  const t = document.querySelectorAll('#token-view [data-token-id]')[+f.dataset.token];
+  if (!t) return;
+  t.scrollIntoView({block: 'center', behavior: 'smooth'});
+  t.classList.add('flash');
+  setTimeout(() => t.classList.remove('flash'), 1800);
+});
 """
 
 
@@ -329,11 +347,13 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
             data_info = gr.HTML(elem_id="data-info")
             strategy = gr.Radio(choices=STRATEGIES, value=s0.strategy, label="Strategy", elem_id="strategy")
             with gr.Accordion("Options", open=True, elem_classes="opts"):
-                eos = gr.Radio(choices=list(EOS_MODES), value=s0.eos, label="EOS / end-of-turn", info=config_help("eos"))
+                eos = gr.Radio(choices=list(EOS_MODES), value=s0.eos, label="EOS / end-of-turn",
+                               info=config_help("eos"))
                 roles = gr.CheckboxGroup(choices=list(ROLES), value=list(s0.train_roles), label="Train roles",
                                          info=config_help("train_roles"))
                 resp = gr.Textbox(value=s0.response_template, label="Response template",
-                                  info=config_help("response_template") + r" (\n = newline)", elem_id="response-template")
+                                  info=config_help("response_template") + r" (\n = newline)",
+                                  elem_id="response-template")
                 instr = gr.Textbox(value=s0.instruction_template, label="Instruction template",
                                    info=config_help("instruction_template"), placeholder=r"e.g. <|im_start|>user\n")
                 as_ids = gr.Checkbox(value=s0.templates_as_ids, label="Templates are token ids (comma-separated)")
@@ -363,7 +383,7 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                                  js_on_load=TOKEN_VIEW_JS, elem_id="token-view-box", elem_classes="tvbox")
         with gr.Column(scale=2, min_width=300, elem_classes="sidecol"):
             stats = gr.HTML(elem_id="stats")
-            findings = gr.HTML(elem_id="findings")
+            findings = gr.HTML(elem_id="findings", js_on_load=FINDINGS_JS)
             with gr.Accordion("Example JSON", open=True):
                 raw = gr.Code(language="json", interactive=True, lines=12, max_lines=40, show_label=False,
                               wrap_lines=True, elem_id="example-json")

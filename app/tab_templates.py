@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 def _template(session: Session) -> str:
     t = session.template()
     if not t:
-        raise MaskLensError("the tokenizer has no chat template", fix="edit one in Inspect → Chat template, or load a chat "
-                                                                      "model's tokenizer")
+        raise MaskLensError("the tokenizer has no chat template",
+                            fix="edit one in Inspect → Chat template, or load a chat model's tokenizer")
     return t
 
 
@@ -73,7 +73,7 @@ def rendered_texts(session: Session) -> list[str]:
         return []
     cfg = MaskConfig(strategy="full", chat_template=session.chat_template)
     examples = [e for e in session.data.examples if e.kind != "tokens"]
-    return [r.text for r in render_examples(examples, session.tokenizer(), cfg)]
+    return [r.text for r in render_examples(examples, session.tokenizer(), cfg, errors="finding") if r.text]
 
 
 def on_usage(session: Session, string: str) -> str:
@@ -138,7 +138,8 @@ def build_templates_tab(session: gr.State) -> dict:
         gen_btn = gr.Button("Generate marked template", variant="primary", size="md", scale=0, min_width=210,
                             elem_id="generate-template")
         use_btn = gr.Button("Use it in Inspect", size="md", scale=0, min_width=150)
-        download = gr.DownloadButton("Download .jinja", value=None, size="md", scale=0, min_width=150, interactive=False)
+        download = gr.DownloadButton("Download .jinja", value=None, size="md", scale=0, min_width=150,
+                                     interactive=False)
         gr.HTML('<div class="hint">Wraps each assistant message\'s content and end-of-turn marker in {% generation %}; '
                 "the proof renders every conversation of the dataset (and probes) with both templates.</div>")
     proof = gr.HTML(elem_id="template-proof")

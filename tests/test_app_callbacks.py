@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app import render, tab_audit, tab_compare, tab_export, tab_inspect, tab_templates
-from app.session import SAMPLES_DIR, Session, Settings, load_dataset, load_sample, parse_ids, sample_choices, unescape
+from app.session import SAMPLES_DIR, Session, Settings, load_sample, parse_ids, sample_choices, unescape
 from core.audit import audit
 from core.data import normalize_row
 from core.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
@@ -370,3 +370,22 @@ def test_4000_token_conversation_renders_fast(smol_tok):
           f"{len(html) / 1024:.0f} KiB ({per_token:.0f} B/token)")
     assert per_token < 100  # minimal per-token markup
     assert t2 - t1 < 0.5
+
+
+def test_a_row_the_template_cannot_render_does_not_stop_audit_or_export(smol_tok):
+    # SmolLM2's template concatenates message['content']: an assistant turn with only tool_calls fails to render
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+            {"messages": [{"role": "user", "content": "Weather?"},
+                          {"role": "assistant", "tool_calls": [{"type": "function",
+                                                                "function": {"name": "w", "arguments": {}}}]}]}]
+    from app.session import Dataset
+
+    s = Session(data=Dataset("mixed.jsonl", [normalize_row(r, i) for i, r in enumerate(rows)], [], 2))
+    s.index = 1
+    assert "chat template failed to render" in tab_inspect.view(s).error
+    head, _, _, counts, problems = tab_audit.on_audit(s, progress=lambda *a, **k: None)
+    assert "render_failed" in counts and [p[1] for p in problems] == [1]
+    status, path = tab_export.on_export(s, "JSONL", progress=lambda *a, **k: None)
+    assert len(Path(path).read_text().splitlines()) == 1 and "rows 1" in status
+    html, _ = tab_audit.on_pack(s, "bfd", 64, 0)
+    assert html.count('class="prow"') == 1
