@@ -241,7 +241,7 @@ def compare_summary_html(names: list[str], rendered: list[RenderedExample], same
     if same_ids:
         head = (f'<div class="cmp-head"><b class="ndiff" data-diff="{n_diff}">{n_diff}</b> token'
                 f'{"s" if n_diff != 1 else ""} labelled differently across the configurations '
-                f"(outlined in the views below)</div>")
+                f"(red top edge in the views below)</div>")
     else:
         head = ('<div class="cmp-head warn">The configurations tokenize the example differently (different chat '
                 "templates), so labels are not compared position by position; compare counts per role instead.</div>")

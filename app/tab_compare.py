@@ -136,7 +136,7 @@ def build_compare_tab(session: gr.State) -> dict:
         count = gr.Radio(choices=[2, 3, 4], value=3, label="Configurations", scale=0, min_width=200)
         run = gr.Button("Compare", variant="primary", size="md", scale=0, min_width=120, elem_id="compare-run")
         gr.HTML('<div class="hint">The example, train roles, max_length and truncation come from the Inspect tab. '
-                "Tokens whose labels differ between the configurations are outlined in red.</div>")
+                "Tokens whose labels differ between the configurations have a red top edge.</div>")
     summary = gr.HTML(elem_id="compare-summary")
     inputs, cols, views = [], [], []
     tchoices = template_choices()

@@ -334,7 +334,7 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
     """The Inspect tab's components and events (call inside a gr.Tab)."""
     s0 = Settings()
     with gr.Row(equal_height=False, elem_classes="inspect-row"):
-        with gr.Column(scale=1, min_width=270, elem_classes="controls"):
+        with gr.Column(scale=1, min_width=300, elem_classes="controls"):
             with gr.Row(elem_classes="tok-row"):
                 tok_name = gr.Textbox(value=EMBEDDED, label="Tokenizer", scale=4, elem_id="tokenizer-name",
                                       placeholder="embedded | org/model | /path/to/dir")
@@ -342,7 +342,7 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
             with gr.Row(elem_classes="data-row"):
                 sample = gr.Dropdown(choices=sample_choices(), value=DEFAULT_SAMPLE, label="Data", scale=4,
                                      elem_id="sample")
-                upload = gr.UploadButton("Upload…", type="filepath", size="md", scale=0, min_width=88,
+                upload = gr.UploadButton("Upload…", type="filepath", size="md", scale=0, min_width=80,
                                          file_types=[".jsonl", ".json", ".parquet", ".csv"], elem_id="upload")
             data_info = gr.HTML(elem_id="data-info")
             strategy = gr.Radio(choices=STRATEGIES, value=s0.strategy, label="Strategy", elem_id="strategy")

@@ -143,7 +143,7 @@ def build_templates_tab(session: gr.State) -> dict:
         gr.HTML('<div class="hint">Wraps each assistant message\'s content and end-of-turn marker in {% generation %}; '
                 "the proof renders every conversation of the dataset (and probes) with both templates.</div>")
     proof = gr.HTML(elem_id="template-proof")
-    marked = gr.Code(language="jinja2", label="Marked template", interactive=False, lines=8, max_lines=30,
+    marked = gr.Code(language="jinja2", label="Marked template", interactive=False, lines=6, max_lines=16,
                      wrap_lines=True)
 
     refresh = dict(fn=on_templates, inputs=[session], outputs=[head, checks, spans, derived])
