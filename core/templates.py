@@ -218,12 +218,13 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo, eos_tok
         role = m.get("role", "")
         content = m.get("content") or ""
         start = -1
+        anchor = -1  # where the role header found before the content starts, when it was found
         if content:
             hdr = info.headers.get(role, "")
             if hdr:  # anchor on header+content so that a short content ("a") does not match inside a header
                 p = text.find(hdr + content, cursor)
                 if p >= 0:
-                    start = p + len(hdr)
+                    start, anchor = p + len(hdr), p
             if start < 0:
                 start = text.find(content, cursor)
             if start < 0 and content.strip() != content and content.strip():
@@ -233,12 +234,12 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo, eos_tok
             # Empty content (an assistant message with only tool calls): its body starts after its header.
             gp = info.generation_prompt.lstrip() if role == "assistant" else ""
             p = text.find(gp, cursor) if gp else -1
-            start = p + len(gp) if p >= 0 else cursor
+            start, anchor = (p + len(gp), p) if p >= 0 else (cursor, -1)
         if start < 0:
             spans.append(MessageSpan(i, role, False, cursor, cursor, cursor))
             continue
         end = start + len(content)
-        sp = MessageSpan(i, role, True, cursor, start, end)
+        sp = MessageSpan(i, role, True, anchor, start, end)
         spans.append(sp)
         cursor = end
     # End-of-turn markers: the first marker after each message's content, before the next message's content.
@@ -264,9 +265,11 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo, eos_tok
             last.eos_start = len(text) - len(tail) + p
             last.eos_end = last.eos_start + len(eos_token)
     # Headers run from the previous message's end to this message's content.
+    # Text between the two that is neither (a default system prompt the template injects, separators) is template text.
     prev_end = 0
     for sp in spans:
         if sp.found:
-            sp.header_start = min(prev_end, sp.content_start)
+            if sp.header_start < 0 or sp.header_start < prev_end:  # no anchored header: all since the previous message
+                sp.header_start = min(prev_end, sp.content_start)
             prev_end = sp.end
     return spans
