@@ -92,10 +92,10 @@ class Refresh(NamedTuple):
     watched: str | None
 
 
-def refresh(watched: str | None, selected: list[str] | None) -> Refresh:
+def refresh(watched: str | None, selected: list[str] | None, views: list[dict] | None = None) -> Refresh:
     """Progress of the watched run, the loss curves of the selected runs (else the watched one), the runs table
     and the comparison of the selected runs."""
-    views = run_views()
+    views = run_views() if views is None else views
     by_name = {v["record"]["name"]: v for v in views}
     watched = tv.pick_watched(views, watched)
     selected = [s for s in (selected or []) if s in by_name]
@@ -106,28 +106,44 @@ def refresh(watched: str | None, selected: list[str] | None) -> Refresh:
                    tv.run_choices(views), tv.compare_html([by_name[n] for n in selected]), log_tail, watched)
 
 
-def _signature(r: Refresh) -> tuple:
-    series = tuple((k, len(v)) for k, v in tv.figure_series(r.plot).items())
-    return (r.progress, series, tuple(map(tuple, r.table)), r.compare, len(r.log), r.watched)
+def _signature(views: list[dict], watched: str | None, selected: list[str] | None) -> tuple:
+    """What the page shows depends only on this: runs, statuses, logged steps, the watched run's log size."""
+    watched = tv.pick_watched(views, watched)
+    log_size = 0
+    for v in views:
+        if v["record"]["name"] == watched:
+            try:
+                log_size = (Path(v["record"]["run_dir"]) / runs.LOG_FILE).stat().st_size
+            except OSError:
+                pass
+    return (watched, tuple(selected or ()), log_size,
+            tuple((v["record"]["name"], v["record"].get("status"), len(v["metrics"])) for v in views))
 
 
 def on_tick(watched, selected, last: dict | None):
-    """gr.Timer: refresh, but send only what changed (an open dropdown is not redrawn under the user's pointer)."""
+    """gr.Timer: send only what changed, and nothing when nothing did (no redraw, no dropdown closed under the
+    user's pointer); the figure and the HTML are built only then."""
+    last = last or {}
     try:
-        r = refresh(watched, selected)
+        views = run_views()
+        sig = _signature(views, watched, selected)
+        if last.get("sig") == sig:
+            return (*(gr.skip() for _ in Refresh._fields), last)
+        r = refresh(watched, selected, views)
     except Exception:  # noqa: BLE001 - a half-written directory on one tick: try again on the next
         log.exception("refresh failed")
         return (*(gr.skip() for _ in Refresh._fields), last)
-    last = last or {}
-    sig, choices = _signature(r), r.choices
-    if last.get("sig") == sig:
-        return (*(gr.skip() for _ in Refresh._fields), last)
-    dropdown = gr.skip() if last.get("choices") == choices else gr.update(choices=choices)
-    return (*r._replace(choices=dropdown), {"sig": sig, "choices": choices})
+    dropdown = gr.skip() if last.get("choices") == r.choices else gr.update(choices=r.choices)
+    return (*r._replace(choices=dropdown), {"sig": sig, "choices": r.choices})
 
 
-def _outputs(r: Refresh, selected: list[str]) -> tuple:
+def _outputs(watched: str | None, selected: list[str]) -> tuple:
     """A refresh for an action's outputs: the dropdown gets the new choices and the selection."""
+    try:
+        r = refresh(watched, selected)
+    except Exception:  # noqa: BLE001 - the action's own message is what matters; the next tick redraws
+        log.exception("refresh failed")
+        return (*(gr.skip() for _ in Refresh._fields), None)
     return (*r._replace(choices=gr.update(choices=r.choices, value=selected)), None)
 
 
@@ -170,12 +186,12 @@ def on_start(session: Session, selected: list[str] | None, model, lora, max_step
         handle = runs.launch(run_dir)
         _reap(handle)
     except Exception as e:  # noqa: BLE001 - shown in the page
-        return (_err(e, "Could not start the run"), *_outputs(refresh(None, selected), selected))
+        return (_err(e, "Could not start the run"), *_outputs(None, selected))
     name = run_dir.name
     selected = [s for s in selected if s != name] + [name]
     message = tv.started_html(name, len(data), len(held), sum(r.n_tokens for r in rendered),
                               sum(r.n_trained for r in rendered), tv.strategy_of(config.to_dict()))
-    return (message, *_outputs(refresh(name, selected), selected))
+    return (message, *_outputs(name, selected))
 
 
 # ------------------------------------------------------------------------------------------------------ actions

@@ -224,3 +224,14 @@ def test_export_gives_a_script_and_the_launch_command(started):
         assert set(z.namelist()) == {"train.py", "data.jsonl", "masklens_config.json"}
         assert z.read("train.py").decode() == export.script
     assert "errbox" in tab_train.on_export(None, ["../etc"], 2).message
+
+
+def test_timer_sends_the_page_once_then_only_changes(started):
+    import gradio as gr
+
+    _wait_for(lambda: all(_status(n) not in runs.ACTIVE for n in started.values()), 120, "every run to end")
+    a = started["a"]
+    first = tab_train.on_tick(a, [a], None)
+    assert "step 3/3" in first[0] and first[-1]["sig"]
+    assert tab_train.on_tick(a, [a], first[-1])[:-1] == tuple(gr.skip() for _ in tab_train.Refresh._fields)
+    assert tab_train.on_tick(a, [a, started["b"]], first[-1])[4] != gr.skip()  # the selection changed: redrawn
