@@ -134,7 +134,10 @@ def on_tick(watched, selected, last: dict | None):
         log.exception("refresh failed")
         return (*(gr.skip() for _ in Refresh._fields), last)
     dropdown = gr.skip() if last.get("choices") == r.choices else gr.update(choices=r.choices)
-    return (*r._replace(choices=dropdown), {"sig": sig, "choices": r.choices})
+    # Set `watched` only when this tick chose it (after a reload): a tick still running when Start returns must not
+    # put back the run it was called with.
+    chosen = gr.skip() if r.watched == watched else r.watched
+    return (*r._replace(choices=dropdown, watched=chosen), {"sig": sig, "choices": r.choices})
 
 
 def _outputs(watched: str | None, selected: list[str]) -> tuple:

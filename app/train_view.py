@@ -199,7 +199,8 @@ def runs_rows(views: list[dict]) -> list[list]:
     for v in reversed(views):
         r, p = v["record"], run_progress(v["record"], v["config"], v["metrics"])
         started = r.get("started_at") or r.get("created_at")
-        rows.append([r["name"], r.get("status", "?"), strategy_of(v["config"]), model_label(v["config"].get("model")),
+        model = model_label(v["config"].get("model")) + (" (LoRA)" if v["config"].get("lora") else "")
+        rows.append([r["name"], r.get("status", "?"), strategy_of(v["config"]), model,
                      f"{p['step']}/{p['max_steps']}", fmt_loss(p["loss"]),
                      "–" if p["per_step"] is None else f"{p['per_step']:.2f}",
                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "–"])

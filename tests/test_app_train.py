@@ -235,3 +235,6 @@ def test_timer_sends_the_page_once_then_only_changes(started):
     assert "step 3/3" in first[0] and first[-1]["sig"]
     assert tab_train.on_tick(a, [a], first[-1])[:-1] == tuple(gr.skip() for _ in tab_train.Refresh._fields)
     assert tab_train.on_tick(a, [a, started["b"]], first[-1])[4] != gr.skip()  # the selection changed: redrawn
+    # the watched run is only set by a tick that chose it (a reloaded page), never echoed back over Start's choice
+    watched = tab_train.Refresh._fields.index("watched")
+    assert first[watched] == gr.skip() and tab_train.on_tick(None, [], None)[watched] in started.values()
