@@ -6,6 +6,7 @@ passes and the children need nothing else. MASKLENS_RUNS points at a temporary d
 
 import math
 import os
+import shutil
 import signal
 import time
 import zipfile
@@ -223,6 +224,7 @@ def test_export_gives_a_script_and_the_launch_command(started):
     with zipfile.ZipFile(export.file) as z:
         assert set(z.namelist()) == {"train.py", "data.jsonl", "masklens_config.json"}
         assert z.read("train.py").decode() == export.script
+    shutil.rmtree(Path(export.file).parent)  # a fresh temporary directory per export
     assert "errbox" in tab_train.on_export(None, ["../etc"], 2).message
 
 
