@@ -15,6 +15,8 @@ from typing import Any
 
 from core.train import TrainConfig
 
+from .render import error_html, esc  # noqa: F401  (one error box for every tab)
+
 # TrainConfig fields the form shows, in order (the rest keep their defaults).
 FORM_FIELDS = ("model", "lora", "max_steps", "learning_rate", "per_device_train_batch_size",
                "gradient_accumulation_steps", "max_length", "packing", "packing_strategy", "seed", "lora_r",
@@ -25,19 +27,6 @@ MAX_COMPARE = 4
 LOSS_NOTE = ("Each run's loss is averaged over the tokens its own mask trains: a run that also trains prompt and "
              "template tokens (full) averages over many easy, predictable tokens, so its number is not comparable "
              "with an assistant-only run's. Compare the shapes of the curves, or the generations below.")
-
-
-def esc(s: object) -> str:
-    return html.escape(str(s), quote=True)
-
-
-def error_html(message: str, title: str = "Error") -> str:
-    """An in-page error box (the app's .errbox style); a MaskLensError's "Fix: ..." goes on its own line."""
-    msg = esc(message)
-    if " Fix: " in msg:
-        what, fix = msg.split(" Fix: ", 1)
-        msg = f'{what}<div class="ff"><b>Fix:</b> {fix}</div>'
-    return f'<div class="errbox" role="alert"><b>{esc(title)}</b><div>{msg}</div></div>'
 
 
 # ------------------------------------------------------------------------------------------------------ the form

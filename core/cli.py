@@ -30,7 +30,7 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", required=True, help="JSONL/JSON/Parquet/CSV file, or a hub dataset id")
     p.add_argument("--split", default="train", help="split, for hub datasets")
-    p.add_argument("--tokenizer", default=None, help="hub id or local directory (default: the embedded SmolLM2)")
+    p.add_argument("--tokenizer", default=None, help="hub id or local directory (default: the embedded SmolLM2; for train: --model's own tokenizer)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code (off by default)")
     p.add_argument("--chat-template", type=Path, default=None, help="a jinja chat template file replacing the tokenizer's")
     p.add_argument("--strategy", required=True, choices=STRATEGIES)
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_audit)
     t = sub.add_parser("train", help="a short TRL SFT run on exactly these labels")
     _add_render_options(t)
-    t.add_argument("--model", default=None, help="hub id or local directory (default: the embedded SmolLM2)")
+    t.add_argument("--model", default=None, help="hub id or local directory (default: the embedded SmolLM2; for train: --model's own tokenizer)")
     t.add_argument("--lora", action="store_true")
     t.add_argument("--max-steps", type=int, required=True)
     t.add_argument("--learning-rate", type=float, default=None)
