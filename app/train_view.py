@@ -8,7 +8,6 @@ Example: loss_frame({"a": [{"step": 1, "loss": 2.5}]}) -> DataFrame [{"step": 1,
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 import time
 from typing import Any
