@@ -542,7 +542,7 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
         labels = _apply_response_template(ids, text, enc, tokenizer, cfg, findings, token_rules, ctx)
 
     # bos doubled
-    bos = tokenizer.bos_token_id
+    bos = ctx["bos_id"]
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
         findings.append(Finding("bos_doubled", "the sequence starts with two BOS tokens", location={"token": 1}))
 
@@ -700,7 +700,7 @@ def _check_eos(ids, labels, tokenizer, plan: _Plan, findings, ctx):
 def _context(tokenizer, cfg: MaskConfig, template: str | None) -> dict:
     from .legacy_collator import encode_template  # noqa: PLC0415
 
-    ctx: dict = {}
+    ctx: dict = {"bos_id": tokenizer.bos_token_id}
     if cfg.strategy == Strategy.RESPONSE_TEMPLATE:
         ctx["response_ids"] = encode_template(tokenizer, cfg.response_template)
         ctx["instruction_ids"] = encode_template(tokenizer, cfg.instruction_template) if cfg.instruction_template else None

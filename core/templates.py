@@ -243,19 +243,21 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo, eos_tok
         spans.append(sp)
         cursor = end
     # End-of-turn markers: the first marker after each message's content, before the next message's content.
-    for k, sp in enumerate(spans):
+    nxt = len(text)
+    eots = info.eot
+    for sp in reversed(spans):  # walking backwards, nxt is the next found message's content start
         if not sp.found:
             continue
-        nxt = next((s.content_start for s in spans[k + 1:] if s.found), len(text))
-        gap = text[sp.content_end: nxt]
-        best = None
-        for marker in info.eot:
-            p = gap.find(marker)
-            if p >= 0 and (best is None or p < best[0]):
-                best = (p, marker)
-        if best is not None:
-            sp.eot_start = sp.content_end + best[0]
-            sp.eot_end = sp.eot_start + len(best[1])
+        best = -1
+        best_marker = ""
+        for marker in eots:
+            p = text.find(marker, sp.content_end, nxt)
+            if p >= 0 and (best < 0 or p < best):
+                best, best_marker = p, marker
+        if best >= 0:
+            sp.eot_start = best
+            sp.eot_end = best + len(best_marker)
+        nxt = sp.content_start
     # An EOS appended after the last message (and its end-of-turn marker) belongs to that message.
     last = spans[-1] if spans else None
     if eos_token and last is not None and last.found:
