@@ -273,20 +273,19 @@ class _Plan:
     prompt_enc: object = None
 
 
-def _message_segments(text: str, messages: list[dict], spans: list[MessageSpan], decide) -> list[Segment]:
+def _message_parts(sp: MessageSpan) -> list[tuple[str, int, int]]:
+    """The parts of one located message, as (part, start, end): what both labels and the token view are cut from."""
+    parts = [("header", sp.header_start, sp.content_start), ("content", sp.content_start, sp.content_end)]
+    if sp.eot_start >= 0:
+        parts += [("after_content", sp.content_end, sp.eot_start), ("eot", sp.eot_start, sp.eot_end)]
+    if sp.eos_start >= 0:
+        parts.append(("eos", sp.eos_start, sp.eos_end))
+    return parts
+
+
+def _message_segments(text: str, spans: list[MessageSpan], decide) -> list[Segment]:
     """Cut the rendered text into segments; decide(message_index, part) -> (trained, rule)."""
-    cuts: list[tuple[int, int, int | None, str | None, str]] = []
-    for sp in spans:
-        if not sp.found:
-            continue
-        m = messages[sp.index]
-        cuts.append((sp.header_start, sp.content_start, sp.index, sp.role, "header"))
-        cuts.append((sp.content_start, sp.content_end, sp.index, sp.role, "content"))
-        if sp.eot_start >= 0:
-            cuts.append((sp.content_end, sp.eot_start, sp.index, sp.role, "after_content"))
-            cuts.append((sp.eot_start, sp.eot_end, sp.index, sp.role, "eot"))
-        if sp.eos_start >= 0:
-            cuts.append((sp.eos_start, sp.eos_end, sp.index, sp.role, "eos"))
+    cuts = [(a, b, sp.index, sp.role, part) for sp in spans if sp.found for part, a, b in _message_parts(sp)]
     cuts = [c for c in cuts if c[1] > c[0]]
     cuts.sort(key=lambda c: c[0])
     segs: list[Segment] = []
@@ -469,11 +468,7 @@ def _trained_spans(spans: list[MessageSpan], decide) -> list[tuple[int, int]]:
     for sp in spans:
         if not sp.found:
             continue
-        parts = [("header", sp.header_start, sp.content_start), ("content", sp.content_start, sp.content_end)]
-        if sp.eot_start >= 0:
-            parts += [("after_content", sp.content_end, sp.eot_start), ("eot", sp.eot_start, sp.eot_end)]
-        if sp.eos_start >= 0:
-            parts.append(("eos", sp.eos_start, sp.eos_end))
+        parts = _message_parts(sp)
         for part, a, b in parts:
             if b > a and decide(sp.index, part)[0]:
                 if out and out[-1][1] >= a:
@@ -508,11 +503,11 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
         ids = enc.ids
         text = plan.text
         if plan.spans is not None:  # conversational: segments built only if someone looks
-            msgs, spans, decide = ex.messages, plan.spans, plan.decide
-            builder = lambda: _message_segments(text, msgs, spans, decide)  # noqa: E731
+            spans, decide = plan.spans, plan.decide
+            builder = lambda: _message_segments(text, spans, decide)  # noqa: E731
             if plan.gen is not None:
                 gen = plan.gen
-                builder = lambda: _relabel_for_generation(_message_segments(text, msgs, spans, decide), gen)  # noqa: E731
+                builder = lambda: _relabel_for_generation(_message_segments(text, spans, decide), gen)  # noqa: E731
         else:
             segs = plan.segments
             builder = lambda: segs  # noqa: E731
@@ -697,7 +692,7 @@ def _check_eos(ids, labels, tokenizer, plan: _Plan, findings, ctx):
 
 
 # ------------------------------------------------------------------------------------------------- public API
-def _context(tokenizer, cfg: MaskConfig, template: str | None) -> dict:
+def _context(tokenizer, cfg: MaskConfig, info: TemplateInfo | None) -> dict:
     from .legacy_collator import encode_template  # noqa: PLC0415
 
     ctx: dict = {"bos_id": tokenizer.bos_token_id}
@@ -709,8 +704,8 @@ def _context(tokenizer, cfg: MaskConfig, template: str | None) -> dict:
     markers = set()
     if tokenizer.eos_token_id is not None:
         markers.add(tokenizer.eos_token_id)
-    if template:
-        for s in analyze_template(tokenizer, template).eot:
+    if info is not None:
+        for s in info.eot:
             tid = tokenizer.convert_tokens_to_ids(s)
             if isinstance(tid, int) and tid != tokenizer.unk_token_id:
                 markers.add(tid)
@@ -750,7 +745,8 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors:
         pgroup = [p for p in plans if p.prompt_text is not None and p.prompt_add_special == add_special]
         for p, enc in zip(pgroup, encode_batch(tokenizer, [p.prompt_text for p in pgroup], add_special)):
             p.prompt_enc = enc
-    ctx = _context(tokenizer, cfg, template)
+    info = batch["info"] or (analyze_template(tokenizer, template) if template else None)
+    ctx = _context(tokenizer, cfg, info)
     done = iter([_finish(p, tokenizer, cfg, ctx) for p in plans])
     return [failed[k] if k in failed else next(done) for k in range(len(examples))]
 
