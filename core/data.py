@@ -49,6 +49,7 @@ class Example:
     source: str | None = None
     line: int | None = None  # 1-based line in a JSONL file
     notes: list[Finding] = field(default_factory=list)
+    turn: int | None = None  # split_turns: the assistant message this example trains (its history is the prompt)
 
     @property
     def n_prompt_messages(self) -> int:

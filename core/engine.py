@@ -1,186 +1,29 @@
 """The masking engine: every example rendered into ``input_ids`` + ``labels`` under a strategy, as TRL 1.16 does it.
 
-Labels are unshifted and use -100 for ignored tokens (the Hugging Face convention: the model shifts them itself).
-They are built in one place, :func:`_labels_from_char_spans`, from the character spans a strategy marks as trained.
+Pipeline (fast path for whole datasets): plan every example (render the chat template, locate message parts) ->
+one batch tokenization with offsets -> labels per example (core.labels, the one place they are built) + findings.
+Per-token details for the token view (:meth:`RenderedExample.tokens`) are computed only when asked for.
 
-Pipeline (fast path for whole datasets): render every example (jinja) -> one batch tokenization with offsets ->
-per-example label building from a handful of character spans (no per-token Python work). Per-token details for the
-token view (:meth:`RenderedExample.tokens`) are computed only when asked for.
+Where things live: which template renders (core.trl_templates: TRL's own training-twin swap), message parts
+(core.spans), strategies (core.strategies registry), options (core.config.MaskConfig), labels (core.labels),
+result types (core.rendered).
 """
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import NamedTuple
+from dataclasses import dataclass, field, replace
 
-from .data import (KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, Example,
-                   is_trained_flag_off)
+from .config import EOS_MODES, STRATEGIES, TRUNCATION_MODES, MaskConfig, Strategy  # noqa: F401  (public names)
+from .data import KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, Example
 from .errors import MaskLensError
 from .findings import Finding
-from .templates import (MessageSpan, TemplateInfo, analyze_template, get_template, has_generation_markers,
-                        locate_messages, render)
-
-IGNORE = -100
-
-
-class Strategy(str, Enum):
-    """Which tokens are trained. The string values are the canonical names used by the CLI, the app and exports."""
-
-    FULL = "full"  # every token (TRL's default)
-    COMPLETION_ONLY = "completion_only"  # TRL completion_only_loss=True, prompt/completion data
-    ASSISTANT_ONLY = "assistant_only"  # TRL assistant_only_loss=True; every assistant turn
-    LAST_ASSISTANT = "last_assistant"  # torchtune train_on_last, LLaMA-Factory mask_history
-    RESPONSE_TEMPLATE = "response_template"  # TRL <= 0.19.1 DataCollatorForCompletionOnlyLM
-
-
-STRATEGIES = [s.value for s in Strategy]
-EOS_MODES = ("every_turn", "last_turn", "none")
-TRUNCATION_MODES = ("keep_start", "keep_end")
-
-
-@dataclass
-class MaskConfig:
-    """A masking configuration. Every field maps to a CLI flag and a UI control."""
-
-    strategy: str = field(default="assistant_only", metadata={"help": "Which tokens are trained: " + ", ".join(STRATEGIES)})
-    eos: str = field(default="every_turn", metadata={
-        "help": "Assistant strategies: train each turn's end-of-turn marker on every turn, on the last, or none"})
-    train_roles: tuple[str, ...] = field(default=("assistant",), metadata={
-        "help": "Assistant strategies: roles whose messages are trained (e.g. assistant,tool)"})
-    response_template: str | list[int] | None = field(default=None, metadata={
-        "help": "response_template strategy: the text (or token ids) after which the old collator trains"})
-    instruction_template: str | list[int] | None = field(default=None, metadata={
-        "help": "response_template strategy: the text (or ids) that starts a human turn (multi-turn masking)"})
-    max_length: int | None = field(default=None, metadata={"help": "Truncate to this many tokens (TRL's max_length)"})
-    truncation: str = field(default="keep_start", metadata={"help": "keep_start or keep_end (TRL's truncation_mode)"})
-    chat_template: str | None = field(default=None, metadata={"help": "A jinja chat template replacing the tokenizer's"})
-    use_generation_markers: bool = field(default=True, metadata={
-        "help": "assistant_only: when the template has {% generation %} markers, use them (exactly TRL)"})
-
-    def __post_init__(self):
-        try:
-            self.strategy = Strategy(self.strategy).value
-        except ValueError:
-            raise MaskLensError(f"unknown strategy {self.strategy!r}", field="strategy",
-                                fix=f"use one of {', '.join(STRATEGIES)}") from None
-        if self.eos not in EOS_MODES:
-            raise MaskLensError(f"unknown eos mode {self.eos!r}", field="eos", fix=f"use one of {', '.join(EOS_MODES)}")
-        if self.truncation not in TRUNCATION_MODES:
-            raise MaskLensError(f"unknown truncation {self.truncation!r}", field="truncation",
-                                fix="use keep_start or keep_end")
-        if self.max_length is not None and self.max_length < 1:
-            raise MaskLensError("must be a positive number of tokens", field="max_length")
-        self.train_roles = tuple(self.train_roles)
-        if self.strategy == Strategy.RESPONSE_TEMPLATE and not self.response_template:
-            raise MaskLensError("the response_template strategy needs a response template", field="response_template",
-                                fix='pass --response-template "### Assistant:" or --response-template-ids 1,2,3')
-
-
-class Segment(NamedTuple):
-    """A span of the rendered text: which message and part it belongs to, and whether the strategy trains it."""
-
-    start: int
-    end: int
-    message: int | None  # index into the example's messages; None for template text
-    role: str | None
-    part: str  # template, header, content, after_content, eot, prompt, completion, text, eos, tokens
-    trained: bool
-    rule: str
-
-
-@dataclass
-class TokenInfo:
-    position: int
-    id: int
-    text: str
-    label: int
-    message: int | None
-    role: str | None
-    part: str
-    rule: str
-    special: bool
-
-
-@dataclass
-class RenderedExample:
-    """One example rendered under one configuration: ids, labels and everything needed to explain them.
-
-    ``offsets`` (character span of each token in ``text``) and ``segments`` are computed on first access: a whole
-    dataset renders without building per-token Python objects.
-    """
-
-    row: int
-    kind: str
-    input_ids: list[int]
-    labels: list[int]
-    text: str = ""
-    findings: list[Finding] = field(default_factory=list)
-    messages: list[dict] | None = None
-    token_rules: dict[int, str] = field(default_factory=dict)  # position -> rule, where a token-level rule decided
-    n_before_truncation: int = 0
-    truncated_at_start: int = 0  # tokens cut from the start (keep_end)
-    strategy: str = ""
-    _enc: object = field(default=None, repr=False)
-    _keep: slice | None = field(default=None, repr=False)
-    _segments: list | None = field(default=None, repr=False)
-    _segment_builder: object = field(default=None, repr=False)
-    _offsets: list | None = field(default=None, repr=False)
-
-    @property
-    def offsets(self) -> list[tuple[int, int]] | None:
-        if self._offsets is None and self._enc is not None:
-            off = self._enc.offsets
-            self._offsets = off[self._keep] if self._keep is not None else off
-        return self._offsets
-
-    @property
-    def segments(self) -> list[Segment]:
-        if self._segments is None:
-            self._segments = self._segment_builder() if self._segment_builder is not None else []
-        return self._segments
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def n_trained(self) -> int:
-        return len(self.labels) - self.labels.count(IGNORE)
-
-    def to_json(self) -> dict:
-        """The CLI/export record: one per input row."""
-        return {"row": self.row, "input_ids": self.input_ids, "labels": self.labels,
-                "findings": [{"code": f.code, "message": f.message, "severity": f.severity} for f in self.findings],
-                "n_tokens": self.n_tokens, "n_trained": self.n_trained,
-                "truncated_tokens": self.n_before_truncation - self.n_tokens}
-
-    def tokens(self, tokenizer) -> list[TokenInfo]:
-        """Per-token details for the token view (id, text, label, source message, part, rule)."""
-        special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-        seg_starts = [s.start for s in self.segments]
-        out = []
-        pieces = None
-        if self.offsets is None:
-            pieces = tokenizer.convert_ids_to_tokens(self.input_ids)
-        for i, (tid, lab) in enumerate(zip(self.input_ids, self.labels)):
-            if self.offsets is not None:
-                s, e = self.offsets[i]
-                txt = self.text[s:e] if e > s else tokenizer.decode([tid])
-                k = bisect.bisect_right(seg_starts, s) - 1
-                seg = self.segments[k] if 0 <= k < len(self.segments) else None
-            else:
-                txt, seg = pieces[i], (self.segments[0] if self.segments else None)
-            rule = self.token_rules.get(i)
-            if rule is None and seg is not None:
-                rule = seg.rule
-                if (lab != IGNORE) != seg.trained:  # a token straddling a segment boundary
-                    rule = ("trained: token overlaps a trained span (" if lab != IGNORE else
-                            "not trained: token overlaps an untrained span (") + seg.rule + ")"
-            out.append(TokenInfo(i, tid, txt, lab, seg.message if seg else None, seg.role if seg else None,
-                                 seg.part if seg else "tokens", rule or "", tid in special_ids))
-        return out
+from .labels import (IGNORE, labels_from_char_spans, labels_from_generation, string_ranges, token_range,
+                     unlabel_char_ranges)
+from .rendered import RenderedExample, Segment, TokenInfo  # noqa: F401  (public names)
+from .spans import MessageSpan, TemplateInfo, reasoning_of
+from .strategies import Decider, StrategyContext, get_strategy
+from .templates import analyze_template, get_template, locate_messages, render
+from .trl_templates import SOURCE_CANNOT_PATCH, SOURCE_TRL_TWIN, TrainingTemplate, training_template
 
 
 # ------------------------------------------------------------------------------------------------- tokenization
@@ -209,49 +52,6 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _token_range(enc, start: int, end: int) -> tuple[int, int] | None:
-    """Tokens [a, b) covering any character of [start, end)."""
-    if end <= start:
-        return None
-    a = None
-    for c in range(start, end):
-        a = enc.char_to_token(c)
-        if a is not None:
-            break
-    if a is None:
-        return None
-    b = None
-    for c in range(end - 1, start - 1, -1):
-        b = enc.char_to_token(c)
-        if b is not None:
-            break
-    return a, b + 1
-
-
-def _labels_from_char_spans(enc, ids: list[int], spans: list[tuple[int, int]]) -> list[int]:
-    """The one place labels are built: token ids where a trained character span covers the token, else -100."""
-    labels = [IGNORE] * len(ids)
-    for s, e in spans:
-        r = _token_range(enc, s, e)
-        if r:
-            a, b = r
-            labels[a:b] = ids[a:b]
-    return labels
-
-
-def _labels_from_generation(enc, ids: list[int], gen: list[tuple[int, int]]) -> list[int]:
-    """Exactly transformers' assistant mask (apply_chat_template(return_assistant_tokens_mask=True)), as labels."""
-    labels = [IGNORE] * len(ids)
-    for s, e in gen:
-        a = enc.char_to_token(s)
-        b = enc.char_to_token(e - 1)
-        if a is None:  # transformers stops at the first span it cannot place
-            break
-        stop = b + 1 if b else len(ids)  # transformers' quirk: an end token of 0/None runs to the end
-        labels[a:stop] = ids[a:stop]
-    return labels
-
-
 # --------------------------------------------------------------------------------------------------- the plan
 @dataclass
 class _Plan:
@@ -267,32 +67,23 @@ class _Plan:
     spans: list[MessageSpan] | None = None
     info: TemplateInfo | None = None
     findings: list[Finding] = field(default_factory=list)
-    token_level: str | None = None  # "completion" | "response_template" | "given" | "not_applicable"
-    decide: object = None  # conversational: decide(message_index, part) -> (trained, rule)
+    token_level: str | None = None  # "completion" | "response_template" | "given" | "not_applicable" | "full"
+    decide: Decider | None = None  # conversational: decide(message_index, part) -> (trained, rule)
     enc: object = None
     prompt_enc: object = None
-
-
-def _message_parts(sp: MessageSpan) -> list[tuple[str, int, int]]:
-    """The parts of one located message, as (part, start, end): what both labels and the token view are cut from."""
-    parts = [("header", sp.header_start, sp.content_start), ("content", sp.content_start, sp.content_end)]
-    if sp.eot_start >= 0:
-        parts += [("after_content", sp.content_end, sp.eot_start), ("eot", sp.eot_start, sp.eot_end)]
-    if sp.eos_start >= 0:
-        parts.append(("eos", sp.eos_start, sp.eos_end))
-    return parts
+    template_label: str = ""
+    swapped: bool = False
+    inference_text: str | None = None
 
 
 def _message_segments(text: str, spans: list[MessageSpan], decide) -> list[Segment]:
     """Cut the rendered text into segments; decide(message_index, part) -> (trained, rule)."""
-    cuts = [(a, b, sp.index, sp.role, part) for sp in spans if sp.found for part, a, b in _message_parts(sp)]
-    cuts = [c for c in cuts if c[1] > c[0]]
+    cuts = [(a, b, sp.index, sp.role, part) for sp in spans for part, a, b in sp.parts]
     cuts.sort(key=lambda c: c[0])
     segs: list[Segment] = []
     pos = 0
     for s, e, idx, role, part in cuts:
-        if s < pos:
-            s = pos
+        s = max(s, pos)
         if e <= s:
             continue
         if s > pos:
@@ -307,68 +98,75 @@ def _message_segments(text: str, spans: list[MessageSpan], decide) -> list[Segme
     return segs
 
 
-def _merge_trained(segs: list[Segment]) -> list[tuple[int, int]]:
+def _trained_spans(spans: list[MessageSpan], decide) -> list[tuple[int, int]]:
+    """Character spans a parts strategy trains, straight from the message parts (no segment objects)."""
     out: list[tuple[int, int]] = []
-    for s in segs:
-        if not s.trained:
-            continue
-        if out and out[-1][1] == s.start:
-            out[-1] = (out[-1][0], s.end)
-        else:
-            out.append((s.start, s.end))
+    for sp in spans:
+        for part, a, b in sp.parts:
+            if decide(sp.index, part)[0]:
+                if out and out[-1][1] >= a:
+                    out[-1] = (out[-1][0], max(b, out[-1][1]))
+                else:
+                    out.append((a, b))
     return out
 
 
-def _assistant_decider(messages: list[dict], spans: list[MessageSpan], cfg: MaskConfig, only_last: bool):
-    roles = set(cfg.train_roles)
-    trainable = [sp.index for sp in spans if sp.found and messages[sp.index]["role"] in roles
-                 and not is_trained_flag_off(messages[sp.index])]
-    if only_last:
-        last_asst = max((sp.index for sp in spans if messages[sp.index]["role"] in roles), default=None)
-        trainable = [i for i in trainable if i == last_asst]
-    trainable_set = set(trainable)
-    last = trainable[-1] if trainable else None
-    name = cfg.strategy
+def _option_masks(spans: list[MessageSpan], decide: Decider) -> tuple[list, list]:
+    """On the generation-marker path: the ranges options take out of TRL's mask, and the ranges that stay trained.
 
-    def decide(idx, part):
-        if idx is None:
-            return False, "not trained: template text outside any message"
-        m = messages[idx]
-        role = m["role"]
-        if idx not in trainable_set:
-            if role in roles and is_trained_flag_off(m):
-                return False, f"not trained: message {idx} is flagged off ({'weight 0' if 'weight' in m else 'train false'})"
-            if role in roles and only_last:
-                return False, f"not trained: {name} trains only the last {role} turn"
-            return False, f"not trained: {role} message"
-        if part == "header":
-            return False, f"not trained: {role} role header"
-        if part in ("content", "after_content"):
-            return True, f"trained: {role} {'content' if part == 'content' else 'output after content (tool calls)'}"
-        if part in ("eot", "eos"):
-            what = "end-of-turn marker" if part == "eot" else "EOS the template appends after the last turn"
-            if cfg.eos == "every_turn" or (cfg.eos == "last_turn" and idx == last):
-                return True, f"trained: {what} (eos={cfg.eos})"
-            return False, f"not trained: {what} (eos={cfg.eos})"
-        return False, "not trained"
-
-    return decide
+    With default options nothing is taken out (labels are exactly TRL's). Header decisions never take anything out:
+    TRL's families differ on whether the role header is trained (gpt-oss trains <|start|>assistant) and its choice stands.
+    """
+    masks, keep = [], []
+    for sp in spans:
+        if sp.role != "assistant" or not sp.found:
+            continue
+        if sp.index not in decide.trainable:  # flagged off, or not the last turn for last_assistant
+            masks.append((sp.header_start, sp.end))
+            continue
+        for part, a, b in sp.parts:
+            if part == "header":
+                continue
+            (keep if decide(sp.index, part)[0] else masks).append((a, b))
+    return masks, keep
 
 
-def _full_decider(idx, part):
-    return True, "trained: full trains every token"
+def _gen_rule(decide: Decider, masked_spans: list[MessageSpan]):
+    def rule_for(seg: Segment, inside: bool) -> tuple[bool, str]:
+        if inside and seg.message is not None and seg.role == "assistant":
+            if seg.message not in decide.trainable or (seg.part != "header" and not decide(seg.message, seg.part)[0]):
+                return decide(seg.message, seg.part)
+        return inside, ("trained: inside {% generation %}" if inside else "not trained: outside {% generation %}")
+    return rule_for
+
+
+def _relabel_for_generation(segments: list[Segment], gen: list[tuple[int, int]], rule_for) -> list[Segment]:
+    """Split segments at generation boundaries so the token view shows the template's own decision."""
+    cuts = sorted({p for s, e in gen for p in (s, e)})
+    out = []
+    for seg in segments:
+        pts = [seg.start] + [c for c in cuts if seg.start < c < seg.end] + [seg.end]
+        for a, b in zip(pts, pts[1:]):
+            inside = any(s <= a and b <= e for s, e in gen)
+            tr, rule = rule_for(seg, inside)
+            out.append(Segment(a, b, seg.message, seg.role, seg.part, tr, rule))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- phase 1
 def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_token: str, batch: dict) -> _Plan:
     plan = _Plan(ex=ex, findings=list(ex.notes))
+    spec = get_strategy(cfg.strategy)
     strat = cfg.strategy
     if ex.kind == KIND_TOKENS:
         if ex.labels is not None:
             plan.token_level = "given"
             plan.findings.append(Finding("labels_from_data", "labels come from the data row"))
-        elif strat in (Strategy.FULL, Strategy.RESPONSE_TEMPLATE):
-            plan.token_level = "full" if strat == Strategy.FULL else "response_template"
+            shifted = _labels_look_shifted(ex.input_ids, ex.labels)
+            if shifted:
+                plan.findings.append(Finding("labels_shifted", shifted))
+        elif spec.kind in ("full", "collator"):
+            plan.token_level = "full" if spec.kind == "full" else "response_template"
         else:
             plan.token_level = "not_applicable"
             plan.findings.append(Finding("strategy_not_applicable",
@@ -392,11 +190,12 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
             plan.prompt_add_special = True
             lp, lc = len(ex.prompt), len(ex.prompt) + len(comp)
             parts = [(0, lp, "prompt"), (lp, lc, "completion"), (lc, len(plan.text), "eos")]
-        if strat == Strategy.FULL or strat == Strategy.RESPONSE_TEMPLATE:
-            rule = "trained: full trains every token" if strat == Strategy.FULL else "decided per token by the old collator"
-            plan.segments = [Segment(s, e, None, None, p, strat == Strategy.FULL, rule) for s, e, p in parts if e > s]
-            plan.token_level = None if strat == Strategy.FULL else "response_template"
-        elif strat == Strategy.COMPLETION_ONLY and ex.kind == KIND_PC_TEXT:
+        if spec.kind in ("full", "collator"):
+            full = spec.kind == "full"
+            rule = "trained: full trains every token" if full else "decided per token by the old collator"
+            plan.segments = [Segment(s, e, None, None, p, full, rule) for s, e, p in parts if e > s]
+            plan.token_level = None if full else "response_template"
+        elif spec.kind == "completion" and ex.kind == KIND_PC_TEXT:
             plan.segments = [Segment(s, e, None, None, p, p != "prompt",
                                      "not trained: prompt" if p == "prompt" else f"trained: {p} (completion_only)")
                              for s, e, p in parts if e > s]
@@ -405,7 +204,7 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
             plan.segments = [Segment(s, e, None, None, p, False, f"not trained: {strat} does not apply")
                              for s, e, p in parts if e > s]
             plan.token_level = "not_applicable"
-            need = "prompt/completion data" if strat == Strategy.COMPLETION_ONLY else "conversational data (messages)"
+            need = "prompt/completion data" if spec.kind == "completion" else "conversational data (messages)"
             plan.findings.append(Finding("strategy_not_applicable", f"{strat} needs {need}; this row is {ex.kind}"))
         return plan
 
@@ -413,69 +212,107 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
     assert template is not None
     msgs = ex.messages
     tpl_kwargs = ex.chat_template_kwargs
-    use_gen = (strat == Strategy.ASSISTANT_ONLY and cfg.use_generation_markers and has_generation_markers(template))
     special_map = batch["special_map"]
-    plan.text, gen = render(tokenizer, msgs, template, tools=ex.tools, return_generation=use_gen,
+    split = ex.turn is not None  # split_turns: a prompt (history as at inference) + one assistant turn
+    tt: TrainingTemplate | None = batch["tt"] if spec.trl_generation and not split else None
+    use_gen = (tt is not None and tt.uses_markers and cfg.use_generation_markers
+               and tuple(cfg.train_roles) == ("assistant",))
+    render_tpl = tt.template if use_gen else template
+    plan.text, gen = render(tokenizer, msgs, render_tpl, tools=ex.tools, return_generation=use_gen,
                             special_map=special_map, **tpl_kwargs)
     if use_gen:
         plan.gen = gen
-    info = batch["info"]
+    info = batch["info"](render_tpl)
     plan.info = info
     spans = locate_messages(plan.text, msgs, info, eos_token)
     plan.spans = spans
-    for sp in spans:
-        if not sp.found and (msgs[sp.index].get("content") or ""):
-            plan.findings.append(Finding("content_not_rendered",
-                                         f"message {sp.index} ({sp.role}): its content does not appear in the rendered text",
-                                         location={"message": sp.index}))
-    if strat in (Strategy.ASSISTANT_ONLY, Strategy.LAST_ASSISTANT):
-        decide = _assistant_decider(msgs, spans, cfg, only_last=strat == Strategy.LAST_ASSISTANT)
-        for sp in spans:
-            m = msgs[sp.index]
-            if m["role"] in cfg.train_roles and is_trained_flag_off(m):
-                plan.findings.append(Finding("message_not_trained", f"message {sp.index} is flagged off",
-                                             location={"message": sp.index}))
-    elif strat == Strategy.FULL:
-        decide = _full_decider
-    elif strat == Strategy.COMPLETION_ONLY:
+    plan.template_label = tt.label if tt is not None and (use_gen or tt.source == SOURCE_CANNOT_PATCH) else (
+        "the chat template given (as TRL renders it)" if cfg.chat_template else "the tokenizer's chat template")
+    if tt is not None and tt.source == SOURCE_CANNOT_PATCH:
+        plan.findings.append(Finding("trl_cannot_patch", f"TRL would raise: {tt.trl_error} MaskLens masks with its "
+                                                         "own span finding instead (template_source=own)."))
+    if use_gen and tt.source == SOURCE_TRL_TWIN:
+        plan.swapped = True
+        plain, _ = render(tokenizer, msgs, template, tools=ex.tools, special_map=special_map, **tpl_kwargs)
+        if plain != plan.text:
+            plan.inference_text = plain
+            plan.findings.append(Finding("template_swapped", _swap_difference(plain, plan.text, msgs, spans,
+                                                                              batch["info"](template), eos_token, tt)))
+    _rendering_findings(plan, msgs, spans)
+
+    ctx = StrategyContext(messages=msgs, cfg=cfg, n_prompt=len(ex.prompt) if ex.kind == KIND_PC_CONV else 0)
+    if split or spec.kind == "completion":
         if ex.kind != KIND_PC_CONV:
             plan.token_level = "not_applicable"
             plan.findings.append(Finding("strategy_not_applicable",
                                          "completion_only needs prompt/completion rows; use assistant_only or "
                                          "last_assistant for messages"))
-            decide = lambda idx, part: (False, "not trained: completion_only does not apply to messages rows")  # noqa: E731
+            plan.decide = Decider(lambda idx, part: (False, "not trained: completion_only does not apply to messages rows"))
         else:
-            n_prompt = len(ex.prompt)
             plan.prompt_text, _ = render(tokenizer, ex.prompt, template, tools=ex.tools, add_generation_prompt=True,
-                                         special_map=special_map,
-                                         **tpl_kwargs)
+                                         special_map=special_map, **tpl_kwargs)
             plan.token_level = "completion"
-
-            def decide(idx, part):
-                if idx is None or idx < n_prompt:
-                    return False, "not trained: prompt (completion_only)"
-                return True, "trained: completion (completion_only)"
-    else:  # response_template: labels decided per token by the old collator
+            plan.decide = get_strategy("completion_only").fn(ctx)
+    elif spec.kind == "collator":
         plan.token_level = "response_template"
-        decide = lambda idx, part: (False, "decided per token by the old collator")  # noqa: E731
-    plan.decide = decide
+        plan.decide = spec.fn(ctx)
+    else:
+        plan.decide = spec.fn(ctx)
+        if spec.kind == "full":
+            plan.token_level = "full"
+        for sp in spans:
+            m = msgs[sp.index]
+            if m.get("role") in cfg.train_roles and sp.index not in plan.decide.trainable and (
+                    m.get("weight") in (0, 0.0, False) or m.get("train") is False):
+                plan.findings.append(Finding("message_not_trained", f"message {sp.index} is flagged off",
+                                             location={"message": sp.index}))
     return plan
 
 
-def _trained_spans(spans: list[MessageSpan], decide) -> list[tuple[int, int]]:
-    """Character spans an assistant strategy trains, straight from the message spans (no segment objects)."""
-    out: list[tuple[int, int]] = []
+def _rendering_findings(plan: _Plan, msgs: list[dict], spans: list[MessageSpan]) -> None:
+    dropped = []
     for sp in spans:
-        if not sp.found:
-            continue
-        parts = _message_parts(sp)
-        for part, a, b in parts:
-            if b > a and decide(sp.index, part)[0]:
-                if out and out[-1][1] >= a:
-                    out[-1] = (out[-1][0], max(b, out[-1][1]))
-                else:
-                    out.append((a, b))
-    return out
+        m = msgs[sp.index]
+        if not sp.found and (reasoning_of(m)[1] if m.get("role") == "assistant" else (m.get("content") or "")):
+            plan.findings.append(Finding("content_not_rendered",
+                                         f"message {sp.index} ({sp.role}): its content does not appear in the rendered text",
+                                         location={"message": sp.index}))
+        if sp.has_reasoning and sp.reasoning is None:
+            dropped.append(sp.index)
+    if dropped:
+        plan.findings.append(Finding("reasoning_not_rendered",
+                                     f"message(s) {', '.join(map(str, dropped))} carry reasoning the template does not "
+                                     "render, so it is neither shown to nor trained into the model",
+                                     location={"messages": dropped}))
+
+
+def _swap_difference(plain: str, twin: str, msgs, twin_spans: list[MessageSpan], plain_info, eos_token, tt) -> str:
+    """How TRL's training twin renders this row differently from the tokenizer's own template, in words."""
+    plain_spans = locate_messages(plain, msgs, plain_info, eos_token)
+    kept = [t.index for t, p in zip(twin_spans, plain_spans) if t.reasoning is not None and p.reasoning is None]
+    name = tt.name or "training"
+    if kept:
+        return (f"TRL swaps in its {name} training template: assistant message(s) {', '.join(map(str, kept))} keep "
+                "their reasoning in training but lose it at inference (the tokenizer's own template drops it)")
+    scaf = [t.index for t, p in zip(twin_spans, plain_spans) if t.scaffold is not None and p.scaffold is None]
+    if scaf:
+        return (f"TRL swaps in its {name} training template: assistant message(s) {', '.join(map(str, scaf))} get "
+                "template text (e.g. an empty think block) the inference template does not render there")
+    return (f"TRL swaps in its {name} training template, which renders this row differently from the tokenizer's own "
+            f"template ({len(twin)} characters in training, {len(plain)} at inference)")
+
+
+def _labels_look_shifted(ids: list[int], labels: list[int]) -> str:
+    """Labels already shifted by hand (labels[i] == input_ids[i+1] on most trained positions): say so, else ''."""
+    trained = [i for i, lab in enumerate(labels[:-1]) if lab != IGNORE]
+    if len(trained) < 2:
+        return ""
+    same = sum(labels[i] == ids[i] for i in trained)
+    nxt = sum(labels[i] == ids[i + 1] for i in trained)
+    if nxt > len(trained) * 0.8 and nxt > same:
+        return (f"on {nxt} of {len(trained)} trained positions the label is the NEXT token; Hugging Face models "
+                "shift labels themselves, so these rows would train each position on the token two ahead")
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------- phase 3
@@ -498,29 +335,39 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
             labels = [IGNORE] * len(ids)
             seg = Segment(0, 0, None, None, "tokens", False, f"not trained: {cfg.strategy} needs messages")
         builder = lambda: [seg]  # noqa: E731
+        if cfg.mask_tokens and plan.token_level != "given":
+            masked = ctx["mask_token_ids"]
+            for i, t in enumerate(ids):
+                if t in masked and labels[i] != IGNORE:
+                    labels[i] = IGNORE
+                    token_rules[i] = "not trained: mask_tokens"
     else:
         enc = plan.enc
         ids = enc.ids
         text = plan.text
-        if plan.spans is not None:  # conversational: segments built only if someone looks
-            spans, decide = plan.spans, plan.decide
-            builder = lambda: _message_segments(text, spans, decide)  # noqa: E731
+        spans, decide = plan.spans, plan.decide
+        if spans is not None:  # conversational: segments built only if someone looks
             if plan.gen is not None:
-                gen = plan.gen
-                builder = lambda: _relabel_for_generation(_message_segments(text, spans, decide), gen)  # noqa: E731
+                gen, rule_for = plan.gen, _gen_rule(decide, spans)
+                builder = lambda: _relabel_for_generation(_message_segments(text, spans, decide), gen, rule_for)  # noqa: E731
+            else:
+                builder = lambda: _message_segments(text, spans, decide)  # noqa: E731
         else:
             segs = plan.segments
             builder = lambda: segs  # noqa: E731
         if plan.gen is not None:
-            labels = _labels_from_generation(enc, ids, _filter_generation(plan))
-        elif plan.token_level in (None, "not_applicable"):
-            if plan.spans is None:
-                trained = _merge_trained(plan.segments)
-            elif cfg.strategy == Strategy.FULL:
-                trained = [(0, len(text))]
+            labels = labels_from_generation(enc, ids, plan.gen)
+            masks, keep = _option_masks(spans, decide)
+            if masks:
+                unlabel_char_ranges(enc, labels, masks, keep)
+        elif plan.token_level in (None, "not_applicable", "full"):
+            if plan.token_level == "full" or (spans is None and plan.token_level is None and
+                                              all(s.trained for s in plan.segments)):
+                labels = list(ids)
+            elif spans is None:
+                labels = labels_from_char_spans(enc, ids, _merge_trained(plan.segments))
             else:
-                trained = _trained_spans(plan.spans, plan.decide)
-            labels = _labels_from_char_spans(enc, ids, trained)
+                labels = labels_from_char_spans(enc, ids, _trained_spans(spans, decide))
         elif plan.token_level == "completion":
             prompt_ids = plan.prompt_enc.ids
             n = common_prefix_length(prompt_ids, ids)
@@ -533,10 +380,19 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
                 token_rules[n] = "trained: first completion token (where prompt and prompt+completion tokens diverge)"
         else:  # response_template
             labels = [IGNORE] * len(ids)
+        if cfg.mask_tokens and text:
+            for s, e in string_ranges(text, cfg.mask_tokens):
+                r = token_range(enc, s, e)
+                if r:
+                    for i in range(*r):
+                        if labels[i] != IGNORE:
+                            labels[i] = IGNORE
+                            token_rules[i] = f"not trained: mask_tokens ({text[s:e]!r})"
+        if spans is not None and plan.token_level != "response_template":
+            _part_findings(plan, enc, labels, findings)
     if plan.token_level == "response_template":
         labels = _apply_response_template(ids, text, enc, tokenizer, cfg, findings, token_rules, ctx)
 
-    # bos doubled
     bos = ctx["bos_id"]
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
         findings.append(Finding("bos_doubled", "the sequence starts with two BOS tokens", location={"token": 1}))
@@ -570,36 +426,49 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
     _check_eos(ids, labels, tokenizer, plan, findings, ctx)
     return RenderedExample(row=ex.row, kind=ex.kind, input_ids=ids, labels=labels, text=text, findings=findings,
                            messages=ex.messages, token_rules=token_rules, n_before_truncation=n_before,
-                           truncated_at_start=cut_start, strategy=cfg.strategy, _enc=enc, _keep=keep,
-                           _segment_builder=builder)
+                           truncated_at_start=cut_start, strategy=cfg.strategy, turn=ex.turn,
+                           template_label=plan.template_label, template_swapped=plan.swapped,
+                           inference_text=plan.inference_text, _enc=enc, _keep=keep, _segment_builder=builder)
 
 
-def _filter_generation(plan: _Plan) -> list[tuple[int, int]]:
-    """Generation spans, minus those of assistant messages flagged off (weight 0 / train false)."""
-    msgs = plan.ex.messages
-    off = [sp for sp in (plan.spans or []) if sp.found and is_trained_flag_off(msgs[sp.index])]
-    if not off:
-        return plan.gen
-    keep = []
-    for s, e in plan.gen:
-        if any(s <= sp.content_start < e or (sp.content_start == sp.content_end and s <= sp.content_start <= e)
-               for sp in off):
+def _merge_trained(segs: list[Segment]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s in segs:
+        if not s.trained:
             continue
-        keep.append((s, e))
-    return keep
-
-
-def _relabel_for_generation(segments: list[Segment], gen: list[tuple[int, int]]) -> list[Segment]:
-    """Split segments at generation boundaries so the token view shows the template's own decision."""
-    cuts = sorted({p for s, e in gen for p in (s, e)})
-    out = []
-    for seg in segments:
-        pts = [seg.start] + [c for c in cuts if seg.start < c < seg.end] + [seg.end]
-        for a, b in zip(pts, pts[1:]):
-            inside = any(s <= a and b <= e for s, e in gen)
-            rule = ("trained: inside {% generation %}" if inside else "not trained: outside {% generation %}")
-            out.append(Segment(a, b, seg.message, seg.role, seg.part, inside, rule))
+        if out and out[-1][1] == s.start:
+            out[-1] = (out[-1][0], s.end)
+        else:
+            out.append((s.start, s.end))
     return out
+
+
+def _part_findings(plan: _Plan, enc, labels: list[int], findings: list[Finding]) -> None:
+    """empty_think_trained / tool_call_not_trained: read off the labels, per assistant message."""
+    msgs, info = plan.ex.messages, plan.info
+    empty = "".join((info.think_open + info.think_close).split()) if info and info.think_open else ""
+    empty_trained, calls_untrained = [], []
+
+    def trained(a, b):
+        r = token_range(enc, a, b)
+        return bool(r) and any(labels[i] != IGNORE for i in range(*r))
+
+    for sp in plan.spans:
+        if sp.role != "assistant" or not sp.found or sp.index not in plan.decide.trainable:
+            continue
+        if sp.scaffold and empty and "".join(plan.text[sp.scaffold[0]:sp.scaffold[1]].split()) == empty \
+                and trained(*sp.scaffold):
+            empty_trained.append(sp.index)
+        if msgs[sp.index].get("tool_calls") and not (sp.tool_calls and trained(*sp.tool_calls)):
+            calls_untrained.append(sp.index)
+    if empty_trained:
+        findings.append(Finding("empty_think_trained",
+                                f"assistant message(s) {', '.join(map(str, empty_trained))}: the empty think block the "
+                                "template inserts is trained", location={"messages": empty_trained}))
+    if calls_untrained:
+        findings.append(Finding("tool_call_not_trained",
+                                f"assistant message(s) {', '.join(map(str, calls_untrained))} have tool calls that are "
+                                "not rendered or not trained", location={"messages": calls_untrained}))
 
 
 def _apply_response_template(ids, text, enc, tokenizer, cfg, findings, token_rules, ctx) -> list[int]:
@@ -699,8 +568,7 @@ def _context(tokenizer, cfg: MaskConfig, info: TemplateInfo | None) -> dict:
     if cfg.strategy == Strategy.RESPONSE_TEMPLATE:
         ctx["response_ids"] = encode_template(tokenizer, cfg.response_template)
         ctx["instruction_ids"] = encode_template(tokenizer, cfg.instruction_template) if cfg.instruction_template else None
-        # TRL 0.19.1's SFTTrainer set pad = eos when the tokenizer had none
-        ctx["pad_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ctx["pad_id"] = pad_id_for(tokenizer, cfg.pad_token)
     markers = set()
     if tokenizer.eos_token_id is not None:
         markers.add(tokenizer.eos_token_id)
@@ -710,7 +578,48 @@ def _context(tokenizer, cfg: MaskConfig, info: TemplateInfo | None) -> dict:
             if isinstance(tid, int) and tid != tokenizer.unk_token_id:
                 markers.add(tid)
     ctx["marker_ids"] = markers
+    ctx["mask_token_ids"] = {t for t in (tokenizer.convert_tokens_to_ids(s) for s in cfg.mask_tokens)
+                             if isinstance(t, int) and t != tokenizer.unk_token_id}
     return ctx
+
+
+def pad_id_for(tokenizer, pad_token: str | None = None) -> int | None:
+    """The pad id the old collator masks: the one asked for, else the tokenizer's, else its EOS (TRL 0.19.1's
+    SFTTrainer set pad = eos when the tokenizer had none, which masks every EOS)."""
+    if pad_token:
+        tid = tokenizer.convert_tokens_to_ids(pad_token)
+        if not isinstance(tid, int) or (tid == tokenizer.unk_token_id and pad_token != tokenizer.unk_token):
+            raise MaskLensError(f"pad token {pad_token!r} is not in the tokenizer's vocabulary", field="pad_token",
+                                fix="name a token the tokenizer has (e.g. <|pad|>, or its unk token)")
+        return tid
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+# ------------------------------------------------------------------------------------------------- public API
+def split_turns(examples: list[Example], cfg: MaskConfig) -> list[Example]:
+    """Each trained assistant turn of a messages row becomes a prompt (the history) + completion (that turn) example.
+
+    Rendered like TRL's conversational prompt/completion data: the prompt with add_generation_prompt=True, exactly
+    what the model sees at inference, so every trained token is one it would generate in that context.
+    Example: [u, a1, u, a2] -> ([u] + [a1]), ([u, a1, u] + [a2]).
+    """
+    from .data import is_trained_flag_off  # noqa: PLC0415
+
+    out = []
+    for ex in examples:
+        if ex.kind != KIND_MESSAGES:
+            out.append(ex)
+            continue
+        msgs = ex.messages
+        turns = [i for i, m in enumerate(msgs) if m.get("role") in cfg.train_roles and not is_trained_flag_off(m)
+                 and i > 0]
+        if not turns:
+            out.append(ex)
+            continue
+        for i in turns:
+            out.append(replace(ex, kind=KIND_PC_CONV, prompt=msgs[:i], completion=[msgs[i]], messages=msgs[:i + 1],
+                               turn=i, notes=list(ex.notes)))
+    return out
 
 
 def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors: str = "raise") -> list[RenderedExample]:
@@ -718,16 +627,29 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors:
 
     errors="raise": a template that fails on an example raises MaskLensError naming its row (the CLI's contract);
     errors="finding": that example comes back empty with a render_failed finding and the others render (the app).
+    With cfg.split_turns, a messages row gives one result per trained assistant turn (RenderedExample.turn).
     """
     assert errors in ("raise", "finding"), errors
+    if cfg.split_turns:
+        examples = split_turns(examples, cfg)
     needs_template = any(e.kind in (KIND_MESSAGES, KIND_PC_CONV) for e in examples)
     template = get_template(tokenizer, cfg.chat_template) if needs_template else (cfg.chat_template or None)
     if template is None:
         t = getattr(tokenizer, "chat_template", None)
         template = t if isinstance(t, str) else None
     eos_token = tokenizer.eos_token or ""
-    batch = {"special_map": dict(tokenizer.special_tokens_map),
-             "info": analyze_template(tokenizer, template) if needs_template else None}
+    spec = get_strategy(cfg.strategy)
+    infos: dict[str, TemplateInfo] = {}
+
+    def info_for(tpl: str) -> TemplateInfo:
+        if tpl not in infos:
+            infos[tpl] = analyze_template(tokenizer, tpl)
+        return infos[tpl]
+
+    tt = None
+    if needs_template and spec.trl_generation:
+        tt = training_template(tokenizer, template) if cfg.template_source == "trl" else TrainingTemplate(template, "own")
+    batch = {"special_map": dict(tokenizer.special_tokens_map), "info": info_for, "tt": tt}
     plans = []
     failed: dict[int, RenderedExample] = {}
     for k, ex in enumerate(examples):
@@ -737,7 +659,8 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors:
             if errors == "raise":
                 raise MaskLensError(e.message, file=ex.source, row=ex.row, field=e.field, fix=e.fix) from None
             failed[k] = RenderedExample(row=ex.row, kind=ex.kind, input_ids=[], labels=[], messages=ex.messages,
-                                        findings=[Finding("render_failed", str(e))], strategy=cfg.strategy)
+                                        findings=[Finding("render_failed", str(e))], strategy=cfg.strategy,
+                                        turn=ex.turn)
     for add_special in (False, True):
         group = [p for p in plans if p.ex.kind != KIND_TOKENS and p.add_special == add_special]
         for p, enc in zip(group, encode_batch(tokenizer, [p.text for p in group], add_special)):
@@ -745,7 +668,7 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors:
         pgroup = [p for p in plans if p.prompt_text is not None and p.prompt_add_special == add_special]
         for p, enc in zip(pgroup, encode_batch(tokenizer, [p.prompt_text for p in pgroup], add_special)):
             p.prompt_enc = enc
-    info = batch["info"] or (analyze_template(tokenizer, template) if template else None)
+    info = info_for(template) if template and needs_template else (analyze_template(tokenizer, template) if template else None)
     ctx = _context(tokenizer, cfg, info)
     done = iter([_finish(p, tokenizer, cfg, ctx) for p in plans])
     return [failed[k] if k in failed else next(done) for k in range(len(examples))]

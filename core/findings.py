@@ -87,6 +87,53 @@ CODES: dict[str, tuple[str, str, str]] = {
         "The strategy needs another data format (e.g. completion_only needs prompt/completion rows).",
         "Choose a strategy that fits the data format.",
     ),
+    "template_swapped": (
+        "info",
+        "TRL 1.16 trains this row on its own {% generation %}-marked training twin of the chat template "
+        "(get_training_chat_template), which renders it differently from the tokenizer's template the model is served "
+        "with (e.g. earlier turns keep their reasoning in training but lose it at inference).",
+        "Nothing to fix if intended; to train on what inference shows, use split_turns (each turn with its history as "
+        "at inference) or template_source=own.",
+    ),
+    "trl_cannot_patch": (
+        "warning",
+        "The chat template has no {% generation %} markers and TRL 1.16 has no training template for it: "
+        "SFTTrainer(assistant_only_loss=True) raises. MaskLens shows its own span-finding mask instead — not what TRL does.",
+        "Add {% generation %} markers (Templates tab: proven twin), train with pre-tokenized labels from MaskLens's "
+        "export, or use completion_only / full.",
+    ),
+    "reasoning_not_rendered": (
+        "warning",
+        "These assistant messages carry reasoning (reasoning_content / thinking / <think>) that the chat template drops, "
+        "so the model is neither shown nor trained on it.",
+        "Use a template that renders reasoning for every turn (TRL's training twin does for Qwen3), split_turns, or "
+        "drop the reasoning from history turns on purpose.",
+    ),
+    "empty_think_trained": (
+        "info",
+        "The template inserts an empty think block into assistant turns without reasoning and it is trained: the model "
+        "learns to open and close an empty think block (at inference the generation prompt may supply it).",
+        "Set empty_think=mask to keep it rendered but untrained, or give those turns reasoning.",
+    ),
+    "tool_call_not_trained": (
+        "error",
+        "An assistant message has tool calls, but they are not rendered by the template or not trained, so the model "
+        "never learns to call the tool.",
+        "Check that the template renders tool_calls (and that content is null/absent where it expects it), and the strategy.",
+    ),
+    "schema_nulls_injected": (
+        "warning",
+        "Loading this file through `datasets` (as TRL does) unifies the Arrow schema across rows: these keys appear with "
+        "null values in this row's tool-call arguments / tool schemas, templates render them, and the model learns to "
+        "emit them. MaskLens renders the row as written in the file.",
+        "Store tool-call `arguments` and `tools` as JSON strings, or load the rows without schema unification.",
+    ),
+    "labels_shifted": (
+        "error",
+        "The row's labels look shifted by hand (labels[i] == input_ids[i+1]). Hugging Face causal LMs shift labels "
+        "themselves, so each position would be trained on the token two ahead.",
+        "Give labels aligned with input_ids (labels[i] = input_ids[i] or -100); do not shift them.",
+    ),
 }
 
 
