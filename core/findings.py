@@ -96,7 +96,7 @@ CODES: dict[str, tuple[str, str, str]] = {
         "at inference) or template_source=own.",
     ),
     "trl_cannot_patch": (
-        "warning",
+        "info",
         "The chat template has no {% generation %} markers and TRL 1.16 has no training template for it: "
         "SFTTrainer(assistant_only_loss=True) raises. MaskLens shows its own span-finding mask instead — not what TRL does.",
         "Add {% generation %} markers (Templates tab: proven twin), train with pre-tokenized labels from MaskLens's "
