@@ -165,8 +165,8 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
             shifted = _labels_look_shifted(ex.input_ids, ex.labels)
             if shifted:
                 plan.findings.append(Finding("labels_shifted", shifted))
-        elif spec.kind in ("full", "collator"):
-            plan.token_level = "full" if spec.kind == "full" else "response_template"
+        elif spec.kind in ("full", "collator", "collator_fn"):
+            plan.token_level = {"full": "full", "collator": "response_template", "collator_fn": "user_collator"}[spec.kind]
         else:
             plan.token_level = "not_applicable"
             plan.findings.append(Finding("strategy_not_applicable",
@@ -190,11 +190,11 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
             plan.prompt_add_special = True
             lp, lc = len(ex.prompt), len(ex.prompt) + len(comp)
             parts = [(0, lp, "prompt"), (lp, lc, "completion"), (lc, len(plan.text), "eos")]
-        if spec.kind in ("full", "collator"):
+        if spec.kind in ("full", "collator", "collator_fn"):
             full = spec.kind == "full"
-            rule = "trained: full trains every token" if full else "decided per token by the old collator"
+            rule = "trained: full trains every token" if full else "decided per token by the collator"
             plan.segments = [Segment(s, e, None, None, p, full, rule) for s, e, p in parts if e > s]
-            plan.token_level = None if full else "response_template"
+            plan.token_level = None if full else ("response_template" if spec.kind == "collator" else "user_collator")
         elif spec.kind == "completion" and ex.kind == KIND_PC_TEXT:
             plan.segments = [Segment(s, e, None, None, p, p != "prompt",
                                      "not trained: prompt" if p == "prompt" else f"trained: {p} (completion_only)")
@@ -256,6 +256,9 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
     elif spec.kind == "collator":
         plan.token_level = "response_template"
         plan.decide = spec.fn(ctx)
+    elif spec.kind == "collator_fn":
+        plan.token_level = "user_collator"
+        plan.decide = Decider(lambda idx, part: (False, f"decided per token by the collator ({strat})"))
     else:
         plan.decide = spec.fn(ctx)
         if spec.kind == "full":
@@ -378,7 +381,7 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
             labels = [IGNORE] * n + ids[n:]
             if n < len(ids):
                 token_rules[n] = "trained: first completion token (where prompt and prompt+completion tokens diverge)"
-        else:  # response_template
+        else:  # response_template / user_collator: decided per token below
             labels = [IGNORE] * len(ids)
         if cfg.mask_tokens and text:
             for s, e in string_ranges(text, cfg.mask_tokens):
@@ -392,6 +395,10 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
             _part_findings(plan, enc, labels, findings)
     if plan.token_level == "response_template":
         labels = _apply_response_template(ids, text, enc, tokenizer, cfg, findings, token_rules, ctx)
+    elif plan.token_level == "user_collator":
+        labels = ctx["collator_labels"][id(plan)]
+        for i, lab in enumerate(labels):
+            token_rules[i] = f"{'trained' if lab != IGNORE else 'not trained'}: the collator's label ({cfg.strategy})"
 
     bos = ctx["bos_id"]
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
@@ -583,6 +590,32 @@ def _context(tokenizer, cfg: MaskConfig, info: TemplateInfo | None) -> dict:
     return ctx
 
 
+def _run_collator(spec, tokenizer, plans: list[_Plan]) -> dict[int, list[int]]:
+    """Call a user's collator (--collator FILE.py: make_collator(tokenizer)) on the batch, as a DataLoader would."""
+    collate = _collators.get((spec.name, id(tokenizer)))
+    if collate is None:
+        collate = _collators[(spec.name, id(tokenizer))] = spec.fn(tokenizer)
+    out: dict[int, list[int]] = {}
+    for p in plans:  # one example per call: a collator pads a batch, and padding would change the sequence shown
+        ids = list(p.ex.input_ids) if p.ex.kind == KIND_TOKENS else list(p.enc.ids)
+        try:
+            res = collate([{"input_ids": ids}])
+            labels = res["labels"][0]
+            labels = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+        except Exception as e:  # user code: any failure is reported with the row
+            raise MaskLensError(f"the collator {spec.name!r} failed: {type(e).__name__}: {e}", row=p.ex.row,
+                                fix="make_collator(tokenizer) must return a callable taking [{'input_ids': [...]}] "
+                                    "and returning a dict with 'labels'") from None
+        if len(labels) < len(ids):
+            raise MaskLensError(f"the collator {spec.name!r} returned {len(labels)} labels for {len(ids)} tokens",
+                                row=p.ex.row, fix="return one label per input token (-100 for ignored)")
+        out[id(p)] = [int(x) for x in labels[: len(ids)]]
+    return out
+
+
+_collators: dict = {}
+
+
 def pad_id_for(tokenizer, pad_token: str | None = None) -> int | None:
     """The pad id the old collator masks: the one asked for, else the tokenizer's, else its EOS (TRL 0.19.1's
     SFTTrainer set pad = eos when the tokenizer had none, which masks every EOS)."""
@@ -670,6 +703,8 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors:
             p.prompt_enc = enc
     info = info_for(template) if template and needs_template else (analyze_template(tokenizer, template) if template else None)
     ctx = _context(tokenizer, cfg, info)
+    if spec.kind == "collator_fn":
+        ctx["collator_labels"] = _run_collator(spec, tokenizer, plans)
     done = iter([_finish(p, tokenizer, cfg, ctx) for p in plans])
     return [failed[k] if k in failed else next(done) for k in range(len(examples))]
 

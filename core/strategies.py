@@ -7,6 +7,9 @@ Kinds:
   parts header / reasoning / content / tool_calls / eot / scaffold (see core.spans) and "template" (index None).
 - "full", "completion", "collator": the built-ins that work on whole sequences or token ids (TRL's default,
   TRL's completion_only_loss, the old DataCollatorForCompletionOnlyLM).
+- "collator_fn": ``fn(tokenizer) -> collate`` where ``collate([{"input_ids": [...]}, ...])`` returns a dict with
+  ``labels`` (one list or tensor per example): a team's own collator (``--collator FILE.py``). The sequences are
+  tokenized exactly as TRL does for ``full`` (the tokenizer's template, no swap); the collator decides the labels.
 
 Register your own (``--strategy-file``, or in code)::
 
@@ -55,7 +58,7 @@ class Decider:
 class StrategySpec:
     name: str
     help: str
-    kind: str  # "parts" | "full" | "completion" | "collator"
+    kind: str  # "parts" | "full" | "completion" | "collator" | "collator_fn"
     fn: Callable | None = None
     # Render as TRL 1.16 does under assistant_only_loss (its {% generation %}-marked training twin) and keep its mask.
     trl_generation: bool = False
@@ -67,7 +70,7 @@ _REGISTRY: dict[str, StrategySpec] = {}
 
 def register(name: str, help: str = "", kind: str = "parts", trl_generation: bool = False, builtin: bool = False):
     """Decorator: register a strategy under a name (the CLI, the app, Compare and exports list what is here)."""
-    if kind not in ("parts", "full", "completion", "collator"):
+    if kind not in ("parts", "full", "completion", "collator", "collator_fn"):
         raise ValueError(f"unknown strategy kind {kind!r}")
 
     def deco(fn):
