@@ -6,7 +6,6 @@ Per-user state is one gr.State(Session) shared by the tabs; the only module-leve
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import gradio as gr
@@ -41,18 +40,9 @@ def launch_options(max_file_size: str | int = MAX_FILE_SIZE) -> dict:
     return {"theme": theme(), "css_paths": [CSS_PATH], "max_file_size": max_file_size}
 
 
-def _train_tab_builder():
-    """app/tab_train.py's build_train_tab, when that module exists (another engineer builds it)."""
-    if importlib.util.find_spec("app.tab_train") is None:
-        return None
-    from . import tab_train  # noqa: PLC0415
-
-    return getattr(tab_train, "build_train_tab", None)
-
-
 def build_app(default_data: str | None = None, default_tokenizer: str | None = None) -> gr.Blocks:
     """The whole app. default_data / default_tokenizer: what a page opens with (CLI --data / --tokenizer)."""
-    from . import tab_audit, tab_compare, tab_export, tab_inspect, tab_templates  # noqa: PLC0415
+    from . import tab_audit, tab_compare, tab_export, tab_inspect, tab_templates, tab_train  # noqa: PLC0415
 
     with gr.Blocks(title="MaskLens", fill_width=True) as demo:
         gr.HTML(HEADER)
@@ -68,10 +58,8 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
                 audit = tab_audit.build_audit_tab(session)
             with gr.Tab("Export", id="export", elem_id="tab-export") as export_tab:
                 export = tab_export.build_export_tab(session)
-            train = _train_tab_builder()
-            if train is not None:
-                with gr.Tab("Train", id="train", elem_id="tab-train"):
-                    train(session)
+            with gr.Tab("Train", id="train", elem_id="tab-train"):
+                tab_train.build_train_tab(session)
 
         # Tabs that show the Inspect tab's current state refresh when opened.
         compare_tab.select(**compare["args"])

@@ -325,7 +325,7 @@ def create_run(
 
 
 def launch(run_dir: str | os.PathLike) -> RunHandle:
-    """Start `python -m core.train --run-dir DIR` for a created run: its own session (process group), output to
+    """Start `python -m core.run_child --run-dir DIR` for a created run: its own session (process group), output to
     log.txt, an argument list (never a shell)."""
     run_dir = Path(run_dir).resolve()
     env = dict(os.environ)
@@ -335,7 +335,7 @@ def launch(run_dir: str | os.PathLike) -> RunHandle:
     with open(run_dir / LOG_FILE, "ab") as log:
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "core.train", "--run-dir", str(run_dir)],
+                [sys.executable, "-m", "core.run_child", "--run-dir", str(run_dir)],
                 cwd=str(_REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -9,7 +9,8 @@ for label, and `run_training` asserts it (unless packing, which concatenates exa
 Example: run_training([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}], TrainConfig(max_steps=1), Path("r"))
          -> TrainResult(status="completed", global_step=1, ...) and r/metrics.jsonl, r/final/.
 
-`python -m core.train --run-dir DIR` is the child process that `core.runs.start_run` launches.
+The child process that `core.runs.start_run` launches (`python -m core.run_child --run-dir DIR`) calls
+`run_training`; this module never imports core.runs.
 
 Heavy libraries (torch, transformers, trl, datasets, peft) are imported inside functions: importing this module (for
 TrainConfig and its help texts) stays cheap for the app and the CLI.
@@ -17,17 +18,13 @@ TrainConfig and its help texts) stays cheap for the app and the CLI.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
 import os
-import signal
-import sys
 import threading
 import time
-import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +280,18 @@ class _StopFlag:
 _STOP = _StopFlag()
 
 
+def request_stop() -> bool:
+    """Ask the training in this process to stop after the current step (the child's SIGTERM handler calls this).
+    Returns True when a stop had already been asked for."""
+    already = _STOP.event.is_set()
+    _STOP.event.set()
+    return already
+
+
+def stop_requested() -> bool:
+    return _STOP.event.is_set()
+
+
 def _make_metrics_callback(run_dir: Path):
     from transformers import TrainerCallback
 
@@ -460,50 +469,3 @@ def sample_generations(
             )
         outputs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     return outputs
-
-
-# The child process: python -m core.train --run-dir DIR
-
-
-def _on_sigterm(signum, frame):
-    if _STOP.event.is_set():  # a second SIGTERM: give up on a clean stop
-        raise KeyboardInterrupt("terminated again before the run could stop cleanly")
-    _STOP.event.set()
-    print("SIGTERM: stopping after the current step", flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the training recorded in --run-dir (config.json + data.jsonl), keeping run.json's status current."""
-    from core import runs
-
-    parser = argparse.ArgumentParser(prog="python -m core.train", description=main.__doc__)
-    parser.add_argument("--run-dir", required=True, type=Path)
-    ns = parser.parse_args(argv)
-    run_dir = ns.run_dir.resolve()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    runs.update_run_record(run_dir, status="running", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
-                           started_at=time.time())
-    try:
-        config = TrainConfig.from_dict(json.loads((run_dir / runs.CONFIG_FILE).read_text()))
-        examples = runs.read_examples(run_dir / runs.DATA_FILE)
-        print(f"MaskLens run {run_dir.name}: {len(examples)} examples, model {config.model}", flush=True)
-        result = run_training(examples, config, run_dir)
-    except BaseException as exc:  # KeyboardInterrupt / SystemExit too: the record must not stay "running"
-        traceback.print_exc()
-        sys.stdout.flush()
-        stopped = isinstance(exc, KeyboardInterrupt) and _STOP.event.is_set()
-        runs.update_run_record(run_dir, status="stopped" if stopped else "failed",
-                               error=f"{type(exc).__name__}: {exc}", ended_at=time.time())
-        return 1
-    runs.update_run_record(run_dir, status=result.status, ended_at=time.time(), final_dir=result.final_dir,
-                           result=result.to_dict())
-    print(f"MaskLens run {run_dir.name}: {result.status} after {result.global_step} steps", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: core.runs imports core.train, and two copies would
-    # hold two stop flags.
-    from core.train import main as _main
-
-    sys.exit(_main())
