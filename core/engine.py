@@ -503,9 +503,13 @@ def _apply_response_template(ids, text, enc, tokenizer, cfg, findings, token_rul
         findings.append(Finding("template_not_found", f"instruction template ids {instr_ids} not found",
                                 location={"template": "instruction"}))
     if res.pad_masked:
+        assumed = ""
+        if cfg.pad_token is None and tokenizer.pad_token_id is None:
+            assumed = (f"; the tokenizer has no pad token, so its EOS {tokenizer.eos_token!r} is assumed (as TRL 0.19.1's "
+                       "SFTTrainer set it) — pass --pad-token to name another")
         findings.append(Finding("pad_is_eos" if pad_id == tokenizer.eos_token_id else "eos_not_trained",
                                 f"{len(res.pad_masked)} token(s) equal to the pad id ({pad_id}) were masked by the old "
-                                "collator", severity="warning", location={"tokens": res.pad_masked[:20]}))
+                                f"collator{assumed}", severity="warning", location={"tokens": res.pad_masked[:20]}))
     for name, tmpl, t_ids, found in (("response", cfg.response_template, resp_ids, res.response_found),
                                      ("instruction", cfg.instruction_template, instr_ids, res.instruction_found)):
         if isinstance(tmpl, str) and tmpl and not found and enc is not None and tmpl in text:
