@@ -140,16 +140,29 @@ def _gen_rule(decide: Decider, masked_spans: list[MessageSpan]):
     return rule_for
 
 
-def _relabel_for_generation(segments: list[Segment], gen: list[tuple[int, int]], rule_for) -> list[Segment]:
-    """Split segments at generation boundaries so the token view shows the template's own decision."""
+def _relabel_for_generation(segments: list[Segment], gen: list[tuple[int, int]], rule_for,
+                            spans: list[MessageSpan] = ()) -> list[Segment]:
+    """Split segments at generation boundaries so the token view shows the template's own decision.
+
+    Text a generation block covers past its message's end (Qwen3's twin: the newline after <|im_end|>) is shown as that
+    message's end-of-turn, not as the next message's header.
+    """
+    owners = []
+    for s, e in gen:
+        own = next((sp for sp in spans if sp.found and sp.role == "assistant" and sp.header_start <= s < sp.end), None)
+        owners.append((s, e, own))
     cuts = sorted({p for s, e in gen for p in (s, e)})
     out = []
     for seg in segments:
         pts = [seg.start] + [c for c in cuts if seg.start < c < seg.end] + [seg.end]
         for a, b in zip(pts, pts[1:]):
-            inside = any(s <= a and b <= e for s, e in gen)
-            tr, rule = rule_for(seg, inside)
-            out.append(Segment(a, b, seg.message, seg.role, seg.part, tr, rule))
+            owner = next((o for s, e, o in owners if s <= a and b <= e), False)
+            inside = owner is not False
+            piece = Segment(a, b, seg.message, seg.role, seg.part, inside, "")
+            if owner and seg.message != owner.index and a >= owner.end:
+                piece = Segment(a, b, owner.index, owner.role, "eot", inside, "")
+            tr, rule = rule_for(piece, inside)
+            out.append(piece._replace(trained=tr, rule=rule))
     return out
 
 
@@ -352,7 +365,8 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
         if spans is not None:  # conversational: segments built only if someone looks
             if plan.gen is not None:
                 gen, rule_for = plan.gen, _gen_rule(decide, spans)
-                builder = lambda: _relabel_for_generation(_message_segments(text, spans, decide), gen, rule_for)  # noqa: E731
+                builder = lambda: _relabel_for_generation(_message_segments(text, spans, decide), gen, rule_for,  # noqa: E731
+                                                          spans)
             else:
                 builder = lambda: _message_segments(text, spans, decide)  # noqa: E731
         else:
