@@ -1,4 +1,5 @@
-"""`python -m app [--host H] [--port P] [--auth USER:PASS] [--data FILE] [--tokenizer NAME]`: serve MaskLens."""
+"""`python -m app [--host H] [--port P] [--auth USER:PASS] [--allow-dir DIR]... [--no-hub] [--data FILE]
+[--tokenizer NAME]`: serve MaskLens."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --host 0.0.0.0)")
+    p.add_argument("--allow-dir", action="append", metavar="DIR", default=None,
+                   help="a folder users may load tokenizers and models from by path (repeatable). Beyond loopback "
+                        "the default is the project's assets/, the MaskLens cache and the runs folder; on "
+                        "127.0.0.1 any folder unless this is given")
+    p.add_argument("--no-hub", action="store_true", help="refuse hub ids: load tokenizers and models only from the "
+                                                         "allowed folders")
     p.add_argument("--data", metavar="FILE", help="dataset every page opens with (default: a bundled sample)")
     p.add_argument("--tokenizer", metavar="NAME", help="tokenizer every page opens with: 'embedded' (default), a hub "
                                                        "id or a local directory")
@@ -27,8 +34,17 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --auth takes USER:PASS", file=sys.stderr)
             return 2
         auth = (user, password)
-    from .main import build_app, launch_options  # noqa: PLC0415  (heavy imports after argument errors)
+    from core.paths import set_policy  # noqa: PLC0415  (heavy imports after argument errors)
 
+    from .main import build_app, is_loopback, launch_options, path_policy  # noqa: PLC0415
+
+    policy = path_policy(args.host, args.allow_dir, args.no_hub, operator_paths=[args.tokenizer])
+    set_policy(policy)
+    if not is_loopback(args.host):
+        print(f"MaskLens listens on {args.host}: users may load {policy.describe()}.", file=sys.stderr)
+        if auth is None:
+            print("warning: no --auth: anyone who reaches this port can use the app and start training runs.",
+                  file=sys.stderr)
     demo = build_app(default_data=args.data, default_tokenizer=args.tokenizer)
     demo.launch(server_name=args.host, server_port=args.port, auth=auth, show_error=True,
                 **launch_options(args.max_file_size))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import MaskLensError
+from core.paths import check_source, looks_like_path
 
 __all__ = [
     "EMBEDDED",
@@ -152,16 +153,13 @@ def ensure_embedded_checkpoint() -> Path:
     return target
 
 
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else is meant as a local path and must not go to the network.
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-
-def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
+def resolve_model_path(name_or_path: str | os.PathLike | None, what: str = "model") -> str:
     """The string to hand to `from_pretrained`: the converted checkpoint for the embedded model, an absolute path
-    for an existing local directory, else the hub id as given. Raises MaskLensError for a missing local path."""
+    for an existing local directory, else the hub id as given. Raises MaskLensError for a missing local path, and
+    for one the process's path policy does not allow (core.paths: a shared app limits the folders)."""
     if is_embedded(name_or_path):
         return str(ensure_embedded_checkpoint())
+    check_source(name_or_path, what)
     name = os.fspath(name_or_path).strip()
     path = Path(name).expanduser()
     if path.is_dir():
@@ -172,7 +170,7 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
             fix="give the directory that holds config.json / tokenizer files, a hub id such as"
             " 'HuggingFaceTB/SmolLM2-135M-Instruct', or 'embedded' for the built-in SmolLM2.",
         )
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise MaskLensError(
             f"no such directory: {name}.",
             fix="check the path, or give a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct', or 'embedded'.",
@@ -220,7 +218,7 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, trust_remote_c
     Tokenizers are cached in-process by (resolved name, trust_remote_code) and SHARED: do not mutate the result
     (copy.deepcopy it first). Raises MaskLensError naming the path/id and the fix.
     """
-    return _cached_tokenizer(resolve_model_path(name_or_path), bool(trust_remote_code))
+    return _cached_tokenizer(resolve_model_path(name_or_path, "tokenizer"), bool(trust_remote_code))
 
 
 def clear_tokenizer_cache() -> None:
