@@ -54,3 +54,20 @@ def tiny_llama(tokenizer, seed: int = 0):
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       bos_token_id=tokenizer.bos_token_id)
     return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session")
+def family_tok(smol_tok):
+    """family -> a tokenizer carrying trl/chat_templates/FAMILY.jinja as its own template: the SmolLM2 vocabulary plus
+    the family's special tokens and its <think>/<tool_call> tags as single tokens (tests/trl_reference.py). Built once
+    per family and shared: copy.deepcopy it before changing it."""
+    from tests.trl_reference import family_tokenizer
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = family_tokenizer(smol_tok, family, tag_tokens=True)
+        return cache[family]
+
+    return get

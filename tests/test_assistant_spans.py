@@ -8,34 +8,12 @@ For each family, the plain template (what real tokenizers carry) goes through th
 Templates that rewrite history (DeepSeek, Phi-3, Nemotron) are included.
 """
 
-import copy
-import re
-from pathlib import Path
-
 import pytest
-import trl
 
 from core.data import normalize_row
 from core.engine import MaskConfig, render_examples
 from core.templates import analyze_template, locate_messages, render
-
-TEMPLATES = Path(trl.__file__).parent / "chat_templates"
-# Vision-language templates iterate over content parts ({"type": "text"}); MaskLens takes string content only.
-VLM = {"idefics3", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm"}
-FAMILIES = sorted(p.name[: -len("_training.jinja")] for p in TEMPLATES.glob("*_training.jinja")
-                  if p.name[: -len("_training.jinja")] not in VLM)
-# Families whose real tokenizers use another BOS/EOS than SmolLM2's (the test tokenizer's base).
-BOS_EOS = {
-    "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
-    "gemma": ("<bos>", "<end_of_turn>"), "gemma3": ("<bos>", "<end_of_turn>"), "diffusion_gemma": ("<bos>", "<end_of_turn>"),
-    "deepseekv3": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
-    "deepseek_r1_distill": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
-    "phi3": ("<s>", "<|end|>"), "phi3_5": ("<s>", "<|end|>"),
-    "gptoss": ("<|startoftext|>", "<|return|>"),
-    "cohere": ("<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"), "cohere2": ("<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"),
-    "glm4moe": ("[gMASK]", "<|user|>"),
-}
-SPECIAL_RE = re.compile(r"<\|[^|<>\s'\"]+\|>|<\|[a-z_]+>|<[a-z_]+\|>|<｜[^｜]+｜>|<(?:start|end)_of_turn>|<bos>|<BOS_TOKEN>|\[gMASK\]|<sop>")
+from tests.trl_reference import FAMILIES, TEMPLATES, family_tokenizer
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}],
@@ -50,15 +28,6 @@ CONVERSATIONS = [
      {"role": "tool", "content": "Sunny, 21 C"},
      {"role": "assistant", "content": "It is sunny and 21 C in Paris."}],
 ]
-
-
-def family_tokenizer(base, family):
-    tok = copy.deepcopy(base)
-    texts = (TEMPLATES / f"{family}.jinja").read_text() + (TEMPLATES / f"{family}_training.jinja").read_text()
-    specials = sorted(set(SPECIAL_RE.findall(texts)))
-    bos, eos = BOS_EOS.get(family, (base.bos_token, base.eos_token))
-    tok.add_special_tokens({"bos_token": bos, "eos_token": eos, "additional_special_tokens": specials})
-    return tok
 
 
 def token_span_set(offsets, s, e):

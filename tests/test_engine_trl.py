@@ -2,18 +2,12 @@
 dataset preparation for full, completion_only and assistant_only (with a {% generation %} template), with and without
 truncation."""
 
-from pathlib import Path
-
 import pytest
-import trl
-from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
 
 from core.data import normalize_row
 from core.engine import MaskConfig, render_examples
-from tests.conftest import tiny_llama
-
-TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
+from tests import trl_reference as reference
+from tests.trl_reference import TEMPLATES as TRL_TEMPLATES
 
 MESSAGES = [
     [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}],
@@ -47,12 +41,13 @@ TEXT = [{"text": "Just some text."}, {"text": "Another line\nwith a newline."}, 
         {"text": "word " * 80}]
 
 
-def trl_prepare(tokenizer, rows, tmp_path, **cfg):
-    args = SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], per_device_train_batch_size=1, bf16=False, use_cpu=True,
-                     **cfg)
-    trainer = SFTTrainer(model=tiny_llama(tokenizer), args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
-    return [(r["input_ids"], r["labels"]) for r in trainer.train_dataset]
+def trl_prepare(tokenizer, rows, **cfg):
+    """(input_ids, labels) of the rows SFTTrainer keeps, fed as its users do (Dataset.from_list)."""
+    out = reference.trl_prepare(tokenizer, rows, as_written=False, **{"assistant_only_loss": False, **cfg})
+    for i, r in enumerate(out):
+        if isinstance(r, Exception):
+            raise AssertionError(f"TRL could not prepare row {i}: {r!r}")
+    return [(r["input_ids"], r["labels"]) for r in out if r is not None]
 
 
 def engine(tokenizer, rows, **cfg):
@@ -76,24 +71,24 @@ TRUNC = [(None, "keep_start"), (24, "keep_start"), (24, "keep_end")]
 
 
 @pytest.mark.parametrize("max_length,truncation", TRUNC)
-def test_full_messages(smol_tok, tmp_path, max_length, truncation):
+def test_full_messages(smol_tok, max_length, truncation):
     rows = [{"messages": m} for m in MESSAGES]
-    theirs = trl_prepare(smol_tok, rows, tmp_path, max_length=max_length, truncation_mode=truncation)
+    theirs = trl_prepare(smol_tok, rows, max_length=max_length, truncation_mode=truncation)
     ours = engine(smol_tok, rows, strategy="full", max_length=max_length, truncation=truncation)
     assert_same(ours, theirs, max_length)
 
 
 @pytest.mark.parametrize("max_length,truncation", TRUNC)
-def test_full_text(smol_tok, tmp_path, max_length, truncation):
-    theirs = trl_prepare(smol_tok, TEXT, tmp_path, max_length=max_length, truncation_mode=truncation)
+def test_full_text(smol_tok, max_length, truncation):
+    theirs = trl_prepare(smol_tok, TEXT, max_length=max_length, truncation_mode=truncation)
     ours = engine(smol_tok, TEXT, strategy="full", max_length=max_length, truncation=truncation)
     assert_same(ours, theirs, max_length)
 
 
 @pytest.mark.parametrize("max_length,truncation", TRUNC)
 @pytest.mark.parametrize("rows", [PC_TEXT, PC_CONV], ids=["text", "conversational"])
-def test_completion_only(smol_tok, tmp_path, rows, max_length, truncation):
-    theirs = trl_prepare(smol_tok, rows, tmp_path, completion_only_loss=True, max_length=max_length,
+def test_completion_only(smol_tok, rows, max_length, truncation):
+    theirs = trl_prepare(smol_tok, rows, completion_only_loss=True, max_length=max_length,
                          truncation_mode=truncation)
     ours = engine(smol_tok, rows, strategy="completion_only", max_length=max_length, truncation=truncation)
     assert_same(ours, theirs, max_length)
@@ -101,8 +96,8 @@ def test_completion_only(smol_tok, tmp_path, rows, max_length, truncation):
 
 
 @pytest.mark.parametrize("rows", [PC_TEXT, PC_CONV], ids=["text", "conversational"])
-def test_full_prompt_completion(smol_tok, tmp_path, rows):
-    theirs = trl_prepare(smol_tok, rows, tmp_path, completion_only_loss=False, max_length=None)
+def test_full_prompt_completion(smol_tok, rows):
+    theirs = trl_prepare(smol_tok, rows, completion_only_loss=False, max_length=None)
     ours = engine(smol_tok, rows, strategy="full")
     assert_same(ours, theirs)
 
@@ -118,9 +113,9 @@ def marked_tok(smol_tok):
 
 
 @pytest.mark.parametrize("max_length,truncation", TRUNC)
-def test_assistant_only_generation_markers(marked_tok, tmp_path, max_length, truncation):
+def test_assistant_only_generation_markers(marked_tok, max_length, truncation):
     rows = [{"messages": m} for m in MESSAGES]
-    theirs = trl_prepare(marked_tok, rows, tmp_path, assistant_only_loss=True, max_length=max_length,
+    theirs = trl_prepare(marked_tok, rows, assistant_only_loss=True, max_length=max_length,
                          truncation_mode=truncation)
     ours = engine(marked_tok, rows, strategy="assistant_only", max_length=max_length, truncation=truncation)
     assert_same(ours, theirs, max_length)
@@ -147,10 +142,10 @@ def test_weight_flag_under_generation_markers(marked_tok):
     assert any(f.code == "message_not_trained" for f in r.findings)
 
 
-def test_exported_labels_are_used_as_is_by_trl(smol_tok, tmp_path):
+def test_exported_labels_are_used_as_is_by_trl(smol_tok):
     """The export (input_ids + labels) loads into SFTTrainer as a pre-tokenized dataset and keeps these labels."""
     rows = [{"messages": m} for m in MESSAGES]
     ours = engine(smol_tok, rows, strategy="last_assistant")
     exported = [{"input_ids": r.input_ids, "labels": r.labels} for r in ours]
-    theirs = trl_prepare(smol_tok, exported, tmp_path)
+    theirs = trl_prepare(smol_tok, exported)
     assert [t[1] for t in theirs] == [r.labels for r in ours]
