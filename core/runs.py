@@ -11,7 +11,11 @@ A run directory (under `runs_root_dir()`: env MASKLENS_RUNS, else `<repo>/runs`)
 
 Every JSON record is written atomically (temp file + fsync + os.replace), so a killed process never leaves half a
 record; the one file two processes update, run.json, is read-modify-written under a file lock. A run whose record
-says "running" but whose process is gone is reported (and recorded) as failed: see `read_run`.
+says "running" but whose process is gone is reported (and recorded) as failed: see `read_run`. The child runs in
+its own session, so a killed app leaves it training; the next app finds it running, or finished.
+
+A run directory damaged from outside (a run.json cut short, config.json or data.jsonl gone, a line of metrics.jsonl
+that is not JSON) is listed with status "corrupted" and the problem in "error": never fatal to the list.
 
 Example: h = start_run(examples, TrainConfig(max_steps=10)); h.wait(); read_metrics(h.run_dir)[-1]["loss"] -> 2.31
 """
@@ -45,6 +49,7 @@ from core.train import (
 )
 
 __all__ = [
+    "CORRUPTED",
     "STATUSES",
     "RunHandle",
     "create_run",
@@ -54,12 +59,14 @@ __all__ = [
     "read_log",
     "read_metrics",
     "read_run",
+    "run_problems",
     "runs_root_dir",
     "start_run",
     "stop_run",
 ]
 
-STATUSES = ("queued", "running", "completed", "failed", "stopped")
+STATUSES = ("queued", "running", "completed", "failed", "stopped")  # what run.json records
+CORRUPTED = "corrupted"  # what read_run reports for a damaged run directory (never written)
 ACTIVE = ("queued", "running")
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.jsonl"
@@ -168,11 +175,19 @@ def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
 
 def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     """run.json of one run, reconciled: an active record whose process is gone becomes (and is saved as) failed.
+    Never raises for a damaged directory: an unreadable run.json reads as status "corrupted" (the reason in
+    "error"); other damage (see `run_problems`) is listed in "problems" beside the recorded status, and
+    `list_runs` lists such a run as corrupted.
 
-    Adds "name" and "run_dir" to the returned dict (not stored).
+    Adds "name", "run_dir" and "problems" to the returned dict (not stored).
     """
     run_dir = Path(run_dir)
-    record = _read_record(run_dir)
+    try:
+        record = _read_record(run_dir)
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    except (OSError, ValueError) as exc:
+        return _corrupted(run_dir, {}, [f"{RUN_FILE} is unreadable ({_reason(exc)})"])
     if record.get("status") in ACTIVE and not _active_process(record):
         with _locked(run_dir):
             # Re-read under the lock: the child may have written its final status just before exiting.
@@ -182,7 +197,58 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
                 record.update(status="failed", error="process never started" if never else DIED,
                               ended_at=record.get("ended_at") or time.time())
                 atomic_write_json(run_dir / RUN_FILE, record)
-    return {**record, "name": run_dir.name, "run_dir": str(run_dir)}
+    return {**record, "name": run_dir.name, "run_dir": str(run_dir), "problems": run_problems(run_dir)}
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _corrupted(run_dir: Path, record: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    created = record.get("created_at")
+    if created is None:
+        try:
+            created = run_dir.stat().st_mtime
+        except OSError:
+            created = 0
+    fix = "inspect the files; delete the directory if the run is not needed"
+    return {**record, "status": CORRUPTED, "recorded_status": record.get("status"), "created_at": created,
+            "error": f"corrupted run directory: {'; '.join(problems)}. Fix: {fix}.",
+            "name": run_dir.name, "run_dir": str(run_dir), "problems": problems}
+
+
+def run_problems(run_dir: str | os.PathLike) -> list[str]:
+    """What is damaged in a run directory whose run.json reads: config.json or data.jsonl missing, config.json not
+    a JSON object, a complete line of metrics.jsonl that is not JSON. [] for a sound run. A last metrics line
+    without its newline is a write in progress (or cut by a kill), not damage."""
+    run_dir = Path(run_dir)
+    problems = []
+    try:
+        config = json.loads((run_dir / CONFIG_FILE).read_text())
+        if not isinstance(config, dict):
+            problems.append(f"{CONFIG_FILE} is a JSON {type(config).__name__}, not an object")
+    except FileNotFoundError:
+        problems.append(f"{CONFIG_FILE} is missing")
+    except (OSError, ValueError) as exc:
+        problems.append(f"{CONFIG_FILE} is unreadable ({_reason(exc)})")
+    if not (run_dir / DATA_FILE).is_file():
+        problems.append(f"{DATA_FILE} is missing")
+    try:
+        text = (run_dir / METRICS_FILE).read_text(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    lines = text.split("\n")[:-1]  # complete lines only
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            problems.append(f"{METRICS_FILE} line {n} is not JSON ({line[:40]!r})")
+            break
+    return problems
 
 
 def _active_process(record: dict[str, Any]) -> bool:
@@ -193,8 +259,9 @@ def _active_process(record: dict[str, Any]) -> bool:
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """All runs under the runs root, oldest first, each reconciled as in `read_run`. Directories without a readable
-    run.json (a start_run killed half-way) are skipped."""
+    """All runs under the runs root, oldest first, each as `read_run` gives it; a damaged one with status
+    "corrupted", its recorded status in "recorded_status" and what is wrong in "error". Directories without
+    run.json (a run being created, or a create_run killed half-way) are not runs yet."""
     base = runs_root_dir(root)
     if not base.is_dir():
         return []
@@ -203,9 +270,12 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         if not (run_dir / RUN_FILE).is_file():
             continue
         try:
-            out.append(read_run(run_dir))
-        except (OSError, ValueError):
-            continue
+            record = read_run(run_dir)
+        except OSError as exc:  # e.g. the lock file cannot be created (read-only directory)
+            record = _corrupted(run_dir, {}, [f"unreadable ({type(exc).__name__}: {exc})"])
+        if record["problems"] and record["status"] != CORRUPTED:
+            record = _corrupted(run_dir, record, record["problems"])
+        out.append(record)
     return sorted(out, key=lambda r: (r.get("created_at") or 0, r["name"]))
 
 
