@@ -1,0 +1,565 @@
+"""Bounded rendering of chat templates: any template, even a hostile one, costs at most N seconds, M MB and K characters.
+
+A chat template is code: a pasted or downloaded one can loop for hours (`{% for i in range(99999) %}{% for j in
+range(99999) %}...`) or build one huge string (`{{ 'x' * 100000 * 100000 }}`). Jinja's sandbox (kept on: transformers'
+ImmutableSandboxedEnvironment) stops access to Python internals and caps `range()`, but it cannot bound time or
+memory. So templates render in a separate worker process under OS limits:
+
+- RLIMIT_AS: the worker's address space may grow `max_memory_mb` above what it holds when a batch starts (a huge
+  string fails with MemoryError inside the worker; the parent never sees the allocation);
+- RLIMIT_CPU: set per batch to the deadline + 1 s, so a worker whose parent died cannot spin forever;
+- a wall-clock deadline per batch, enforced by the parent: past it the worker is killed (SIGKILL) and replaced;
+- output: the worker counts the characters a render yields and stops at `max_output_chars` per conversation.
+
+The text is produced by the very code `core.templates.render` uses (transformers' `render_jinja_template`), so it is
+byte-identical; only where it runs changes. Workers are started with `subprocess` (`python -P core/sandbox.py`, a fresh
+interpreter: no fork of a parent that holds torch threads, and unlike multiprocessing's "spawn" it does not re-import
+the parent's __main__, e.g. the whole app). A pool of 2 workers is shared by all threads: a hostile render holds one
+worker until its deadline while other sessions keep the other one.
+
+Example:
+    render_batch("{% for m in messages %}{{ m.content }}{% endfor %}", [{"messages": [{"role": "user", "content": "hi"}]}])
+    -> [("hi", [])]
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import os
+import pickle
+import re
+import resource
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+try:
+    from .errors import MaskLensError
+except ImportError:  # run as the worker script (python -P core/sandbox.py): the worker sends plain tuples, no errors
+    MaskLensError = None  # type: ignore[assignment,misc]
+
+__all__ = ["render_batch", "submit_batch", "probe_template", "warm_up", "shutdown", "DEFAULT_TIMEOUT_S", "DEFAULT_MAX_OUTPUT_CHARS",
+           "DEFAULT_MAX_MEMORY_MB", "POOL_SIZE"]
+
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MAX_OUTPUT_CHARS = 2_000_000
+DEFAULT_MAX_MEMORY_MB = 1024
+POOL_SIZE = 2  # workers shared by all threads of a process
+MAX_KILLS_PER_CALL = 3  # a call that had to kill this many workers fails its remaining jobs: time stays bounded
+STARTUP_TIMEOUT_S = 120.0  # a worker imports transformers (~1-2 s; much longer on a loaded machine)
+
+_GEN_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")  # as core.templates.has_generation_markers
+_HEADER = struct.Struct("!Q")
+_FLUSH_BYTES = 1 << 18  # results go back in writes of about this size (one per job while isolating a culprit)
+_EXIT_MEMORY = 3  # the worker's exit status when a MemoryError escapes a render (while it sends a result)
+_FIX_TEMPLATE = "check the template (and that the messages alternate as it requires)"
+
+
+# ------------------------------------------------------------------------------------------------ frames on a pipe
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _send(fd: int, obj) -> None:
+    data = pickle.dumps(obj, protocol=5)
+    _write_all(fd, _HEADER.pack(len(data)))
+    _write_all(fd, data)
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Results come back as str/int/list/tuple only: refuse every class, so a worker can never make the parent run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"the render worker sent a {module}.{name}; only plain data is accepted")
+
+
+# ------------------------------------------------------------------------------------------------------ the worker
+class _OutputTooLarge(Exception):
+    pass
+
+
+_max_chars = DEFAULT_MAX_OUTPUT_CHARS  # the worker's bound for the batch being rendered
+
+
+def _guard_output(compiled) -> None:
+    """Count what a compiled template yields as it renders and stop it past _max_chars. Both Template.render and
+    .generate (the {% generation %} path) drain root_render_func, so wrapping it covers both, without copying text."""
+    if getattr(compiled, "_masklens_guarded", False):
+        return
+    inner = compiled.root_render_func
+
+    def guarded(context):
+        n = 0
+        for chunk in inner(context):
+            n += len(chunk)
+            if n > _max_chars:
+                raise _OutputTooLarge(n)
+            yield chunk
+
+    compiled.root_render_func = guarded
+    compiled._masklens_guarded = True
+
+
+def _render_one(ctu, template: str, job: dict) -> tuple:
+    """One job, exactly as core.templates.render does it. -> ("ok", text, spans) | ("error", kind, message)."""
+    try:
+        convo = [{k: v for k, v in m.items() if v is not None} for m in job["messages"]]
+        compile_ = getattr(ctu, "_compile_jinja_template", None)
+        if compile_ is not None:  # the same lru-cached Template render_jinja_template will use
+            _guard_output(compile_(template))
+        texts, gen = ctu.render_jinja_template(
+            conversations=[convo], tools=job.get("tools"), chat_template=template,
+            return_assistant_tokens_mask=bool(job.get("return_generation")) and bool(_GEN_RE.search(template)),
+            add_generation_prompt=bool(job.get("add_generation_prompt")), **(job.get("kwargs") or {}),
+        )
+        text, spans = texts[0], (gen[0] if gen else [])
+        if len(text) > _max_chars or len(spans) > _max_chars:  # output inside one block, past the streaming count
+            raise _OutputTooLarge(len(text))
+        return ("ok", text, [(int(a), int(b)) for a, b in spans])
+    except _OutputTooLarge as e:
+        return ("error", "output", str(e.args[0]))
+    except MemoryError:
+        return ("error", "memory", "")
+    except RecursionError as e:
+        return ("error", "template", f"RecursionError: {e}")
+    except Exception as e:  # jinja TemplateError/SecurityError, raise_exception(...) from the template, TypeError...
+        return ("error", "template", f"{type(e).__name__}: {e}")
+
+
+def _vm_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _worker_main() -> None:
+    try:
+        _worker_loop()
+    except MemoryError:
+        os._exit(_EXIT_MEMORY)
+
+
+def _worker_loop() -> None:
+    """Read a batch frame from stdin, render each job under the batch's limits, write one frame per job; repeat."""
+    global _max_chars
+    out = os.dup(1)
+    os.dup2(2, 1)  # a stray print() inside a library goes to stderr, never into the result stream
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; it stops us by closing stdin
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a worker killed by RLIMIT_CPU leaves no core file
+    try:
+        import transformers.utils.chat_template_utils as ctu
+    except BaseException as e:  # noqa: BLE001 - report why, then stop
+        _send(out, ("fatal", f"{type(e).__name__}: {e}"))
+        return
+    _, as_hard = resource.getrlimit(resource.RLIMIT_AS)
+    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+    baseline = _vm_bytes()
+    _send(out, ("ready", os.getpid(), baseline))
+    while True:
+        header = _read_exact(0, _HEADER.size)
+        if header is None:
+            return  # the parent closed the pipe (or died)
+        body = _read_exact(0, _HEADER.unpack(header)[0])
+        if body is None:
+            return
+        _, template, jobs, (timeout_s, max_chars, max_memory_mb), each = pickle.loads(body)
+        del body
+        _max_chars = max_chars
+        cpu_soft = int(_cpu_seconds() + timeout_s) + 2
+        as_soft = _vm_bytes() + max_memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft if cpu_hard == resource.RLIM_INFINITY
+                                                 else min(cpu_soft, cpu_hard), cpu_hard))
+        resource.setrlimit(resource.RLIMIT_AS, (as_soft if as_hard == resource.RLIM_INFINITY
+                                                else min(as_soft, as_hard), as_hard))
+        pending, size = [], 0
+        for job in jobs:
+            data = pickle.dumps(_render_one(ctu, template, job), protocol=5)
+            pending += (_HEADER.pack(len(data)), data)
+            size += len(data)
+            if each or size >= _FLUSH_BYTES:
+                _write_all(out, b"".join(pending))
+                pending, size = [], 0
+        if pending:
+            _write_all(out, b"".join(pending))
+        pending = None
+        jobs = None
+        resource.setrlimit(resource.RLIMIT_AS, (as_hard, as_hard))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
+        if _vm_bytes() > baseline + max_memory_mb * 2**20:
+            return  # grown (fragmentation, caches): exit and let the parent start a fresh worker
+
+
+# ------------------------------------------------------------------------------------------------------ the parent
+class _Lost(Exception):
+    """The worker is gone or stopped: reason is "time", "memory", "crash" or "protocol"."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    # One thread and two malloc arenas: fewer address-space reservations under RLIMIT_AS, nothing to contend for.
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               MALLOC_ARENA_MAX="2", TRANSFORMERS_VERBOSITY="error", PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+class _Worker:
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", os.path.abspath(__file__)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=_worker_env(), start_new_session=True, close_fds=True,
+        )
+        self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        self._buf = bytearray()
+        self.ready = False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self) -> None:
+        if self.ready:
+            return
+        msg = self.recv(time.monotonic() + STARTUP_TIMEOUT_S, 1 << 20)
+        if msg[0] != "ready":
+            raise _Lost("crash", msg[1] if msg[0] == "fatal" else f"unexpected first message {msg[0]!r}")
+        self.ready = True
+
+    def send(self, obj) -> None:
+        try:
+            _send(self._in, obj)
+        except (BrokenPipeError, OSError) as e:
+            raise _Lost("crash", f"the worker's pipe closed: {e}") from None
+
+    def recv(self, deadline: float, max_bytes: int):
+        buf = self._buf
+        while True:
+            if len(buf) >= _HEADER.size:
+                n = _HEADER.unpack_from(buf)[0]
+                if n > max_bytes:
+                    raise _Lost("protocol", f"the worker sent a {n}-byte message (at most {max_bytes} expected)")
+                if len(buf) >= _HEADER.size + n:
+                    data = bytes(memoryview(buf)[_HEADER.size:_HEADER.size + n])
+                    del buf[:_HEADER.size + n]
+                    try:
+                        return _PlainUnpickler(io.BytesIO(data)).load()
+                    except Exception as e:  # noqa: BLE001
+                        raise _Lost("protocol", str(e)) from None
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._out], [], [], left)[0]:
+                raise _Lost("time")
+            chunk = os.read(self._out, 1 << 20)
+            if not chunk:
+                raise self._exit_reason()
+            buf += chunk
+
+    def _exit_reason(self) -> _Lost:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return _Lost("crash", "the worker closed its output but did not exit")
+        if code in (-signal.SIGXCPU, -signal.SIGKILL):  # RLIMIT_CPU (soft, then hard); SIGKILL may be the OOM killer
+            return _Lost("time" if code == -signal.SIGXCPU else "memory", f"signal {-code}")
+        if code == _EXIT_MEMORY:
+            return _Lost("memory", "out of memory while sending a result")
+        return _Lost("crash", f"exit status {code}")
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        """Ask politely (EOF on stdin), then kill."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+
+class _Pool:
+    """Up to `size` workers, started lazily; a caller holds one worker for a whole call, so pipes never interleave."""
+
+    def __init__(self, size: int = POOL_SIZE):
+        self.size, self._idle, self._started = size, [], 0
+        self._cv = threading.Condition()
+        self._all: set[_Worker] = set()
+
+    def acquire(self) -> _Worker:
+        with self._cv:
+            while not self._idle and self._started >= self.size:
+                self._cv.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._started += 1
+        try:
+            return self._track(_Worker())
+        except BaseException:
+            with self._cv:
+                self._started -= 1
+                self._cv.notify()
+            raise
+
+    def replace(self, w: _Worker) -> _Worker:
+        w.kill()
+        with self._cv:
+            self._all.discard(w)
+        return self._track(_Worker())
+
+    def _track(self, w: _Worker) -> _Worker:
+        with self._cv:
+            self._all.add(w)
+        return w
+
+    def release(self, w: _Worker | None) -> None:
+        with self._cv:
+            if w is not None and w.alive():
+                self._idle.append(w)
+            else:
+                if w is not None:
+                    self._all.discard(w)
+                self._started -= 1
+            self._cv.notify()
+
+    def warm(self) -> None:
+        with self._cv:
+            if self._idle or self._started >= self.size:
+                return
+            self._started += 1
+        self.release(self._track(_Worker()))
+
+    def close(self) -> None:
+        with self._cv:
+            workers, self._all, self._idle, self._started = list(self._all), set(), [], 0
+            self._cv.notify_all()
+        for w in workers:
+            w.close()
+
+
+_POOL: _Pool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> _Pool:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = _Pool()
+        return _POOL
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child (datasets.map(num_proc=...)) must not talk on its parent's pipes: it starts workers of its own.
+    global _POOL, _POOL_LOCK, _EXECUTOR, _EXECUTOR_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+    _EXECUTOR, _EXECUTOR_LOCK = None, threading.Lock()
+
+
+if MaskLensError is not None:  # the parent only
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def warm_up() -> None:
+    """Start one worker now, in the background (it imports transformers): the first render then does not wait."""
+    _pool().warm()
+
+
+def shutdown() -> None:
+    """Stop every worker of this process (they restart lazily on the next render)."""
+    with _POOL_LOCK:
+        pool = _POOL
+    if pool is not None:
+        pool.close()
+
+
+atexit.register(shutdown)
+
+
+# ---------------------------------------------------------------------------------------------------- public API
+def _limits_text(timeout_s, max_memory_mb, max_output_chars) -> str:
+    return f"{timeout_s:g} s / {max_memory_mb} MB / {max_output_chars:,} characters per conversation"
+
+
+def _bound_error(reason: str, detail: str, name: str, timeout_s, max_output_chars, max_memory_mb):
+    fix = (f"check it for unbounded loops or huge strings (a render is bounded to "
+           f"{_limits_text(timeout_s, max_memory_mb, max_output_chars)})")
+    if reason == "time":
+        msg = f"{name} ran past {timeout_s:g} s (the render deadline) and was stopped."
+    elif reason == "memory":
+        msg = f"{name} needed more than {max_memory_mb} MB of memory to render one conversation and was stopped."
+    elif reason == "output":
+        msg = f"{name} produced more than {max_output_chars:,} characters for one conversation and was stopped."
+    else:
+        msg = f"{name} stopped the render worker ({reason}{': ' + detail if detail else ''})."
+    err = MaskLensError(msg, fix=fix)
+    err.bound = reason if reason in ("time", "memory", "output") else "crash"
+    return err
+
+
+def _job(job: dict) -> dict:
+    """The fields a worker needs, as plain data. Callable tools become their JSON schema here (as transformers would)."""
+    tools = job.get("tools")
+    if tools is not None and not all(isinstance(t, dict) for t in tools):
+        from transformers.utils.chat_template_utils import get_json_schema  # noqa: PLC0415
+
+        tools = [t if isinstance(t, dict) else get_json_schema(t) for t in tools]
+    return {"messages": job["messages"], "tools": tools, "add_generation_prompt": job.get("add_generation_prompt", False),
+            "return_generation": job.get("return_generation", False), "kwargs": job.get("kwargs") or {}}
+
+
+def render_batch(template: str, jobs: list[dict], *, template_name: str = "the chat template",
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+                 max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> list:
+    """Render conversations with one template in a bounded worker. Thread-safe.
+
+    jobs: dicts {"messages": [...], "tools": list | None, "add_generation_prompt": bool, "return_generation": bool,
+    "kwargs": dict (the tokenizer's special_tokens_map merged with template kwargs)}; missing keys take those defaults.
+    Returns, per job, (text, generation char spans) exactly as core.templates.render returns it, or a MaskLensError:
+    the template raised (today's message), or it exceeded a bound (`err.bound` is "time", "memory", "output" or
+    "crash"). Bounds: timeout_s wall time for the whole batch (a kill grants the jobs after it a fresh worker and
+    deadline; a job that stops a fresh worker on its own is failed; after MAX_KILLS_PER_CALL kills the rest fail),
+    max_memory_mb above the worker's size, max_output_chars per conversation.
+    """
+    if not jobs:
+        return []
+    limits = (float(timeout_s), int(max_output_chars), int(max_memory_mb))
+    bound = lambda reason, detail="": _bound_error(reason, detail, template_name, *limits)  # noqa: E731
+    payloads = [_job(j) for j in jobs]
+    results: list = [None] * len(jobs)
+    max_frame = 16 * max_output_chars + (1 << 20)
+    pool = _pool()
+    w = pool.acquire()
+    try:
+        i, kills, restarts, isolate = 0, 0, 0, False
+        while i < len(jobs):
+            if kills >= MAX_KILLS_PER_CALL:
+                for k in range(i, len(jobs)):
+                    e = bound("time")
+                    results[k] = MaskLensError(
+                        f"not rendered: {template_name} was stopped {kills} times in this batch, so the rest was "
+                        f"skipped", fix=e.fix)
+                    results[k].bound = "skipped"
+                break
+            if not w.alive():
+                w = pool.replace(w)
+            try:
+                w.wait_ready()
+                w.send(("render", template, payloads[i:], limits, isolate))
+            except _Lost as e:  # the worker failed before any job was its: not the template's fault
+                restarts += 1
+                if restarts > 2:
+                    raise MaskLensError(f"the template sandbox could not start a render worker ({e.detail or e.reason})",
+                                        fix="check that `python -c 'import transformers'` works in this environment")
+                w = pool.replace(w)
+                continue
+            first, deadline = i, time.monotonic() + limits[0]
+            try:
+                while i < len(jobs):
+                    msg = w.recv(deadline, max_frame)
+                    if msg[0] == "ok":
+                        results[i] = (msg[1], [tuple(s) for s in msg[2]])
+                    elif msg[1] == "template":
+                        results[i] = MaskLensError(f"{template_name} failed to render: {msg[2]}", fix=_FIX_TEMPLATE)
+                    else:
+                        results[i] = bound(msg[1])
+                    i += 1
+            except _Lost as e:
+                kills += 1
+                w = pool.replace(w)
+                if i == first and (isolate or i == len(jobs) - 1):
+                    # it stopped a fresh worker with a fresh deadline on its own: that job is the cause
+                    results[i] = bound(e.reason, e.detail)
+                    i += 1
+                # else: the jobs from i on get a fresh worker and deadline, and come back one by one (isolate), so the
+                # job that stops the next worker is known
+                isolate = True
+    except BaseException:
+        w.kill()
+        raise
+    finally:
+        pool.release(w)
+    return results
+
+
+_EXECUTOR = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def submit_batch(template: str, jobs: list[dict], **limits):
+    """render_batch on a background thread -> concurrent.futures.Future of its result list. The calling thread stays
+    free while a worker renders (e.g. to tokenize the previous batch): rendering then costs the caller almost nothing."""
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            _EXECUTOR = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="masklens-render")
+        ex = _EXECUTOR
+    return ex.submit(render_batch, template, jobs, **limits)
+
+
+_PROBES = (
+    ([{"role": "user", "content": "MLPROBEu1"}, {"role": "assistant", "content": "MLPROBEa1"}], False),
+    ([{"role": "system", "content": "MLPROBEsys"}, {"role": "user", "content": "MLPROBEu1"},
+      {"role": "assistant", "content": "MLPROBEa1"}], False),
+    ([{"role": "user", "content": "MLPROBEu1"}], True),
+)
+
+
+def probe_template(template: str, special_map: dict | None = None, *, template_name: str = "the chat template",
+                   timeout_s: float = 3.0, max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+                   max_memory_mb: int = DEFAULT_MAX_MEMORY_MB, **template_kwargs) -> str:
+    """Render three tiny conversations (user/assistant, with a system prompt, a generation prompt) in the worker.
+    Returns the first rendering that succeeds; raises MaskLensError when the template exceeds a bound on any of them
+    or fails on all of them (a syntax error, a raise_exception it always hits). Quick rejection of a pasted template.
+    """
+    kwargs = {**(special_map or {}), **template_kwargs}
+    jobs = [{"messages": m, "add_generation_prompt": gp, "kwargs": kwargs} for m, gp in _PROBES]
+    results = render_batch(template, jobs, template_name=template_name, timeout_s=timeout_s,
+                           max_output_chars=max_output_chars, max_memory_mb=max_memory_mb)
+    errors = [r for r in results if isinstance(r, Exception)]
+    for e in errors:
+        if getattr(e, "bound", None):
+            raise e
+    ok = [r[0] for r in results if not isinstance(r, Exception)]
+    if not ok:
+        raise errors[0]
+    return ok[0]
+
+
+if __name__ == "__main__":
+    _worker_main()
