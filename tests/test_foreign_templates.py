@@ -11,8 +11,8 @@ spans of each of them in the real rendering. Then, per assistant turn:
   them back exactly;
 - nothing of the prompt side (system / user / tool content, template text outside the turns) is trained;
 - no token of the role header (the text the generation prompt supplies) is trained;
-- the turn's closer (the first special token the template puts after a final assistant turn, wherever the same token
-  follows a turn) is trained.
+- the turn's closer (the first special token the template puts after a final assistant turn; after each turn, the
+  last such token before the next message) is trained.
 A template that cannot render a case (raises, or drops the reasoning / tool calls) is skipped for that case, after
 asserting the engine says so (render_failed, content_not_rendered, reasoning_not_rendered).
 """
@@ -88,14 +88,8 @@ def _family_tokenizer(name: str):
 
 
 def own_masking(strategy: str = "assistant_only", **kw) -> MaskConfig:
-    """MaskLens's marker-free masking on the tokenizer's own template (template_source="own").
-
-    Until issue 7's MaskConfig.template_source lands, the engine has no other masking for a template without
-    {% generation %} markers, so the same config without the field is the same masking.
-    """
-    if "template_source" in MaskConfig.__dataclass_fields__:
-        return MaskConfig(strategy, template_source="own", **kw)
-    return MaskConfig(strategy, use_generation_markers=False, **kw)
+    """MaskLens's marker-free masking on the tokenizer's own (inference) template."""
+    return MaskConfig(strategy, template_source="own", **kw)
 
 
 # ------------------------------------------------------------------------------------------------------- oracle
@@ -119,6 +113,7 @@ class Oracle:
 
     text: str
     spans: dict[tuple[int, str], list[tuple[int, int]]] = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)  # generation-prompt regions, computed once per turn
 
     def of(self, i: int, what: str | None = None) -> list[tuple[int, int]]:
         return [s for (k, w), ss in self.spans.items() if k == i and (what is None or w == what) for s in ss]
@@ -163,35 +158,51 @@ def mark(messages: list[dict], rfield: str):
     return out, table
 
 
+def _rendered_forms(value: str) -> list[str]:
+    """How templates print a value: as is, or trimmed (Llama 3's `| trim`, Qwen3's `.strip('\\n')`, `.lstrip('\\n')`)."""
+    forms = [value, value.strip(), value.strip("\n"), value.lstrip("\n"), value.rstrip("\n"), value.lstrip(),
+             value.rstrip()]
+    return list(dict.fromkeys(forms))
+
+
 def build_oracle(tok, messages, tools=None, rfield="reasoning_content", **kw) -> Oracle:
-    """Render with markers and for real; the marker positions give each field's exact span in the real text."""
+    """Render with markers and for real; the marker positions give each field's exact span in the real text.
+
+    The template's own text between markers must appear unchanged in the real rendering; each value in between is
+    matched as printed (as is or trimmed), so a template that trims contents still gets exact spans."""
     real = _apply(tok, messages, tools, **kw)
     marked, table = mark(messages, rfield)
     mtext = _apply(tok, marked, tools, **kw)
-    # A tool name also names its schema in `tools`; marked calls then no longer match the schema, which no template
-    # here checks. Rebuild the real text from the marked one and insist it is identical.
-    out, pos, spans, seen = [], 0, {}, set()
-    length = 0
-    for mm in MARK_RE.finditer(mtext):
-        out.append(mtext[pos:mm.start()])
-        length += mm.start() - pos
+    marks = list(MARK_RE.finditer(mtext))
+    literals = [mtext[a:b] for a, b in zip([0] + [m.end() for m in marks], [m.start() for m in marks] + [len(mtext)])]
+    spans, seen = {}, set()
+    pos = len(literals[0])
+    assert real.startswith(literals[0]), "oracle: the real rendering does not start as the marked one"
+    for k, mm in enumerate(marks):
         n = int(mm.group(1))
         i, what, value = table[n]
+        nxt = literals[k + 1]
+        # the printed form that lets the template's next literal text follow it
+        form = next((f for f in _rendered_forms(value) if real.startswith(f + nxt, pos)), None)
+        assert form is not None, (f"oracle: message {i}'s {what} {value!r} is not printed (as is or trimmed) at "
+                                  f"{real[pos:pos + 40]!r}; the template transforms it")
         if n not in seen:  # a later occurrence is an echo (Gemma 4 repeats a call's name in the tool response)
-            spans.setdefault((i, what), []).append((length, length + len(value)))
+            spans.setdefault((i, what), []).append((pos, pos + len(form)))
         seen.add(n)
-        out.append(value)
-        length += len(value)
-        pos = mm.end()
-    out.append(mtext[pos:])
-    rebuilt = "".join(out)
-    assert rebuilt == real, "oracle: the template renders marked and real messages differently (it transforms them)"
+        pos += len(form) + len(nxt)
+    assert pos == len(real), "oracle: the real rendering is longer than the marked one"
     return Oracle(real, spans)
 
 
 def generation_prompt_region(tok, messages, i, oracle: Oracle, tools=None, rfield="reasoning_content", **kw):
     """[a, b) in the real text: what follows message i-1's last field up to the end of the generation prompt, where
     the real rendering agrees with `messages[:i]` + generation prompt. None when that cannot be rendered."""
+    if ("head", i) not in oracle.memo:
+        oracle.memo[("head", i)] = _generation_prompt_region(tok, messages, i, oracle, tools, rfield, **kw)
+    return oracle.memo[("head", i)]
+
+
+def _generation_prompt_region(tok, messages, i, oracle: Oracle, tools=None, rfield="reasoning_content", **kw):
     marked, _ = mark(messages[:i], rfield)
     try:
         p = _apply(tok, marked, tools, add_generation_prompt=True, **kw)
@@ -299,8 +310,12 @@ def _overlap(a, b, s, e) -> bool:
 
 
 def check_turns(tok, row, r, oracle: Oracle, offsets, rfield: str, eos_mode: str = "every_turn",
-                trained_turns: set[int] | None = None, closer_id: int | None = None, **kw) -> tuple[list[str], dict]:
-    """Compare the engine's labels with the oracle. Returns (violations, counts of what was checked)."""
+                trained_turns: set[int] | None = None, closer_ids: set[int] = frozenset(), **kw
+                ) -> tuple[list[str], dict]:
+    """Compare the engine's labels with the oracle. Returns (violations, counts of what was checked).
+
+    trained_turns: the assistant messages the strategy trains (default: all); closer_ids: the template's end-of-turn
+    tokens (the first of them after a turn is its closer)."""
     msgs = row["messages"]
     ids, labels = r.input_ids, r.labels
     trained = [la != IGNORE for la in labels]
@@ -321,10 +336,9 @@ def check_turns(tok, row, r, oracle: Oracle, offsets, rfield: str, eos_mode: str
     asst_spans = [s for i in asst for s in oracle.of(i)]
     windows = []
     for i in asst:
-        a, b = oracle.last_end_before(i), oracle.first_start_after(i, len(text))
-        windows.append((a, b))
         if i not in trained_turns:
             continue
+        windows.append((oracle.last_end_before(i), oracle.first_start_after(i, len(text))))
         # 1. content, reasoning and tool calls trained; decoding the turn's trained tokens gives them back
         turn_ids = [ids[t] for t, ti in enumerate(infos) if trained[t] and ti.message == i]
         decoded = tok.decode(turn_ids)
@@ -353,16 +367,18 @@ def check_turns(tok, row, r, oracle: Oracle, offsets, rfield: str, eos_mode: str
                          f"trained, header {text[reg[0]:reg[1]]!r}")
         # 3. the closer after the turn: trained per eos mode
         spans_i = oracle.of(i)
-        if closer_id is not None and spans_i:
+        if closer_ids and spans_i:
             end = max(e for _, e in spans_i)
             nxt = oracle.first_start_after(i, len(text))
-            after = [t for t, (a, _) in enumerate(offsets) if end <= a < nxt and ids[t] == closer_id]
+            # the last end-of-turn token before the next message: a think block's own closer (gpt-oss's analysis
+            # channel ends with <|end|> too) may come first
+            after = [t for t, (a, _) in enumerate(offsets) if end <= a < nxt and ids[t] in closer_ids]
             if after:
-                t = after[0]
+                t = after[-1]
                 want = eos_mode == "every_turn" or (eos_mode == "last_turn" and i == last_trained)
                 counts["closer"] += 1
                 if trained[t] != want:
-                    v.append(f"message {i}: its closer {tok.convert_ids_to_tokens(closer_id)!r} (token {t}) is "
+                    v.append(f"message {i}: its closer {tok.convert_ids_to_tokens(ids[t])!r} (token {t}) is "
                              f"{'not ' if want else ''}trained (eos={eos_mode}) at {show(*offsets[t])}")
     # 4. nothing of the prompt side, nor template text outside the assistant turns, is trained
     for i, m in enumerate(msgs):
@@ -378,7 +394,7 @@ def check_turns(tok, row, r, oracle: Oracle, offsets, rfield: str, eos_mode: str
     outside = [t for t, (a, b) in enumerate(offsets) if trained[t]
                and not any(_overlap(a, b, s, e) for s, e in windows)]
     if outside:
-        v.append(f"{len(outside)} trained token(s) lie outside every assistant turn, e.g. "
+        v.append(f"{len(outside)} trained token(s) lie outside every trained assistant turn, e.g. "
                  f"{tok.convert_ids_to_tokens([ids[t] for t in outside[:5]])}")
     return v, counts
 
@@ -461,7 +477,7 @@ def test_assistant_turns_exact(name, case):
     offsets = enc["offset_mapping"]
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
     closer = closer_of(tok, oracle, offsets, r.input_ids, last)
-    violations, counts = check_turns(tok, row, r, oracle, offsets, rfield, closer_id=closer, **kw)
+    violations, counts = check_turns(tok, row, r, oracle, offsets, rfield, closer_ids={closer} - {None}, **kw)
     assert counts["content"] + counts["tool"] >= 1, f"{name}/{case}: nothing of the assistant turns was checked"
     assert not violations, (f"{name}/{case} ({len(violations)} problem(s); checked {counts}):\n  "
                             + "\n  ".join(violations))
@@ -481,7 +497,7 @@ def test_oracle_catches_a_wrong_mask(smol_tok):
     reg = generation_prompt_region(tok, row["messages"], 1, oracle)
     assert oracle.text[reg[0]:reg[1]] == "<|im_end|>\n<|im_start|>assistant\n"
     r.labels = [i if reg[0] <= offsets[t][0] < reg[1] else IGNORE for t, i in enumerate(ids)]
-    v, _ = check_turns(tok, row, r, oracle, offsets, "reasoning_content", closer_id=closer)
+    v, _ = check_turns(tok, row, r, oracle, offsets, "reasoning_content", closer_ids={closer})
     text = "\n".join(v)
     assert "role header token(s)" in text and "not trained" in text and "closer" in text, text
 
