@@ -323,6 +323,20 @@ def test_an_api_call_cannot_hand_the_app_a_server_path(logged_in):
     assert "event: complete" in stream and "hello there" in stream, stream[:500]
 
 
+
+def test_a_sample_name_cannot_reach_the_disk(logged_in):
+    """Datasets come from uploads or bundled samples by name; a path in the sample box is refused."""
+    for name in ("../../../../etc/passwd", "/etc/passwd", "../README.md"):
+        r = logged_in.post("/gradio_api/call/on_sample", json={"data": [name]})
+        assert r.status_code == 200, r.text
+        stream = logged_in.get(f"/gradio_api/call/on_sample/{r.json()['event_id']}").text
+        assert "root:" not in stream and "MaskLens" not in stream, stream[:300]
+        assert "event: error" in stream or "unknown sample" in stream, stream[:300]
+    from app.session import load_sample
+
+    with pytest.raises(MaskLensError, match="unknown sample"):
+        load_sample("../../../../etc/passwd")
+
 def test_login_in_a_real_browser(server):
     """Behind the gate, Gradio's login form still works: Chromium logs in and the token view renders. Needs
     /usr/bin/chromium (see tests/test_browser.py); fails without it."""
