@@ -159,7 +159,7 @@ def mark(messages: list[dict], rfield: str):
 
 
 def _rendered_forms(value: str) -> list[str]:
-    """How templates print a value: as is, or trimmed (Llama 3's `| trim`, Qwen3's `.strip('\\n')`, `.lstrip('\\n')`)."""
+    """How templates print a value: as is, or trimmed (Llama 3's `| trim`, Qwen3's `.strip('\\n')`)."""
     forms = [value, value.strip(), value.strip("\n"), value.lstrip("\n"), value.rstrip("\n"), value.lstrip(),
              value.rstrip()]
     return list(dict.fromkeys(forms))
@@ -242,7 +242,8 @@ def _tool_case(json_args: bool, parallel: bool = True, reasoning: bool = False) 
 
     calls = [{"id": "call00001", "type": "function",
               "function": {"name": "get_weather", "arguments": args({"city": "Paris", "unit": "celsius"})}},
-             {"id": "call00002", "type": "function", "function": {"name": "get_time", "arguments": args({"city": "Lima"})}}]
+             {"id": "call00002", "type": "function",
+              "function": {"name": "get_time", "arguments": args({"city": "Lima"})}}]
     results = [{"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": "Sunny and 21 degrees"},
                {"role": "tool", "tool_call_id": "call00002", "name": "get_time", "content": "It is 9 in the morning"}]
     if not parallel:
@@ -347,8 +348,9 @@ def check_turns(tok, row, r, oracle: Oracle, offsets, rfield: str, eos_mode: str
                 counts["tool" if what.startswith("tool") else what] += 1
                 missed = [t for t in toks(s, e) if not trained[t]]
                 if missed:
+                    eg = tok.convert_ids_to_tokens([ids[t] for t in missed[:3]])
                     v.append(f"message {i} ({what}) {text[s:e]!r}: {len(missed)} of its {len(toks(s, e))} tokens "
-                             f"not trained, e.g. {tok.convert_ids_to_tokens([ids[t] for t in missed[:3]])} at {show(s, e)}")
+                             f"not trained, e.g. {eg} at {show(s, e)}")
                 if text[s:e] not in decoded:
                     v.append(f"message {i} ({what}) {text[s:e]!r} is not in the decoded trained text of message {i}: "
                              f"{decoded!r}")

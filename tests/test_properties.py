@@ -3,8 +3,8 @@
 Conversations: an optional system prompt, 1-3 user turns, each answered by an assistant turn that may carry
 reasoning_content and may first call tools (the tool results follow); contents mix ASCII, emoji (with skin-tone
 modifiers and ZWJ sequences), CJK, combining marks, whitespace at the edges, and empty-ish strings. Templates: the
-embedded SmolLM2 one (ChatML), Llama-3-like, Gemma-like, DeepSeek-like (its closer <｜end▁of▁sentence｜> is not the
-tokenizer's EOS and closes no user turn), gpt-oss-like (<|return|> / <|end|> / <|call|>, none of them the EOS), and
+embedded SmolLM2 one (ChatML), Llama-3-like, Gemma-like, DeepSeek-like (its closer <｜end▁of▁sentence｜> is not
+the tokenizer's EOS and closes no user turn), gpt-oss-like (<|return|> / <|end|> / <|call|>, none of them the EOS), and
 TRL 1.16's own qwen3.jinja (which template_source="trl" swaps for its training twin).
 
 Every conversation runs under full and under assistant_only / last_assistant x eos every_turn / last_turn / none x
@@ -82,7 +82,8 @@ TEMPLATES = {
 }
 CONFIGS = [dict(strategy="full")] + [
     dict(strategy=s, eos=e, template_source=src)
-    for s in ("assistant_only", "last_assistant") for e in ("every_turn", "last_turn", "none") for src in ("own", "trl")]
+    for s in ("assistant_only", "last_assistant") for e in ("every_turn", "last_turn", "none")
+    for src in ("own", "trl")]
 
 _TOKENIZERS: dict = {}
 
@@ -99,7 +100,8 @@ def tokenizer_for(name):
 
 
 # --------------------------------------------------------------------------------------------------- generation
-PIECES = ["hello", "Paris", "ok", "a", "I", "42", "!", "?", ",", " ", "  ", "\n", "\t", "😀", "🎉", "👍🏽", "👨‍👩‍👧",
+PIECES = ["hello", "Paris", "ok", "a", "I", "42", "!", "?", ",", " ", "  ", "\n", "\t",
+          "😀", "🎉", "👍🏽", "👨‍👩‍👧",  # emoji, a skin-tone modifier, a ZWJ family
           "漢字", "語", "日本語", "e\u0301", "n\u0303", "é", "ß"]
 # Tool-call argument values are rendered through tojson: no characters it escapes (newline, tab, quote, backslash).
 ARG_PIECES = ["Paris", "Lima", " ", "😀", "👍🏽", "漢字", "e\u0301", "ß", "7"]
