@@ -47,16 +47,22 @@ def worker_cpu() -> float:
     return total
 
 
-def measure(fn, repeat):
-    """-> (best wall, median wall, best cpu, result). CPU = this process (all threads) + the render workers."""
-    walls, cpus, result = [], [], None
+def run_once(fn):
+    gc.collect()
+    c0, w0, t0 = time.process_time(), worker_cpu(), time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, time.process_time() - c0 + worker_cpu() - w0, result
+
+
+def measure(fns, repeat):
+    """Run the functions in turn, `repeat` rounds (interleaved, so a change of load hits all of them alike).
+    -> per function (best wall, median wall, best cpu, result). CPU = this process (all threads) + render workers."""
+    runs = [[] for _ in fns]
     for _ in range(repeat):
-        gc.collect()
-        c0, w0, t0 = time.process_time(), worker_cpu(), time.perf_counter()
-        result = fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0 + worker_cpu() - w0)
-    return min(walls), statistics.median(walls), min(cpus), result
+        for k, fn in enumerate(fns):
+            runs[k].append(run_once(fn))
+    return [(min(r[0] for r in rs), statistics.median(r[0] for r in rs), min(r[1] for r in rs), rs[-1][2])
+            for rs in runs]
 
 
 def main():
@@ -113,12 +119,11 @@ def main():
     table = []
     for label, template, gen in (("plain template", plain, False), ("marked template + spans", marked, True)):
         assert boxed(template, gen) == inproc(template, gen), f"{label}: sandboxed rendering differs"
-        table.append((label, measure(lambda: inproc(template, gen), ns.repeat),
-                      measure(lambda: boxed(template, gen), ns.repeat)))
-    fi, fp = measure(floor_inproc, ns.repeat), measure(floor_pipelined, ns.repeat)
+        table.append((label, *measure([lambda: inproc(template, gen), lambda: boxed(template, gen)], ns.repeat)))
+    fi, fp = measure([floor_inproc, floor_pipelined], ns.repeat)
     assert [e.ids for e in fi[3]] == [e.ids for e in fp[3]], "pipelined floor tokenized differently"
     table.append(("floor: render + tokenize", fi, fp))
-    eng = measure(lambda: render_examples(examples, tok, MaskConfig(strategy="assistant_only")), 3)
+    eng = measure([lambda: render_examples(examples, tok, MaskConfig(strategy="assistant_only"))], 3)[0]
     sandbox.shutdown()
 
     load = os.getloadavg()[0]

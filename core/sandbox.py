@@ -55,7 +55,7 @@ STARTUP_TIMEOUT_S = 120.0  # a worker imports transformers (~1-2 s; much longer 
 
 _GEN_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")  # as core.templates.has_generation_markers
 _HEADER = struct.Struct("!Q")
-_FLUSH_BYTES = 1 << 18  # results go back in writes of about this size (one per job while isolating a culprit)
+_FLUSH_BYTES = 1 << 18  # results go back in frames of about this many characters (one per job while isolating)
 _EXIT_MEMORY = 3  # the worker's exit status when a MemoryError escapes a render (while it sends a result)
 _FIX_TEMPLATE = "check the template (and that the messages alternate as it requires)"
 
@@ -133,7 +133,7 @@ def _render_one(ctu, template: str, job: dict) -> tuple:
         text, spans = texts[0], (gen[0] if gen else [])
         if len(text) > _max_chars or len(spans) > _max_chars:  # output inside one block, past the streaming count
             raise _OutputTooLarge(len(text))
-        return ("ok", text, [(int(a), int(b)) for a, b in spans])
+        return ("ok", text, spans)  # spans: transformers' list of (start, end) int tuples
     except _OutputTooLarge as e:
         return ("error", "output", str(e.args[0]))
     except MemoryError:
@@ -193,17 +193,17 @@ def _worker_loop() -> None:
                                                  else min(cpu_soft, cpu_hard), cpu_hard))
         resource.setrlimit(resource.RLIMIT_AS, (as_soft if as_hard == resource.RLIM_INFINITY
                                                 else min(as_soft, as_hard), as_hard))
-        pending, size = [], 0
+        pending, size = [], 0  # results go back in frames of ~_FLUSH_BYTES (one unpickle per frame in the parent)
         for job in jobs:
-            data = pickle.dumps(_render_one(ctu, template, job), protocol=5)
-            pending += (_HEADER.pack(len(data)), data)
-            size += len(data)
+            result = _render_one(ctu, template, job)
+            pending.append(result)
+            size += len(result[1]) + len(result[2])
             if each or size >= _FLUSH_BYTES:
-                _write_all(out, b"".join(pending))
+                _send(out, pending)
                 pending, size = [], 0
         if pending:
-            _write_all(out, b"".join(pending))
-        pending = None
+            _send(out, pending)
+        pending = result = None
         jobs = None
         resource.setrlimit(resource.RLIMIT_AS, (as_hard, as_hard))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
@@ -236,7 +236,9 @@ class _Worker:
         )
         self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self._buf = bytearray()
-        self.ready = False
+        self._poll = select.poll()  # not select(): that fails on descriptors >= 1024, which a busy app can reach
+        self._poll.register(self._out, select.POLLIN)
+        self.ready, self.generation = False, 0
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -249,10 +251,11 @@ class _Worker:
             raise _Lost("crash", msg[1] if msg[0] == "fatal" else f"unexpected first message {msg[0]!r}")
         self.ready = True
 
-    def send(self, obj) -> None:
+    def send_bytes(self, data: bytes) -> None:
         try:
-            _send(self._in, obj)
-        except (BrokenPipeError, OSError) as e:
+            _write_all(self._in, _HEADER.pack(len(data)))
+            _write_all(self._in, data)
+        except OSError as e:
             raise _Lost("crash", f"the worker's pipe closed: {e}") from None
 
     def recv(self, deadline: float, max_bytes: int):
@@ -270,7 +273,7 @@ class _Worker:
                     except Exception as e:  # noqa: BLE001
                         raise _Lost("protocol", str(e)) from None
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._out], [], [], left)[0]:
+            if left <= 0 or not self._poll.poll(left * 1000):
                 raise _Lost("time")
             chunk = os.read(self._out, 1 << 20)
             if not chunk:
@@ -312,61 +315,73 @@ class _Worker:
 
 
 class _Pool:
-    """Up to `size` workers, started lazily; a caller holds one worker for a whole call, so pipes never interleave."""
+    """Up to `size` workers, started lazily. A caller holds one worker (and one of `size` slots) for its whole call, so
+    two threads never share a pipe, and a hostile render blocks only its own slot until its deadline."""
 
     def __init__(self, size: int = POOL_SIZE):
-        self.size, self._idle, self._started = size, [], 0
-        self._cv = threading.Condition()
-        self._all: set[_Worker] = set()
+        self._slots = threading.Semaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()  # started and not yet dropped (shutdown, benchmarks)
+        self._generation = 0  # bumped by close(): a worker held across it is dropped when released
 
     def acquire(self) -> _Worker:
-        with self._cv:
-            while not self._idle and self._started >= self.size:
-                self._cv.wait()
+        self._slots.acquire()
+        with self._lock:
             if self._idle:
                 return self._idle.pop()
-            self._started += 1
         try:
-            return self._track(_Worker())
+            return self._new()
         except BaseException:
-            with self._cv:
-                self._started -= 1
-                self._cv.notify()
+            self._slots.release()
             raise
 
-    def replace(self, w: _Worker) -> _Worker:
-        w.kill()
-        with self._cv:
-            self._all.discard(w)
-        return self._track(_Worker())
-
-    def _track(self, w: _Worker) -> _Worker:
-        with self._cv:
+    def _new(self) -> _Worker:
+        w = _Worker()
+        with self._lock:
+            w.generation = self._generation
             self._all.add(w)
         return w
 
+    def _drop(self, w: _Worker) -> None:
+        w.kill()
+        with self._lock:
+            self._all.discard(w)
+
+    def replace(self, w: _Worker) -> _Worker:
+        self._drop(w)
+        return self._new()
+
     def release(self, w: _Worker | None) -> None:
-        with self._cv:
-            if w is not None and w.alive():
-                self._idle.append(w)
-            else:
-                if w is not None:
-                    self._all.discard(w)
-                self._started -= 1
-            self._cv.notify()
+        try:
+            if w is not None:
+                with self._lock:
+                    keep = w.generation == self._generation and w.alive()
+                    if keep:
+                        self._idle.append(w)
+                if not keep:
+                    self._drop(w)
+        finally:
+            self._slots.release()
 
     def warm(self) -> None:
-        with self._cv:
-            if self._idle or self._started >= self.size:
-                return
-            self._started += 1
-        self.release(self._track(_Worker()))
+        if not self._slots.acquire(blocking=False):
+            return
+        with self._lock:
+            have = bool(self._idle)
+        if have:
+            self._slots.release()
+        else:
+            self.release(self._new())
 
     def close(self) -> None:
-        with self._cv:
-            workers, self._all, self._idle, self._started = list(self._all), set(), [], 0
-            self._cv.notify_all()
-        for w in workers:
+        """Stop the idle workers now; those in use are stopped when their caller releases them."""
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+            for w in idle:
+                self._all.discard(w)
+        for w in idle:
             w.close()
 
 
@@ -441,6 +456,25 @@ def _job(job: dict) -> dict:
             "return_generation": job.get("return_generation", False), "kwargs": job.get("kwargs") or {}}
 
 
+def _plain_job(job: dict) -> dict:
+    """A job rebuilt from plain JSON types by transformers' own _plain_template_data, which render_jinja_template
+    applies to everything a template sees: the rendering cannot change, and the job now pickles."""
+    from transformers.utils.chat_template_utils import _plain_template_data  # noqa: PLC0415
+
+    return {**job, "messages": [_plain_template_data(m) for m in job["messages"]],
+            "tools": _plain_template_data(job["tools"]), "kwargs": _plain_template_data(job["kwargs"])}
+
+
+def _checked(frame, left: int) -> list:
+    """A frame of results as the worker writes them, or _Lost("protocol"): never trust its shape blindly."""
+    ok = isinstance(frame, list) and 0 < len(frame) <= left and all(
+        isinstance(r, tuple) and len(r) == 3 and (r[0] == "ok" and isinstance(r[1], str) and isinstance(r[2], list)
+                                                  or r[0] == "error" and isinstance(r[2], str)) for r in frame)
+    if not ok:
+        raise _Lost("protocol", "the worker sent a malformed result")
+    return frame
+
+
 def render_batch(template: str, jobs: list[dict], *, template_name: str = "the chat template",
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
                  max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> list:
@@ -466,19 +500,23 @@ def render_batch(template: str, jobs: list[dict], *, template_name: str = "the c
     try:
         i, kills, restarts, isolate = 0, 0, 0, False
         while i < len(jobs):
-            if kills >= MAX_KILLS_PER_CALL:
+            if kills >= MAX_KILLS_PER_CALL:  # bound the call's time too: a template that loops on every row
                 for k in range(i, len(jobs)):
-                    e = bound("time")
-                    results[k] = MaskLensError(
-                        f"not rendered: {template_name} was stopped {kills} times in this batch, so the rest was "
-                        f"skipped", fix=e.fix)
+                    results[k] = MaskLensError(f"not rendered: {template_name} was stopped {kills} times in this "
+                                               f"batch, so the rest was skipped.", fix=bound("time").fix)
                     results[k].bound = "skipped"
                 break
             if not w.alive():
                 w = pool.replace(w)
             try:
                 w.wait_ready()
-                w.send(("render", template, payloads[i:], limits, isolate))
+                try:
+                    batch = pickle.dumps(("render", template, payloads[i:], limits, isolate), protocol=5)
+                except (pickle.PicklingError, TypeError, AttributeError):  # e.g. an object of a local class
+                    payloads = [_plain_job(p) for p in payloads]  # what the template would see anyway
+                    batch = pickle.dumps(("render", template, payloads[i:], limits, isolate), protocol=5)
+                w.send_bytes(batch)
+                del batch
             except _Lost as e:  # the worker failed before any job was its: not the template's fault
                 restarts += 1
                 if restarts > 2:
@@ -489,14 +527,14 @@ def render_batch(template: str, jobs: list[dict], *, template_name: str = "the c
             first, deadline = i, time.monotonic() + limits[0]
             try:
                 while i < len(jobs):
-                    msg = w.recv(deadline, max_frame)
-                    if msg[0] == "ok":
-                        results[i] = (msg[1], [tuple(s) for s in msg[2]])
-                    elif msg[1] == "template":
-                        results[i] = MaskLensError(f"{template_name} failed to render: {msg[2]}", fix=_FIX_TEMPLATE)
-                    else:
-                        results[i] = bound(msg[1])
-                    i += 1
+                    for tag, a, b in _checked(w.recv(deadline, max_frame), len(jobs) - i):
+                        if tag == "ok":
+                            results[i] = (a, b)
+                        elif a == "template":
+                            results[i] = MaskLensError(f"{template_name} failed to render: {b}", fix=_FIX_TEMPLATE)
+                        else:
+                            results[i] = bound(a)
+                        i += 1
             except _Lost as e:
                 kills += 1
                 w = pool.replace(w)
