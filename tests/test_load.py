@@ -26,6 +26,7 @@ def sessions(server):
     from core.engine import STRATEGIES
 
     expected = Expected()
+    expected.warm(list(STRATEGIES))
     return [Session(server.url, k, expected, list(STRATEGIES)) for k in range(SESSIONS)]
 
 
