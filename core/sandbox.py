@@ -50,12 +50,13 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_OUTPUT_CHARS = 2_000_000
 DEFAULT_MAX_MEMORY_MB = 1024
 POOL_SIZE = 2  # workers shared by all threads of a process
-MAX_KILLS_PER_CALL = 3  # a call that had to kill this many workers fails its remaining jobs: time stays bounded
+MAX_KILLS_PER_CALL = 4  # a call that had to kill this many workers fails its remaining jobs: time stays bounded
 STARTUP_TIMEOUT_S = 120.0  # a worker imports transformers (~1-2 s; much longer on a loaded machine)
 
 _GEN_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")  # as core.templates.has_generation_markers
 _HEADER = struct.Struct("!Q")
-_FLUSH_BYTES = 1 << 18  # results go back in frames of about this many characters (one per job while isolating)
+_FLUSH_BYTES = 1 << 18  # results go back in frames of about this many characters
+_FLUSH_AFTER_S = 0.05  # ... or as soon as the job being rendered has run this long
 _EXIT_MEMORY = 3  # the worker's exit status when a MemoryError escapes a render (while it sends a result)
 _FIX_TEMPLATE = "check the template (and that the messages alternate as it requires)"
 
@@ -154,6 +155,47 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+class _Flusher:
+    """The worker's results, sent in frames of ~_FLUSH_BYTES characters (one unpickle per frame in the parent), and
+    also whenever a job has run for _FLUSH_AFTER_S (from a watchdog thread): when a job stops the worker, every
+    result before it has reached the parent, so the parent knows which job did it."""
+
+    def __init__(self, out: int):
+        self.out, self.lock = out, threading.Lock()
+        self.pending, self.size, self.job_started = [], 0, float("inf")
+        threading.Thread(target=self._watch, daemon=True, name="flusher").start()
+
+    def start_batch(self) -> None:
+        self.job_started = time.monotonic()
+
+    def add(self, result: tuple) -> None:
+        with self.lock:
+            self.pending.append(result)
+            self.size += len(result[1]) + len(result[2])
+            if self.size >= _FLUSH_BYTES:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush_locked()
+            self.job_started = float("inf")
+
+    def _flush_locked(self) -> None:
+        if self.pending:
+            _send(self.out, self.pending)
+            self.pending, self.size = [], 0
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(_FLUSH_AFTER_S / 2)
+            if self.pending and time.monotonic() - self.job_started > _FLUSH_AFTER_S:
+                try:
+                    with self.lock:
+                        self._flush_locked()
+                except MemoryError:  # the job is eating the address space: try again on the next tick
+                    pass
+
+
 def _worker_main() -> None:
     try:
         _worker_loop()
@@ -162,7 +204,7 @@ def _worker_main() -> None:
 
 
 def _worker_loop() -> None:
-    """Read a batch frame from stdin, render each job under the batch's limits, write one frame per job; repeat."""
+    """Read a batch frame from stdin, render its jobs under the batch's limits, send their results; repeat."""
     global _max_chars
     out = os.dup(1)
     os.dup2(2, 1)  # a stray print() inside a library goes to stderr, never into the result stream
@@ -173,6 +215,7 @@ def _worker_loop() -> None:
     except BaseException as e:  # noqa: BLE001 - report why, then stop
         _send(out, ("fatal", f"{type(e).__name__}: {e}"))
         return
+    flusher = _Flusher(out)  # its thread exists before the baseline is measured
     _, as_hard = resource.getrlimit(resource.RLIMIT_AS)
     _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
     baseline = _vm_bytes()
@@ -184,7 +227,7 @@ def _worker_loop() -> None:
         body = _read_exact(0, _HEADER.unpack(header)[0])
         if body is None:
             return
-        _, template, jobs, (timeout_s, max_chars, max_memory_mb), each = pickle.loads(body)
+        _, template, jobs, (timeout_s, max_chars, max_memory_mb) = pickle.loads(body)
         del body
         _max_chars = max_chars
         cpu_soft = int(_cpu_seconds() + timeout_s) + 2
@@ -193,17 +236,11 @@ def _worker_loop() -> None:
                                                  else min(cpu_soft, cpu_hard), cpu_hard))
         resource.setrlimit(resource.RLIMIT_AS, (as_soft if as_hard == resource.RLIM_INFINITY
                                                 else min(as_soft, as_hard), as_hard))
-        pending, size = [], 0  # results go back in frames of ~_FLUSH_BYTES (one unpickle per frame in the parent)
+        flusher.start_batch()
         for job in jobs:
-            result = _render_one(ctu, template, job)
-            pending.append(result)
-            size += len(result[1]) + len(result[2])
-            if each or size >= _FLUSH_BYTES:
-                _send(out, pending)
-                pending, size = [], 0
-        if pending:
-            _send(out, pending)
-        pending = result = None
+            flusher.job_started = time.monotonic()
+            flusher.add(_render_one(ctu, template, job))
+        flusher.flush()
         jobs = None
         resource.setrlimit(resource.RLIMIT_AS, (as_hard, as_hard))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
@@ -488,19 +525,23 @@ def render_batch(template: str, jobs: list[dict], *, template_name: str = "the c
     deadline; a job that stops a fresh worker on its own is failed; after MAX_KILLS_PER_CALL kills the rest fail),
     max_memory_mb above the worker's size, max_output_chars per conversation.
     """
+    return _render_batch(template, jobs, template_name, (float(timeout_s), int(max_output_chars), int(max_memory_mb)),
+                         MAX_KILLS_PER_CALL)
+
+
+def _render_batch(template: str, jobs: list[dict], template_name: str, limits: tuple, max_kills: int) -> list:
     if not jobs:
         return []
-    limits = (float(timeout_s), int(max_output_chars), int(max_memory_mb))
     bound = lambda reason, detail="": _bound_error(reason, detail, template_name, *limits)  # noqa: E731
     payloads = [_job(j) for j in jobs]
     results: list = [None] * len(jobs)
-    max_frame = 16 * max_output_chars + (1 << 20)
+    max_frame = 16 * limits[1] + (1 << 20)  # a frame: ~_FLUSH_BYTES plus one result of <= max_output_chars
     pool = _pool()
     w = pool.acquire()
     try:
-        i, kills, restarts, isolate = 0, 0, 0, False
+        i, kills, restarts = 0, 0, 0
         while i < len(jobs):
-            if kills >= MAX_KILLS_PER_CALL:  # bound the call's time too: a template that loops on every row
+            if kills >= max_kills:  # bound the call's time too: a template that loops on every row
                 for k in range(i, len(jobs)):
                     results[k] = MaskLensError(f"not rendered: {template_name} was stopped {kills} times in this "
                                                f"batch, so the rest was skipped.", fix=bound("time").fix)
@@ -511,10 +552,10 @@ def render_batch(template: str, jobs: list[dict], *, template_name: str = "the c
             try:
                 w.wait_ready()
                 try:
-                    batch = pickle.dumps(("render", template, payloads[i:], limits, isolate), protocol=5)
+                    batch = pickle.dumps(("render", template, payloads[i:], limits), protocol=5)
                 except (pickle.PicklingError, TypeError, AttributeError):  # e.g. an object of a local class
                     payloads = [_plain_job(p) for p in payloads]  # what the template would see anyway
-                    batch = pickle.dumps(("render", template, payloads[i:], limits, isolate), protocol=5)
+                    batch = pickle.dumps(("render", template, payloads[i:], limits), protocol=5)
                 w.send_bytes(batch)
                 del batch
             except _Lost as e:  # the worker failed before any job was its: not the template's fault
@@ -532,19 +573,18 @@ def render_batch(template: str, jobs: list[dict], *, template_name: str = "the c
                             results[i] = (a, b)
                         elif a == "template":
                             results[i] = MaskLensError(f"{template_name} failed to render: {b}", fix=_FIX_TEMPLATE)
+                            results[i].bound = None
                         else:
                             results[i] = bound(a)
                         i += 1
             except _Lost as e:
                 kills += 1
                 w = pool.replace(w)
-                if i == first and (isolate or i == len(jobs) - 1):
-                    # it stopped a fresh worker with a fresh deadline on its own: that job is the cause
+                if i == first:  # it stopped a fresh worker with a fresh deadline on its own: that job is the cause
                     results[i] = bound(e.reason, e.detail)
                     i += 1
-                # else: the jobs from i on get a fresh worker and deadline, and come back one by one (isolate), so the
-                # job that stops the next worker is known
-                isolate = True
+                # else: the jobs before i came back (the worker flushes results before a job runs long), so job i may
+                # be slow only after the others: it and the rest get a fresh worker and deadline
     except BaseException:
         w.kill()
         raise
@@ -587,11 +627,11 @@ def probe_template(template: str, special_map: dict | None = None, *, template_n
     """
     kwargs = {**(special_map or {}), **template_kwargs}
     jobs = [{"messages": m, "add_generation_prompt": gp, "kwargs": kwargs} for m, gp in _PROBES]
-    results = render_batch(template, jobs, template_name=template_name, timeout_s=timeout_s,
-                           max_output_chars=max_output_chars, max_memory_mb=max_memory_mb)
+    results = _render_batch(template, jobs, template_name, (float(timeout_s), int(max_output_chars),
+                                                            int(max_memory_mb)), 1)  # stop at the first kill
     errors = [r for r in results if isinstance(r, Exception)]
     for e in errors:
-        if getattr(e, "bound", None):
+        if e.bound not in (None, "skipped"):
             raise e
     ok = [r[0] for r in results if not isinstance(r, Exception)]
     if not ok:
