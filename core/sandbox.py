@@ -6,7 +6,8 @@ ImmutableSandboxedEnvironment) stops access to Python internals and caps `range(
 memory. So templates render in a separate worker process under OS limits:
 
 - RLIMIT_AS: the worker's address space may grow `max_memory_mb` above what it holds when a batch starts (a huge
-  string fails with MemoryError inside the worker; the parent never sees the allocation);
+  string fails with MemoryError inside the worker; the parent never sees the allocation), and never more than
+  HARD_MEMORY_MB above its start (a hard limit, set once);
 - RLIMIT_CPU: set per batch to the deadline + 1 s, so a worker whose parent died cannot spin forever;
 - a wall-clock deadline per batch, enforced by the parent: past it the worker is killed (SIGKILL) and replaced;
 - output: the worker counts the characters a render yields and stops at `max_output_chars` per conversation.
@@ -50,6 +51,7 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_OUTPUT_CHARS = 2_000_000
 DEFAULT_MAX_MEMORY_MB = 1024
 POOL_SIZE = 2  # workers shared by all threads of a process
+HARD_MEMORY_MB = 4096  # a worker's address space never grows more than this above its start (max_memory_mb is capped)
 MAX_KILLS_PER_CALL = 4  # a call that had to kill this many workers fails its remaining jobs: time stays bounded
 STARTUP_TIMEOUT_S = 120.0  # a worker imports transformers (~1-2 s; much longer on a loaded machine)
 
@@ -216,9 +218,13 @@ def _worker_loop() -> None:
         _send(out, ("fatal", f"{type(e).__name__}: {e}"))
         return
     flusher = _Flusher(out)  # its thread exists before the baseline is measured
-    _, as_hard = resource.getrlimit(resource.RLIMIT_AS)
-    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
     baseline = _vm_bytes()
+    # A hard ceiling, set once and irreversibly: whatever a batch asks for later, this worker stays under it.
+    as_soft, as_hard = resource.getrlimit(resource.RLIMIT_AS)
+    ceiling = baseline + int(sys.argv[1]) * 2**20
+    as_hard = ceiling if as_hard == resource.RLIM_INFINITY else min(as_hard, ceiling)
+    resource.setrlimit(resource.RLIMIT_AS, (as_hard, as_hard))
+    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
     _send(out, ("ready", os.getpid(), baseline))
     while True:
         header = _read_exact(0, _HEADER.size)
@@ -234,8 +240,7 @@ def _worker_loop() -> None:
         as_soft = _vm_bytes() + max_memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft if cpu_hard == resource.RLIM_INFINITY
                                                  else min(cpu_soft, cpu_hard), cpu_hard))
-        resource.setrlimit(resource.RLIMIT_AS, (as_soft if as_hard == resource.RLIM_INFINITY
-                                                else min(as_soft, as_hard), as_hard))
+        resource.setrlimit(resource.RLIMIT_AS, (min(as_soft, as_hard), as_hard))
         flusher.start_batch()
         for job in jobs:
             flusher.job_started = time.monotonic()
@@ -268,7 +273,7 @@ def _worker_env() -> dict:
 class _Worker:
     def __init__(self):
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", os.path.abspath(__file__)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-P", os.path.abspath(__file__), str(HARD_MEMORY_MB)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=_worker_env(), start_new_session=True, close_fds=True,
         )
         self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
@@ -525,8 +530,8 @@ def render_batch(template: str, jobs: list[dict], *, template_name: str = "the c
     deadline; a job that stops a fresh worker on its own is failed; after MAX_KILLS_PER_CALL kills the rest fail),
     max_memory_mb above the worker's size, max_output_chars per conversation.
     """
-    return _render_batch(template, jobs, template_name, (float(timeout_s), int(max_output_chars), int(max_memory_mb)),
-                         MAX_KILLS_PER_CALL)
+    limits = (float(timeout_s), int(max_output_chars), min(int(max_memory_mb), HARD_MEMORY_MB))
+    return _render_batch(template, jobs, template_name, limits, MAX_KILLS_PER_CALL)
 
 
 def _render_batch(template: str, jobs: list[dict], template_name: str, limits: tuple, max_kills: int) -> list:
@@ -627,8 +632,8 @@ def probe_template(template: str, special_map: dict | None = None, *, template_n
     """
     kwargs = {**(special_map or {}), **template_kwargs}
     jobs = [{"messages": m, "add_generation_prompt": gp, "kwargs": kwargs} for m, gp in _PROBES]
-    results = _render_batch(template, jobs, template_name, (float(timeout_s), int(max_output_chars),
-                                                            int(max_memory_mb)), 1)  # stop at the first kill
+    limits = (float(timeout_s), int(max_output_chars), min(int(max_memory_mb), HARD_MEMORY_MB))
+    results = _render_batch(template, jobs, template_name, limits, 1)  # stop at the first kill
     errors = [r for r in results if isinstance(r, Exception)]
     for e in errors:
         if e.bound not in (None, "skipped"):

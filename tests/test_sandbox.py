@@ -225,6 +225,33 @@ def test_a_worker_without_its_parent_is_killed_by_its_cpu_limit():
         w.kill()
 
 
+def _limits(pid: int) -> dict[str, tuple[str, str]]:
+    rows = Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]
+    return {r[:26].strip(): tuple(r[26:].split()[:2]) for r in rows}
+
+
+def test_worker_runs_under_os_limits():
+    """While a hostile template renders, its worker's address space and CPU time are capped (read from /proc)."""
+    sandbox.render_batch(GOOD, [{"messages": CONVO}])  # a worker up first: limits are set once it has started
+    th = threading.Thread(target=sandbox.render_batch, args=(NEVER_ENDS, [{"messages": CONVO}]),
+                          kwargs={"timeout_s": 2.0, "max_memory_mb": 300})
+    th.start()
+    try:
+        time.sleep(0.7)
+        busy = 0
+        for w in [w for w in list(sandbox._POOL._all) if w.ready]:  # (a starting worker runs no template yet)
+            lim = _limits(w.proc.pid)
+            soft_as, hard_as = (int(x) for x in lim["Max address space"])  # "unlimited" fails here
+            assert soft_as <= hard_as <= (sandbox.HARD_MEMORY_MB + 1024) * 2**20  # the ceiling, on every worker
+            assert lim["Max core file size"] == ("0", "0")
+            if lim["Max cpu time"][0] != "unlimited":  # the one rendering: per-batch CPU and memory limits
+                busy += 1
+                assert soft_as < hard_as and int(lim["Max cpu time"][0]) < 3600
+        assert busy == 1
+    finally:
+        th.join(30)
+
+
 # ---------------------------------------------------------------------------------------------------- batches
 def test_jobs_around_a_hostile_one_still_render(smol_tok):
     template = ("{% for m in messages %}{% if m.content == 'LOOP' %}{% for i in range(99999) %}{% for j in "
