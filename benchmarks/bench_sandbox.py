@@ -94,6 +94,9 @@ def main():
     def inproc(template, gen):
         return [render(tok, m, template, return_generation=gen, special_map=special) for m in msgs]
 
+    def inproc_one(m):
+        return render(tok, m, plain, special_map=special)
+
     def jobs(chunk, gen=False):
         return [{"messages": m, "return_generation": gen, "kwargs": special} for m in chunk]
 
@@ -123,6 +126,9 @@ def main():
     fi, fp = measure([floor_inproc, floor_pipelined], ns.repeat)
     assert [e.ids for e in fi[3]] == [e.ids for e in fp[3]], "pipelined floor tokenized differently"
     table.append(("floor: render + tokenize", fi, fp))
+    one = jobs(msgs[:1])
+    lat_in, lat_box = measure([lambda: [inproc_one(m) for m in msgs[:100]],
+                               lambda: [sandbox.render_batch(plain, one) for _ in range(100)]], ns.repeat)
     eng = measure([lambda: render_examples(examples, tok, MaskConfig(strategy="assistant_only"))], 3)[0]
     sandbox.shutdown()
 
@@ -136,6 +142,8 @@ def main():
         over, cover = b[0] - a[0], b[2] - a[2]
         print(f"{label:26} {a[0]:7.3f} ({a[1]:6.3f}) {b[0]:7.3f} ({b[1]:6.3f}) {over:+9.3f} {a[2]:7.3f} {b[2]:7.3f} "
               f"{cover:+6.3f} {100 * cover / a[2]:+7.0f}% {100 * cover / eng[2]:+7.1f}%")
+    print(f"one conversation per call (the app's token view), 100 calls: in-process {lat_in[0] * 10:.2f} ms/call, "
+          f"render_batch {lat_box[0] * 10:.2f} ms/call")
     print(f"engine total (render_examples, assistant_only): wall {eng[0]:.3f} s (median {eng[1]:.3f}), CPU {eng[2]:.3f} s"
           f"; '% engine' = CPU overhead / engine CPU")
     print("(last row's sandboxed column: the worker renders batch k+1 while this process tokenizes batch k)")

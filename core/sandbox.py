@@ -44,7 +44,7 @@ try:
 except ImportError:  # run as the worker script (python -P core/sandbox.py): the worker sends plain tuples, no errors
     MaskLensError = None  # type: ignore[assignment,misc]
 
-__all__ = ["render_batch", "submit_batch", "probe_template", "warm_up", "shutdown", "DEFAULT_TIMEOUT_S", "DEFAULT_MAX_OUTPUT_CHARS",
+__all__ = ["render_batch", "submit_batch", "render_sandboxed", "probe_template", "warm_up", "shutdown", "DEFAULT_TIMEOUT_S", "DEFAULT_MAX_OUTPUT_CHARS",
            "DEFAULT_MAX_MEMORY_MB", "POOL_SIZE"]
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -262,11 +262,17 @@ class _Lost(Exception):
         self.reason, self.detail = reason, detail
 
 
+_ENV_KEPT = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+             "HF_HOME", "TZ")
+
+
 def _worker_env() -> dict:
-    env = dict(os.environ)
-    # One thread and two malloc arenas: fewer address-space reservations under RLIMIT_AS, nothing to contend for.
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               MALLOC_ARENA_MAX="2", TRANSFORMERS_VERBOSITY="error", PYTHONDONTWRITEBYTECODE="1")
+    # Only what an interpreter needs: no tokens or keys from the parent's environment reach code that runs templates.
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEPT}
+    # Offline; one thread and two malloc arenas: fewer address-space reservations under RLIMIT_AS.
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", MALLOC_ARENA_MAX="2",
+               TRANSFORMERS_VERBOSITY="error", PYTHONDONTWRITEBYTECODE="1")
     return env
 
 
@@ -274,7 +280,7 @@ class _Worker:
     def __init__(self):
         self.proc = subprocess.Popen(
             [sys.executable, "-P", os.path.abspath(__file__), str(HARD_MEMORY_MB)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=_worker_env(), start_new_session=True, close_fds=True,
+            stderr=subprocess.DEVNULL, env=_worker_env(), start_new_session=True, close_fds=True, cwd="/",
         )
         self._in, self._out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self._buf = bytearray()
@@ -327,8 +333,10 @@ class _Worker:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return _Lost("crash", "the worker closed its output but did not exit")
-        if code in (-signal.SIGXCPU, -signal.SIGKILL):  # RLIMIT_CPU (soft, then hard); SIGKILL may be the OOM killer
-            return _Lost("time" if code == -signal.SIGXCPU else "memory", f"signal {-code}")
+        if code == -signal.SIGXCPU:  # its RLIMIT_CPU
+            return _Lost("time", f"CPU time limit, signal {-code}")
+        if code == -signal.SIGKILL:
+            return _Lost("crash", "killed by signal 9: the system ran out of memory, or someone killed it")
         if code == _EXIT_MEMORY:
             return _Lost("memory", "out of memory while sending a result")
         return _Lost("crash", f"exit status {code}")
@@ -596,6 +604,24 @@ def _render_batch(template: str, jobs: list[dict], template_name: str, limits: t
     finally:
         pool.release(w)
     return results
+
+
+def render_sandboxed(tokenizer, messages: list[dict], template: str, tools=None, add_generation_prompt: bool = False,
+                     return_generation: bool = False, special_map: dict | None = None, *,
+                     template_name: str = "the chat template", timeout_s: float = DEFAULT_TIMEOUT_S,
+                     max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB,
+                     **kwargs) -> tuple[str, list[tuple[int, int]]]:
+    """A drop-in for core.templates.render (same arguments, same result, MaskLensError raised), rendered in the
+    sandbox: e.g. analyze_template(tokenizer, template, render_sandboxed). One call costs ~0.4 ms more than in-process;
+    send many conversations through render_batch."""
+    base = special_map if special_map is not None else tokenizer.special_tokens_map
+    job = {"messages": messages, "tools": tools, "add_generation_prompt": add_generation_prompt,
+           "return_generation": return_generation, "kwargs": {**base, **kwargs}}
+    (result,) = render_batch(template, [job], template_name=template_name, timeout_s=timeout_s,
+                             max_output_chars=max_output_chars, max_memory_mb=max_memory_mb)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 _EXECUTOR = None

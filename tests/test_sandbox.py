@@ -16,6 +16,7 @@ under RLIMIT_AS / RLIMIT_CPU and a parent deadline of 2-3 s here.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import pickle
@@ -105,6 +106,23 @@ def test_generation_spans_identical_on_a_marked_template(smol_tok):
     assert all(spans for _, spans in got)
     for text, spans in got:  # the spans cover the assistant contents, as TRL's assistant mask would
         assert all(text[a:b].endswith("<|im_end|>") for a, b in spans)
+
+
+def test_render_sandboxed_is_a_drop_in_for_render(smol_tok):
+    from core import spans
+    from core.templates import analyze_template
+
+    msgs = _rows("plain.jsonl")[0]["messages"]
+    assert sandbox.render_sandboxed(smol_tok, msgs, smol_tok.chat_template, add_generation_prompt=True) == render(
+        smol_tok, msgs, smol_tok.chat_template, add_generation_prompt=True)
+    with pytest.raises(MaskLensError, match="TemplateError: no") as err:
+        sandbox.render_sandboxed(smol_tok, msgs, "{{ raise_exception('no') }}")
+    with pytest.raises(MaskLensError) as ref:
+        render(smol_tok, msgs, "{{ raise_exception('no') }}")
+    assert str(err.value) == str(ref.value)
+    fresh = copy.deepcopy(smol_tok)  # template analysis is cached per tokenizer object: analyse afresh
+    assert spans.analyze_template(fresh, fresh.chat_template, sandbox.render_sandboxed) == analyze_template(
+        smol_tok, smol_tok.chat_template)
 
 
 def test_none_values_dropped_and_kwargs_passed(smol_tok):
@@ -250,6 +268,17 @@ def test_worker_runs_under_os_limits():
         assert busy == 1
     finally:
         th.join(30)
+
+
+def test_worker_sees_no_secrets_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    w = sandbox._Worker()
+    try:
+        w.wait_ready()
+        env = Path(f"/proc/{w.proc.pid}/environ").read_bytes().split(b"\0")
+        assert not any(e.startswith(b"HF_TOKEN=") for e in env) and b"HF_HUB_OFFLINE=1" in env
+    finally:
+        w.kill()
 
 
 # ---------------------------------------------------------------------------------------------------- batches
