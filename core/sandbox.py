@@ -45,11 +45,12 @@ except ImportError:  # run as the worker script (python -P core/sandbox.py): the
     MaskLensError = None  # type: ignore[assignment,misc]
 
 __all__ = ["render_batch", "submit_batch", "render_sandboxed", "probe_template", "warm_up", "shutdown", "DEFAULT_TIMEOUT_S", "DEFAULT_MAX_OUTPUT_CHARS",
-           "DEFAULT_MAX_MEMORY_MB", "POOL_SIZE"]
+           "DEFAULT_MAX_MEMORY_MB", "DEFAULT_MAX_BATCH_CHARS", "POOL_SIZE", "HARD_MEMORY_MB"]
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_OUTPUT_CHARS = 2_000_000
 DEFAULT_MAX_MEMORY_MB = 1024
+DEFAULT_MAX_BATCH_CHARS = 256_000_000  # all results of one call: 512 conversations of 500k characters
 POOL_SIZE = 2  # workers shared by all threads of a process
 HARD_MEMORY_MB = 4096  # a worker's address space never grows more than this above its start (max_memory_mb is capped)
 MAX_KILLS_PER_CALL = 4  # a call that had to kill this many workers fails its remaining jobs: time stays bounded
@@ -233,7 +234,7 @@ def _worker_loop() -> None:
         body = _read_exact(0, _HEADER.unpack(header)[0])
         if body is None:
             return
-        _, template, jobs, (timeout_s, max_chars, max_memory_mb) = pickle.loads(body)
+        _, template, jobs, (timeout_s, max_chars, max_memory_mb, max_batch_chars) = pickle.loads(body)
         del body
         _max_chars = max_chars
         cpu_soft = int(_cpu_seconds() + timeout_s) + 2
@@ -242,9 +243,16 @@ def _worker_loop() -> None:
                                                  else min(cpu_soft, cpu_hard), cpu_hard))
         resource.setrlimit(resource.RLIMIT_AS, (min(as_soft, as_hard), as_hard))
         flusher.start_batch()
+        total = 0
         for job in jobs:
             flusher.job_started = time.monotonic()
-            flusher.add(_render_one(ctu, template, job))
+            result = _render_one(ctu, template, job)
+            if result[0] == "ok":
+                total += len(result[1])
+                if total > max_batch_chars:  # what the parent receives is bounded too, not only each conversation
+                    result = ("error", "batch_output", "")
+            flusher.add(result)
+        result = None
         flusher.flush()
         jobs = None
         resource.setrlimit(resource.RLIMIT_AS, (as_hard, as_hard))
@@ -479,7 +487,7 @@ def _limits_text(timeout_s, max_memory_mb, max_output_chars) -> str:
     return f"{timeout_s:g} s / {max_memory_mb} MB / {max_output_chars:,} characters per conversation"
 
 
-def _bound_error(reason: str, detail: str, name: str, timeout_s, max_output_chars, max_memory_mb):
+def _bound_error(reason: str, detail: str, name: str, timeout_s, max_output_chars, max_memory_mb, max_batch_chars):
     fix = (f"check it for unbounded loops or huge strings (a render is bounded to "
            f"{_limits_text(timeout_s, max_memory_mb, max_output_chars)})")
     if reason == "time":
@@ -488,6 +496,11 @@ def _bound_error(reason: str, detail: str, name: str, timeout_s, max_output_char
         msg = f"{name} needed more than {max_memory_mb} MB of memory to render one conversation and was stopped."
     elif reason == "output":
         msg = f"{name} produced more than {max_output_chars:,} characters for one conversation and was stopped."
+    elif reason == "batch_output":
+        reason = "output"
+        msg = (f"not rendered: {name} produced more than {max_batch_chars:,} characters for this batch of "
+               f"conversations.")
+        fix = "render fewer conversations per call, or " + fix
     else:
         msg = f"{name} stopped the render worker ({reason}{': ' + detail if detail else ''})."
     err = MaskLensError(msg, fix=fix)
@@ -527,7 +540,7 @@ def _checked(frame, left: int) -> list:
 
 def render_batch(template: str, jobs: list[dict], *, template_name: str = "the chat template",
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
-                 max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> list:
+                 max_memory_mb: int = DEFAULT_MAX_MEMORY_MB, max_batch_chars: int = DEFAULT_MAX_BATCH_CHARS) -> list:
     """Render conversations with one template in a bounded worker. Thread-safe.
 
     jobs: dicts {"messages": [...], "tools": list | None, "add_generation_prompt": bool, "return_generation": bool,
@@ -536,9 +549,10 @@ def render_batch(template: str, jobs: list[dict], *, template_name: str = "the c
     the template raised (today's message), or it exceeded a bound (`err.bound` is "time", "memory", "output" or
     "crash"). Bounds: timeout_s wall time for the whole batch (a kill grants the jobs after it a fresh worker and
     deadline; a job that stops a fresh worker on its own is failed; after MAX_KILLS_PER_CALL kills the rest fail),
-    max_memory_mb above the worker's size, max_output_chars per conversation.
+    max_memory_mb above the worker's size, max_output_chars per conversation, max_batch_chars for the whole call
+    (what this process receives; jobs past it fail with bound "output").
     """
-    limits = (float(timeout_s), int(max_output_chars), min(int(max_memory_mb), HARD_MEMORY_MB))
+    limits = (float(timeout_s), int(max_output_chars), min(int(max_memory_mb), HARD_MEMORY_MB), int(max_batch_chars))
     return _render_batch(template, jobs, template_name, limits, MAX_KILLS_PER_CALL)
 
 
@@ -658,7 +672,8 @@ def probe_template(template: str, special_map: dict | None = None, *, template_n
     """
     kwargs = {**(special_map or {}), **template_kwargs}
     jobs = [{"messages": m, "add_generation_prompt": gp, "kwargs": kwargs} for m, gp in _PROBES]
-    limits = (float(timeout_s), int(max_output_chars), min(int(max_memory_mb), HARD_MEMORY_MB))
+    limits = (float(timeout_s), int(max_output_chars), min(int(max_memory_mb), HARD_MEMORY_MB),
+              DEFAULT_MAX_BATCH_CHARS)
     results = _render_batch(template, jobs, template_name, limits, 1)  # stop at the first kill
     errors = [r for r in results if isinstance(r, Exception)]
     for e in errors:

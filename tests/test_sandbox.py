@@ -218,6 +218,12 @@ def test_a_big_string_within_memory_hits_the_output_bound():
     assert isinstance(res, MaskLensError) and res.bound == "output"  # built inside a block, checked at the end
 
 
+def test_what_a_batch_sends_back_is_bounded():
+    got = sandbox.render_batch("{{ 'x' * 300000 }}", [{"messages": CONVO}] * 5, max_batch_chars=1_000_000, **FAST)
+    assert [len(r[0]) for r in got[:3]] == [300_000] * 3
+    assert all(isinstance(r, MaskLensError) and r.bound == "output" and "for this batch" in str(r) for r in got[3:])
+
+
 def test_raise_exception_gives_its_message(smol_tok):
     template = "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}ok"
     jobs = [{"messages": [{"role": "system", "content": "s"}] + CONVO}, {"messages": CONVO}]
@@ -233,7 +239,7 @@ def test_a_worker_without_its_parent_is_killed_by_its_cpu_limit():
     w = sandbox._Worker()
     try:
         w.wait_ready()
-        w.send_bytes(pickle.dumps(("render", NEVER_ENDS, [{"messages": []}], (1.0, 1000, 256))))
+        w.send_bytes(pickle.dumps(("render", NEVER_ENDS, [{"messages": []}], (1.0, 1000, 256, 1000))))
         t = time.monotonic()
         with pytest.raises(sandbox._Lost) as lost:
             w.recv(time.monotonic() + 30, 1 << 20)
