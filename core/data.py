@@ -364,7 +364,8 @@ def _check_messages(msgs, fld: str, err, offset: int = 0) -> list[dict]:
             raise err(f"content must be a string, got {type(content).__name__}", where + ".content",
                       "give the message text as a string"
                       + (" (serialize a tool's result with json.dumps)" if role == "tool" else ""))
-        _check_reasoning(m, where, err)
+        if not _REASONING_KEYS.isdisjoint(m):
+            _check_reasoning(m, where, err)
         for key in ("name", "tool_call_id") if role == "tool" else ("name",):
             v = m.get(key)
             if v is not None and not isinstance(v, str):
@@ -389,6 +390,7 @@ def _check_messages(msgs, fld: str, err, offset: int = 0) -> list[dict]:
 # The reasoning fields of a message. transformers 5.23 (chat_template_utils._alias_reasoning_fields) copies the first
 # one present into `reasoning_content` and `thinking` before rendering, so templates read it under either name.
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+_REASONING_KEYS = frozenset(REASONING_FIELDS)
 
 # Keys a row's chat_template_kwargs must not use: rendering takes them itself, so a row could swap the template, the
 # conversation or the tokenizer's special tokens, or break the render. From transformers 5.23's

@@ -101,7 +101,13 @@ class _Node:
         self.huge_int: int | None = None  # first row with an int beyond int64
 
 
+_KIND_OF = {dict: "struct", list: "list", tuple: "list", str: "str", int: "int", float: "float", bool: "bool"}
+
+
 def _kind(v) -> str:
+    kind = _KIND_OF.get(type(v))
+    if kind is not None:
+        return kind
     if isinstance(v, bool):
         return "bool"
     if isinstance(v, int):
@@ -166,7 +172,7 @@ class SchemaUnion:
             self.root.kinds.setdefault("struct", r)
             for k, child in self.root.keys.items():  # a column is one sequence for Arrow's inference (see _STOPS)
                 v = row.get(k)
-                self._add(child, v, r, [k], 1, self._column_counts[k])
+                self._add(child, v, r, 1, self._column_counts[k])
                 if _kind(v) in _STOPS:
                     self._column_counts[k] = False
             return
@@ -175,17 +181,17 @@ class SchemaUnion:
         # datasets reads chunk_bytes, then finishes the line: every line starting at or before that offset is in it
         if start <= self.chunk_bytes:
             self.first_chunk_rows += 1
-            self._add(self.root, row, r, [], 0)
+            self._add(self.root, row, r, 0)
         else:
             self._finalize()
             self._check_later(self.root, row, r, [], 0)
 
-    def _add(self, node: _Node, value, r: int, parts: list, depth: int, counted: bool = True) -> None:
+    def _add(self, node: _Node, value, r: int, depth: int, counted: bool = True) -> None:
         if value is None:
             return
         if depth > _MAX_DEPTH:
-            raise ValueError(f"{format_path(parts)}: nested more than {_MAX_DEPTH} levels")
-        kind = _kind(value)
+            raise ValueError(f"row {r} is nested more than {_MAX_DEPTH} levels deep")
+        kind = _KIND_OF.get(type(value)) or _kind(value)
         node.kinds.setdefault(kind, r)
         if counted:
             node.counted.add(kind)
@@ -196,22 +202,20 @@ class SchemaUnion:
                     node.keyset = ks
                 elif ks != node.keyset:
                     node.keys_differ = True
+            keys = node.keys
             for k, v in value.items():
-                child = node.keys.get(k)
+                child = keys.get(k)
                 if child is None:
-                    child = node.keys[k] = _Node()
-                parts.append(k)
-                self._add(child, v, r, parts, depth + 1)
-                parts.pop()
+                    child = keys[k] = _Node()
+                self._add(child, v, r, depth + 1)
         elif kind == "list":
-            if node.item is None:
-                node.item = _Node()
-            parts.append(EACH)
+            item = node.item
+            if item is None:
+                item = node.item = _Node()
             count = True
             for v in value:
-                self._add(node.item, v, r, parts, depth + 1, count)
-                count = count and _kind(v) not in _STOPS
-            parts.pop()
+                self._add(item, v, r, depth + 1, count)
+                count = count and _KIND_OF.get(type(v)) not in _STOPS
         elif kind == "str":
             if node.ts_strings is not None and self.loader == "json":
                 if len(value) <= 40 and _TS_CANDIDATE.match(value):
@@ -360,47 +364,53 @@ class SchemaUnion:
             if k not in row:
                 out.nulls.append(format_path([k]))
             else:
-                self._diff(child, row[k], [k], out, 1)
+                self._diff(child, row[k], format_path([k]), out, 1)
         return out
 
     def null_paths(self, row: dict) -> list[str]:
         """Pass 2: the paths of the keys `datasets` adds to this row with a null value."""
         return self.changes(row).nulls
 
-    def _diff(self, node: _Node, value, parts: list, out: RowChanges, depth: int) -> None:
+    def _diff(self, node: _Node, value, path: str, out: RowChanges, depth: int) -> None:
+        """Pass 2 below one field; path is the field's formatted path (built as we descend: no list of parts)."""
         if value is None or depth > _MAX_DEPTH:
             return
         if node.json:
             if isinstance(value, str) and _ujson_parses(value):
-                out.decoded.append(format_path(parts))
+                out.decoded.append(path)
             return
-        if isinstance(value, dict):
+        kind = _KIND_OF.get(type(value)) or _kind(value)
+        if kind == "struct":
             keys = node.keys
-            present = [k for k in keys if k in value]
-            if present != [k for k in value if k in keys]:
-                out.reordered.append(format_path(parts))
+            if len(value) > 1 and [k for k in keys if k in value] != [k for k in value if k in keys]:
+                out.reordered.append(path)
             for k, child in keys.items():
-                parts.append(k)
-                if k not in value:
-                    out.nulls.append(format_path(parts))
-                else:
-                    self._diff(child, value[k], parts, out, depth + 1)
-                parts.pop()
-        elif isinstance(value, (list, tuple)):
-            if node.item is not None:
+                v = value.get(k, _MISSING)
+                if v is _MISSING:
+                    out.nulls.append(path + _segment(k))
+                elif v is not None:
+                    self._diff(child, v, path + _segment(k), out, depth + 1)
+        elif kind == "list":
+            item = node.item
+            if item is not None:
                 for i, v in enumerate(value):
-                    parts.append(i)
-                    self._diff(node.item, v, parts, out, depth + 1)
-                    parts.pop()
-        elif isinstance(value, int):  # bools too: a bool in a float column comes back 0.0/1.0
-            if self.loader == "from_list":
-                to_float = node.arrow == "float" and not isinstance(value, float)
-            else:
-                to_float = "float" in node.kinds or node.huge_int is not None
-            if to_float:
-                out.floats.append(format_path(parts))
-        elif isinstance(value, str) and node.ts_strings:
-            out.timestamps.append(format_path(parts))
+                    if v is not None:
+                        self._diff(item, v, f"{path}[{i}]", out, depth + 1)
+        elif kind in ("int", "bool"):  # a bool in a float column comes back 0.0/1.0 too
+            if (node.arrow == "float" if self.loader == "from_list" else
+                    "float" in node.kinds or node.huge_int is not None):
+                out.floats.append(path)
+        elif kind == "str" and node.ts_strings:
+            out.timestamps.append(path)
+
+
+_MISSING = object()
+
+
+@lru_cache(maxsize=65536)
+def _segment(key: str) -> str:
+    """One key's part of a path: ".city", or '["a.b"]' for a key that is not a plain name."""
+    return "." + key if _PLAIN_KEY.match(key) else f"[{json.dumps(key, ensure_ascii=True)}]"
 
 
 def _names(kinds) -> str:
