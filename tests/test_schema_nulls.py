@@ -203,6 +203,7 @@ def test_from_list_failures_are_predicted(rows, where):
     assert [c.split(":")[0] for c in union.conflicts] == [where]
     with pytest.raises(Exception):
         datasets.Dataset.from_list(rows)
+    assert CODES["datasets_cannot_load"][0] == "error"  # the finding the audit reports them under
 
 
 @pytest.mark.parametrize("rows", [AGENT_ROWS, SHAPES_ROWS, [  # mixed scalars, decoded strings, timestamps, big ints
