@@ -136,10 +136,10 @@ CODES: dict[str, tuple[str, str, str]] = {
     ),
     "datasets_cannot_load": (
         "error",
-        "`datasets` cannot load these rows (as TRL's users do, with Dataset.from_list or load_dataset): one field holds "
-        "values of different types across rows (e.g. tool-call arguments as an object in some rows and a JSON string in "
-        "others, a number and a string, a boolean and an integer), and Arrow stores one type per field. MaskLens still "
-        "renders each row as written.",
+        "`datasets` cannot load these rows (as TRL's users do, with Dataset.from_list or load_dataset): one field "
+        "holds values of different types across rows (e.g. tool-call arguments as an object in some rows and a JSON "
+        "string in others, a number and a string, a boolean and an integer), and Arrow stores one type per field. "
+        "MaskLens still renders each row as written.",
         "Give that field one type in every row (e.g. every `arguments` as a JSON string); the message names the field "
         "and the rows.",
     ),
