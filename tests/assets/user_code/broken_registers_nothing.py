@@ -1,0 +1,5 @@
+"""Defines a strategy function but forgets to register it."""
+
+
+def first_turn(ctx):
+    return None
