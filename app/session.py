@@ -24,6 +24,8 @@ EMBEDDED = "embedded"
 # file -> what it shows off (the sample dropdown's labels)
 SAMPLES = {
     "chat_multiturn.jsonl": "multi-turn chats with system prompts",
+    "agent_traces.jsonl": "tool-calling agent traces: tool schemas, parallel calls, tool results, final answers",
+    "reasoning.jsonl": "reasoning traces (reasoning_content on several turns, one inline <think>)",
     "tools.jsonl": "tool calls and tool results",
     "weighted.jsonl": "assistant turns flagged weight 0/1, train true/false",
     "prompt_completion.jsonl": "prompt/completion strings",
@@ -38,7 +40,7 @@ def sample_choices() -> list[tuple[str, str]]:
     """(label, file name) pairs for the bundled samples present on disk, the default first (SAMPLES describes them)."""
     present = {p.name for p in SAMPLES_DIR.glob("*.jsonl")}
     names = [n for n in SAMPLES if n in present] + sorted(present - set(SAMPLES))
-    return [(n, n) for n in names]
+    return [(f"{n} — {SAMPLES[n]}" if n in SAMPLES else n, n) for n in names]
 
 
 # ------------------------------------------------------------------------------------------------------ datasets
@@ -166,6 +168,12 @@ class Settings:
     max_length: int = 0
     truncation: str = "keep_start"
     use_generation_markers: bool = True
+    template_source: str = "trl"
+    reasoning: str = "train"
+    empty_think: str = "train"
+    mask_tokens: str | tuple[str, ...] = ""  # comma-separated as typed (the Rules tab sets a tuple)
+    split_turns: bool = False
+    pad_token: str = ""
 
     def to_config(self, chat_template: str | None = None) -> MaskConfig:
         """The engine's MaskConfig; raises MaskLensError (naming the field) for a bad value."""
@@ -185,7 +193,17 @@ class Settings:
             response_template=tpl(self.response_template, "response_template"),
             instruction_template=tpl(self.instruction_template, "instruction_template"),
             max_length=max_length if max_length > 0 else None, truncation=self.truncation,
-            chat_template=chat_template or None, use_generation_markers=bool(self.use_generation_markers))
+            chat_template=chat_template or None, use_generation_markers=bool(self.use_generation_markers),
+            template_source=self.template_source, reasoning=self.reasoning, empty_think=self.empty_think,
+            mask_tokens=_token_list(self.mask_tokens), split_turns=bool(self.split_turns),
+            pad_token=(self.pad_token or "").strip() or None)
+
+
+def _token_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    r"""Token strings from a comma-separated box (\n read as a newline). Example: "</think>, <|im_end|>" -> 2 tokens."""
+    if not isinstance(value, str):
+        return tuple(value or ())
+    return tuple(unescape(t.strip()) for t in value.split(",") if t.strip())
 
 
 @dataclass
