@@ -37,14 +37,59 @@ def visible_text(text: str) -> str:
     return out or "<s>∅</s>"
 
 
+def inline_text(text: str, limit: int = 16) -> str:
+    r"""A token's text for a one-line marker: whitespace made visible, no line break, long tokens cut.
+    Example: "\n" -> '<s>↵</s>'."""
+    t = text if len(text) <= limit else text[:limit - 1] + "…"
+    out = html.escape(t, quote=False)
+    return "".join(_WS.get(c, c) for c in out).replace("<br>", "") or "<s>∅</s>"
+
+
 # ------------------------------------------------------------------------------------------------------ token view
+# Parts of a conversational example (core.spans): the underline colour in "part" mode, the legend's order.
+PART_CLASS = {"header": "ph", "reasoning": "pr", "content": "pc", "tool_calls": "pt", "eot": "pe", "scaffold": "ps",
+              "template": "po"}
+PART_HELP = {
+    "header": "role header (the generation prompt supplies it)",
+    "reasoning": "think block",
+    "content": "content",
+    "tool_calls": "tool calls",
+    "eot": "end-of-turn",
+    "scaffold": "scaffold the template inserts (e.g. an empty think block)",
+    "template": "template text outside messages",
+}
+UNDERLINES = ("part", "role")
+
+
+def token_literal(text: str) -> str:
+    r"""A token's text as a short literal for messages. Example: "\n" -> "`\\n`", "<|im_end|>" -> "`<|im_end|>`"."""
+    return "`" + json.dumps(text, ensure_ascii=False)[1:-1] + "`"
+
+
+def shift_source(infos: list[TokenInfo], i: int) -> str:
+    """What the model sees last when it predicts token i (labels are unshifted: the model shifts them itself).
+    Example: shift_source(infos, 42) -> "predicted from `\\n` at 41"."""
+    if i <= 0:
+        return "never predicted: no token precedes position 0 (its label is dropped by the shift)"
+    return f"predicted from {token_literal(infos[i - 1].text)} at {i - 1}"
+
+
+def trained_run_starts(infos: list[TokenInfo]) -> list[int]:
+    """Positions of trained tokens whose previous token is not trained: where a trained run begins."""
+    return [t.position for k, t in enumerate(infos)
+            if t.label != IGNORE and (k == 0 or infos[k - 1].label == IGNORE)]
+
+
 def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff: Iterable[int] = (),
                     empty: str = "No tokens.", truncated_at_start: int = 0,
-                    breaks: dict[int, str] | None = None) -> str:
+                    breaks: dict[int, str] | None = None, underline: str = "part", shift: bool = False) -> str:
     """The token view: one ``<span data-token-id data-label data-k>`` per token, colour-coded by CSS.
 
-    Trained vs ignored comes from ``data-label`` (-100 = ignored); the class gives the role tint (rs/ru/ra/rt/rd),
-    ``x`` marks a special token and ``d`` a token whose label differs between compared configurations.
+    Trained vs ignored comes from ``data-label`` (-100 = ignored). The class gives the role (rs/ru/ra/rt/rd) and the
+    part (ph/pr/pc/pt/pe/ps/po); ``underline`` ("part" or "role") says which of the two colours the bar under each
+    token. ``x`` marks a special token and ``d`` a token whose label differs between compared configurations.
+    ``shift`` shows the label shift: before each run of trained tokens a marker names the token the model predicts
+    the run's first token from, and that token is outlined (``pv``).
     ``breaks`` puts a labelled marker before some positions (packed rows: document boundaries).
     """
     if not infos:
@@ -54,6 +99,8 @@ def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff
     table: list[list] = []
     vis_cache: dict[str, str] = {}
     parts: list[str] = []
+    starts = set(trained_run_starts(infos)) if shift else set()
+    before_start = {i - 1 for i in starts if i > 0}
     for t in infos:
         key = (t.message, t.role, t.part, t.rule)
         k = keys.get(key)
@@ -64,32 +111,127 @@ def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff
         if v is None:
             v = vis_cache[t.text] = visible_text(t.text)
         cls = ROLE_CLASS.get(t.role, "ro")
+        pc = PART_CLASS.get(t.part)
+        if pc:
+            cls += " " + pc
         if t.special:
             cls += " x"
         if t.position in diff:
             cls += " d"
+        if t.position in before_start:
+            cls += " pv"
         if breaks and t.position in breaks:
             parts.append(f'<b class="brk">‖ {esc(breaks[t.position])}</b>')
+        if t.position in starts:
+            src = shift_source(infos, t.position)
+            short = f"from {inline_text(infos[t.position - 1].text)} #{t.position - 1}" if t.position else "#0: no input"
+            parts.append(f'<i class="sft" data-pos="{t.position}" title="{esc(f"#{t.position} is {src}")}">'
+                         f"{short} ▸</i>")
         parts.append(f'<span class="{cls}" data-token-id="{t.id}" data-label="{t.label}" data-k="{k}">{v}</span>')
-    head = (f'<div id="{elem_id}" class="tv" data-n="{len(infos)}" data-offset="{truncated_at_start}" '
-            f'data-info="{esc(json.dumps(table, ensure_ascii=False))}">')
+    mode = "by-role" if underline == "role" else "by-part"
+    head = (f'<div id="{elem_id}" class="tv {mode}{" shift" if shift else ""}" data-n="{len(infos)}" '
+            f'data-offset="{truncated_at_start}" data-info="{esc(json.dumps(table, ensure_ascii=False))}">')
     return head + "".join(parts) + "</div>"
 
 
-def legend_html() -> str:
-    return (
-        '<div class="legend">'
-        '<span class="lg"><span class="sw sw-y"></span>trained</span>'
-        '<span class="lg"><span class="sw sw-n"></span>ignored (label -100)</span>'
-        '<span class="lg"><span class="sw sw-x"></span>special token</span>'
-        '<span class="lg"><span class="ul rs"></span>system</span>'
-        '<span class="lg"><span class="ul ru"></span>user</span>'
-        '<span class="lg"><span class="ul ra"></span>assistant</span>'
-        '<span class="lg"><span class="ul rt"></span>tool</span>'
-        '<span class="lg"><span class="ul ro"></span>template</span>'
-        '<span class="lg"><code>·</code> space <code>→</code> tab <code>↵</code> newline</span>'
-        '<span class="lg hint">hover a token for id, label, message, rule</span>'
-        "</div>")
+def legend_html(underline: str = "part", shift: bool = False) -> str:
+    """The token view's key: trained/ignored/special, then the underline colours (parts or roles)."""
+    items = ['<span class="lg"><span class="sw sw-y"></span>trained</span>',
+             '<span class="lg"><span class="sw sw-n"></span>ignored (label -100)</span>',
+             '<span class="lg"><span class="sw sw-x"></span>special token</span>']
+    if underline == "role":
+        items += [f'<span class="lg"><span class="ul {c}"></span>{r}</span>'
+                  for r, c in (("system", "rs"), ("user", "ru"), ("assistant", "ra"), ("tool", "rt"))]
+        items.append('<span class="lg"><span class="ul ro"></span>template</span>')
+    else:
+        items += [f'<span class="lg" title="{esc(PART_HELP[p])}"><span class="ul {c}"></span>{esc(p)}</span>'
+                  for p, c in PART_CLASS.items()]
+    if shift:
+        items.append('<span class="lg"><i class="sft">from ↵ #41 ▸</i> the token the model predicts a trained '
+                     "run's first token from (outlined)</span>")
+    items += ['<span class="lg"><code>·</code> space <code>→</code> tab <code>↵</code> newline</span>',
+              '<span class="lg hint">hover a token for id, label, message, part, rule</span>']
+    return f'<div class="legend" data-underline="{esc(underline)}">' + "".join(items) + "</div>"
+
+
+def template_line_html(rendered: RenderedExample | None) -> str:
+    """One line above the token view: which template produced the tokens (and whether the twin renders this row
+    differently from the tokenizer's own template)."""
+    if rendered is None or not rendered.template_label:
+        return ""
+    extra = ""
+    if rendered.inference_text is not None:
+        extra = (' · <span class="swapped">the tokenizer\'s own (inference) template renders this row '
+                 "differently</span>: tick <i>inference rendering</i> to compare")
+    elif rendered.template_swapped:
+        extra = " · the tokenizer's own template renders this row identically"
+    turn = f" · turn {rendered.turn} (split_turns)" if rendered.turn is not None else ""
+    return (f'<div class="tpl-line" data-swapped="{str(rendered.template_swapped).lower()}">Tokens from '
+            f"<b>{esc(rendered.template_label)}</b>{turn}{extra}</div>")
+
+
+_PIECE_RE = None
+
+
+def _pieces(text: str) -> list[str]:
+    """Words, runs of spaces, newlines and single symbols: the units the inference diff compares."""
+    global _PIECE_RE
+    if _PIECE_RE is None:
+        import re  # noqa: PLC0415
+
+        _PIECE_RE = re.compile(r"\n|[^\S\n]+|\w+|[^\w\s]", re.UNICODE)
+    return _PIECE_RE.findall(text)
+
+
+def _diff_text(pieces: list[str], ranges: list[tuple[int, int]], cls: str) -> str:
+    marks = [False] * len(pieces)
+    for a, b in ranges:
+        for k in range(a, b):
+            marks[k] = True
+    out, k = [], 0
+    while k < len(pieces):
+        j = k
+        while j < len(pieces) and marks[j] == marks[k]:
+            j += 1
+        chunk = html.escape("".join(pieces[k:j]), quote=False).replace("\n", "<s>↵</s>\n")
+        out.append(f'<mark class="{cls}">{chunk}</mark>' if marks[k] else chunk)
+        k = j
+    return "".join(out)
+
+
+def _only(n: int, cls: str) -> str:
+    return f'<span class="{cls}">{n} characters only here</span>' if n else "nothing only here"
+
+
+def inference_html(rendered: RenderedExample | None) -> str:
+    """The training rendering beside the tokenizer's own (inference) rendering, what differs highlighted."""
+    if rendered is None:
+        return ""
+    if rendered.inference_text is None:
+        why = ("the tokenizer's own template renders this row exactly as the training template does"
+               if rendered.template_swapped else
+               "these tokens come from the tokenizer's own template (no training-template swap)")
+        return f'<div class="infer-none">No difference to show: {esc(why)}.</div>'
+    import difflib  # noqa: PLC0415
+
+    a, b = _pieces(rendered.text), _pieces(rendered.inference_text)
+    sm = difflib.SequenceMatcher(None, a, b, autojunk=len(a) > 20_000)
+    only_a, only_b = [], []
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag in ("replace", "delete"):
+            only_a.append((i1, i2))
+        if tag in ("replace", "insert"):
+            only_b.append((j1, j2))
+    n_a = sum(len("".join(a[i:j])) for i, j in only_a)
+    n_b = sum(len("".join(b[i:j])) for i, j in only_b)
+    return ('<div class="infer">'
+            f'<div class="infer-col"><div class="infer-h">training rendering (what is tokenized and trained) · '
+            f'{_only(n_a, "only-train")}</div>'
+            f'<pre class="infer-text" data-side="training">{_diff_text(a, only_a, "only-train")}</pre></div>'
+            f'<div class="infer-col"><div class="infer-h">the tokenizer\'s own (inference) rendering · '
+            f'{_only(n_b, "only-infer")}</div>'
+            f'<pre class="infer-text" data-side="inference">{_diff_text(b, only_b, "only-infer")}</pre></div>'
+            "</div>")
 
 
 # ------------------------------------------------------------------------------------------------------ stats
@@ -112,6 +254,17 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def part_stats(infos: list[TokenInfo]) -> dict[str, list[int]]:
+    """part -> [tokens, trained], in PART_CLASS order then any other part. Example: {"reasoning": [40, 40], ...}."""
+    out: dict[str, list[int]] = {}
+    for t in infos:
+        c = out.setdefault(t.part, [0, 0])
+        c[0] += 1
+        c[1] += t.label != IGNORE
+    order = list(PART_CLASS)
+    return dict(sorted(out.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
 def stats_html(rendered: RenderedExample, infos: list[TokenInfo]) -> str:
     s = token_stats(infos)
     rows = []
@@ -121,6 +274,10 @@ def stats_html(rendered: RenderedExample, infos: list[TokenInfo]) -> str:
         name = role or "template"
         rows.append(f'<tr><td><span class="ul {ROLE_CLASS.get(role, "ro")}"></span>{esc(name)}</td>'
                     f'<td>{v["tokens"]}</td><td>{v["trained"]}</td><td>{pct(share)}</td></tr>')
+    prow = []
+    for part, (n, tr) in part_stats(infos).items():
+        prow.append(f'<tr data-part="{esc(part)}"><td><span class="ul {PART_CLASS.get(part, "po")}"></span>'
+                    f"{esc(part)}</td><td>{n}</td><td>{tr}</td><td>{pct(tr / n if n else 0)}</td></tr>")
     extra = ""
     cut = rendered.n_before_truncation - rendered.n_tokens
     if cut > 0:
@@ -131,7 +288,9 @@ def stats_html(rendered: RenderedExample, infos: list[TokenInfo]) -> str:
         f'<div class="kpi"><b>{s["trained"]}</b><span>trained</span></div>'
         f'<div class="kpi"><b>{pct(s["share"])}</b><span>share</span></div></div>'
         '<table class="grid"><thead><tr><th>role</th><th>tokens</th><th>trained</th><th>share</th></tr></thead>'
-        f'<tbody>{"".join(rows)}</tbody></table>{extra}</div>')
+        f'<tbody>{"".join(rows)}</tbody></table>'
+        '<table class="grid parts"><thead><tr><th>part</th><th>tokens</th><th>trained</th><th>share</th></tr></thead>'
+        f'<tbody>{"".join(prow)}</tbody></table>{extra}</div>')
 
 
 # ------------------------------------------------------------------------------------------------------ findings
@@ -209,9 +368,14 @@ def _strip_file(message: str, name: str) -> str:
     return re.sub(r"^line \d+ ", "", m)
 
 
-def example_caption(ex, index: int, total: int) -> str:
+def example_caption(ex, index: int, total: int, turn: int | None = None, turns: list | None = None) -> str:
+    """The line beside the navigation; with split_turns also which of the row's examples is shown."""
     where = f"row {ex.row}" + (f", line {ex.line}" if ex.line else "")
-    return (f'<div class="caption">example <b>{index + 1}</b> of {total} · {esc(where)} · '
+    split = ""
+    if turn is not None and turns:
+        split = (f" · <b>turn {turn}</b> ({turns.index(turn) + 1} of {len(turns)} examples split from this row)"
+                 if turn in turns else f" · turn {turn}")
+    return (f'<div class="caption">example <b>{index + 1}</b> of {total} · {esc(where)}{split} · '
             f"<code>{esc(ex.kind)}</code></div>")
 
 

@@ -215,6 +215,8 @@ class Session:
     index: int = 0
     settings: Settings = field(default_factory=Settings)
     chat_template: str | None = None  # an edited template replacing the tokenizer's; None = the tokenizer's
+    turn: int | None = None  # split_turns: the assistant message whose example is shown (None: the row's first)
+    display: dict = field(default_factory=dict)  # token view display options (app.tab_inspect.DISPLAY_DEFAULTS)
 
     @property
     def example(self) -> Example | None:
@@ -229,12 +231,18 @@ class Session:
     def tokenizer(self):
         return get_tokenizer(self.tokenizer_name)
 
-    def render_current(self, cfg: MaskConfig | None = None) -> RenderedExample:
+    def render_row(self, cfg: MaskConfig | None = None) -> list[RenderedExample]:
+        """The current row rendered: one example, or one per trained assistant turn with split_turns."""
         ex = self.example
         if ex is None:
             raise MaskLensError("no example to render",
                                 fix="choose a sample dataset, upload a file or paste an example")
-        return render_examples([ex], self.tokenizer(), cfg or self.config())[0]
+        return render_examples([ex], self.tokenizer(), cfg or self.config())
+
+    def render_current(self, cfg: MaskConfig | None = None) -> RenderedExample:
+        """The example shown: with split_turns, the one for `turn` (else the row's first)."""
+        rs = self.render_row(cfg)
+        return next((r for r in rs if r.turn is not None and r.turn == self.turn), rs[0])
 
     def tokenizer_template(self) -> str:
         """The tokenizer's own chat template (its 'default' when it ships several), or ''."""

@@ -14,9 +14,11 @@ from typing import NamedTuple
 
 import gradio as gr
 
+from core.config import TEMPLATE_SOURCES, TRAIN_MASK
 from core.data import ROLES
-from core.engine import EOS_MODES, STRATEGIES, TRUNCATION_MODES, MaskConfig
+from core.engine import EOS_MODES, TRUNCATION_MODES, MaskConfig, RenderedExample
 from core.errors import MaskLensError
+from core.strategies import get_strategy, strategy_names
 
 from . import render
 from .session import (DEFAULT_SAMPLE, EMBEDDED, Session, Settings, escape, get_tokenizer, load_dataset,
@@ -49,9 +51,18 @@ element.addEventListener('mouseover', (e) => {
   const lab = s.dataset.label;
   const where = msg === null ? 'template text (no message)' : role ? `message ${msg} (${role})` : `example #${msg + 1}`;
   tip.className = lab === '-100' ? 'tip-n' : 'tip-y';
-  const text = s.textContent.replace(/·/g, ' ').replace(/→/g, '\t').replace(/↵/g, '\n').replace(/␍/g, '\r');
+  const raw = (el) => el.textContent.replace(/·/g, ' ').replace(/→/g, '\t').replace(/↵/g, '\n').replace(/␍/g, '\r')
+    .replace(/∅/g, '');
+  const lit = (el) => '`' + JSON.stringify(raw(el)).slice(1, -1) + '`';
+  // The label shift: labels are unshifted; the model predicts token i from position i-1 (it shifts them itself).
+  let shift = '';
+  if (lab !== '-100') shift = pos > 0 ? `\npredicted from ${lit(v.toks[pos - 1])} at ${pos - 1}` :
+    '\nnever predicted: no token precedes position 0 (its label is dropped by the shift)';
+  const nxt = v.toks[pos + 1];
+  if (nxt && nxt.dataset.label !== '-100') shift += `\nthe output here is trained: it predicts #${pos + 1}`;
   tip.textContent = `#${pos}  id ${s.dataset.tokenId}  label ${lab}${lab === '-100' ? ' (ignored)' : ''}` +
-    `${s.classList.contains('x') ? '  special' : ''}\n${where} · ${part}\n${rule}\ntext ${JSON.stringify(text)}`;
+    `${s.classList.contains('x') ? '  special' : ''}\n${where} · part: ${part}\n${rule}${shift}\n` +
+    `text ${JSON.stringify(raw(s))}`;
   tip.style.display = 'block';
   const r = s.getBoundingClientRect();
   const x = Math.min(r.left, window.innerWidth - tip.offsetWidth - 8);
@@ -81,6 +92,77 @@ def config_help(name: str) -> str:
     return next(f.metadata.get("help", "") for f in dataclasses.fields(MaskConfig) if f.name == name)
 
 
+# Token view display options (Session.display): what the bar under each token shows, the label-shift markers, the
+# tokenizer's own (inference) rendering beside the training one.
+DISPLAY_DEFAULTS = {"underline": "part", "shift": False, "inference": False}
+# The Rules tab registers rule sets as rules:<name>@<digest> (one per edit): the list shows only the session's own.
+_APP_RULES_MARK = "@"
+
+
+def display(session: Session) -> dict:
+    return {**DISPLAY_DEFAULTS, **(session.display or {})}
+
+
+def strategy_choices(current: str | None = None) -> list[str]:
+    """The registry's strategies (core.strategies), without other sessions' rule sets from the Rules tab."""
+    names = [n for n in strategy_names() if not (n.startswith("rules:") and _APP_RULES_MARK in n)]
+    if current and current not in names and get_strategy(current) is not None:
+        names.append(current)
+    return names
+
+
+def strategy_info(name: str) -> str:
+    spec = get_strategy(name)
+    return spec.help if spec is not None else ""
+
+
+def template_source_choices() -> list[tuple[str, str]]:
+    from core.trl_templates import trl_version  # noqa: PLC0415
+
+    labels = {"trl": f"as TRL {trl_version()} (training template swap)",
+              "own": "MaskLens's own masking on the inference template"}
+    return [(labels[v], v) for v in TEMPLATE_SOURCES]
+
+
+# ------------------------------------------------------------------------------------------------------ templates
+TOKENIZER_TEMPLATE = "tokenizer"
+EDITED_TEMPLATE = "edited"
+# Vision-language templates iterate over content parts; MaskLens takes string content.
+_VLM_TEMPLATES = {"idefics3", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm", "lfm2_2_5_vl"}
+
+
+def trl_inference_templates() -> dict[str, Path]:
+    """TRL's shipped chat templates that a model's tokenizer carries (not the *_training twins), by stem."""
+    from .tab_compare import trl_templates  # noqa: PLC0415
+
+    return {name[:-len(".jinja")]: path for name, path in trl_templates().items()
+            if not name.endswith("_training.jinja") and name[:-len(".jinja")] not in _VLM_TEMPLATES}
+
+
+def template_choices() -> list[tuple[str, str]]:
+    return ([("the tokenizer's own", TOKENIZER_TEMPLATE), ("edited in the Chat template box", EDITED_TEMPLATE)]
+            + [(f"TRL {stem}.jinja", f"trl:{stem}") for stem in trl_inference_templates()])
+
+
+def template_choice(session: Session) -> str:
+    """Which picker entry the session's chat template is."""
+    if not session.chat_template:
+        return TOKENIZER_TEMPLATE
+    for stem, path in trl_inference_templates().items():
+        if _read(path) == session.chat_template:
+            return f"trl:{stem}"
+    return EDITED_TEMPLATE
+
+
+_TEXTS: dict[Path, str] = {}
+
+
+def _read(path: Path) -> str:
+    if path not in _TEXTS:
+        _TEXTS[path] = path.read_text(encoding="utf-8")
+    return _TEXTS[path]
+
+
 class InspectOut(NamedTuple):
     """What every Inspect callback returns, in the order of InspectTab.outputs."""
 
@@ -93,6 +175,67 @@ class InspectOut(NamedTuple):
     caption: str
     error: str
     data_info: str
+    strategy: dict  # gr.update: the registry's strategies, the session's one, its help
+    template_line: str  # which template produced the tokens
+    legend: str
+    turns: dict  # gr.update: split_turns' examples of this row ("row 3, turn 5")
+    inference: str  # the tokenizer's own (inference) rendering beside the training one, when asked for
+    rt_options: dict  # gr.update: the response_template controls, visible for that strategy
+    split: dict  # gr.update: split_turns, only with assistant_only
+    pad_note: str  # which pad token the old collator masks
+    template_pick: dict  # gr.update: the chat template picker's entry for the session's template
+    mask_tokens: dict  # gr.update: the session's mask_tokens (the Rules tab may set them)
+
+
+def pad_note_html(session: Session) -> str:
+    """Which pad token the old collator (response_template) masks, and how to change it."""
+    s = session.settings
+    if s.strategy != "response_template":
+        return ""
+    try:
+        tok = session.tokenizer()
+    except Exception:  # noqa: BLE001 - the tokenizer error is shown elsewhere
+        return ""
+    eos = tok.eos_token
+    if (s.pad_token or "").strip():
+        pad = s.pad_token.strip()
+        tid = tok.convert_tokens_to_ids(pad)
+        same = " — the same id as EOS, so every EOS is masked" if tid == tok.eos_token_id else ""
+        return (f'<div class="hint pad-note">The old collator masks every token equal to pad token '
+                f"<code>{render.esc(pad)}</code> (id {render.esc(tid)}){same}.</div>")
+    if tok.pad_token_id is None:
+        return (f'<div class="note pad-note">The tokenizer has no pad token: its EOS <code>{render.esc(eos)}</code> '
+                f"(id {tok.eos_token_id}) is assumed, as TRL 0.19.1's SFTTrainer set it — so the old collator masks "
+                "every EOS. Type another pad token above (one the tokenizer has, e.g. its unk token) to change "
+                "it.</div>")
+    same = tok.pad_token_id == tok.eos_token_id
+    return (f'<div class="{"note" if same else "hint"} pad-note">Pad token: the tokenizer\'s '
+            f"<code>{render.esc(tok.pad_token)}</code> (id {tok.pad_token_id})"
+            + (" — the same as its EOS, so the old collator masks every EOS. Type another pad token above to change "
+               "it." if same else ".") + "</div>")
+
+
+def _turn_choices(rendered: list[RenderedExample]) -> list[tuple[str, str]]:
+    return [(f"row {r.row}, turn {r.turn}", str(r.turn)) for r in rendered if r.turn is not None]
+
+
+def _controls(session: Session, rendered: list[RenderedExample] | None = None,
+              shown: RenderedExample | None = None) -> dict:
+    """The updates every view returns besides the token view: strategy list, visibility, split_turns' turns."""
+    s = session.settings
+    turns = _turn_choices(rendered or [])
+    return dict(
+        strategy=gr.update(choices=strategy_choices(s.strategy), value=s.strategy, info=strategy_info(s.strategy)),
+        turns=gr.update(choices=turns, value=str(shown.turn) if shown is not None and shown.turn is not None else None,
+                        visible=bool(turns)),
+        rt_options=gr.update(visible=s.strategy == "response_template"),
+        split=gr.update(value=bool(s.split_turns), interactive=s.strategy == "assistant_only"),
+        pad_note=pad_note_html(session),
+        template_pick=gr.update(value=template_choice(session)),
+        legend=render.legend_html(display(session)["underline"], display(session)["shift"]),
+        mask_tokens=gr.update(value=s.mask_tokens if isinstance(s.mask_tokens, str) else
+                              ", ".join(escape(t) for t in s.mask_tokens)),
+    )
 
 
 def view(session: Session, error: str = "") -> InspectOut:
@@ -102,30 +245,36 @@ def view(session: Session, error: str = "") -> InspectOut:
     if ex is None:
         why = "No valid example in this dataset: see the rows skipped." if session.data is not None else \
             "No data yet: choose a sample, upload a file or paste an example."
-        return InspectOut(session, render.token_view_html([], empty=why), "", "", "", 0, "", error, data_info)
+        return InspectOut(session, render.token_view_html([], empty=why), "", "", "", 0, "", error, data_info,
+                          template_line="", inference="", **_controls(session))
     session.index = max(0, min(session.index, len(session.data.examples) - 1))
     n = len(session.data.examples)
-    caption = render.example_caption(ex, session.index, n)
     raw = render.raw_json(ex)
+    opts = display(session)
     try:
         tok = session.tokenizer()
-        r = session.render_current()
+        rendered = session.render_row()
+        r = next((x for x in rendered if x.turn is not None and x.turn == session.turn), rendered[0])
         infos = r.tokens(tok)
-    except MaskLensError as e:
-        msg = str(e)
-        gr.Warning(msg)
-        return InspectOut(session, render.token_view_html([], empty="Nothing rendered: see the error above."), "",
-                          "", raw, session.index + 1, caption, error + render.error_html(msg), data_info)
     except Exception as e:  # a bug or an exotic tokenizer/template: report it in the page, keep the server up
-        log.exception("rendering failed")
-        msg = f"{type(e).__name__}: {e}"
+        if isinstance(e, MaskLensError):
+            msg, title = str(e), "Error"
+        else:
+            log.exception("rendering failed")
+            msg, title = f"{type(e).__name__}: {e}", "Unexpected error"
         gr.Warning(msg)
         return InspectOut(session, render.token_view_html([], empty="Nothing rendered: see the error above."), "",
-                          "", raw, session.index + 1, caption, error + render.error_html(msg, "Unexpected error"),
-                          data_info)
-    return InspectOut(session, render.token_view_html(infos, truncated_at_start=r.truncated_at_start),
-                      render.stats_html(r, infos), render.findings_html(r.findings), raw, session.index + 1, caption,
-                      error, data_info)
+                          "", raw, session.index + 1, render.example_caption(ex, session.index, n),
+                          error + render.error_html(msg, title), data_info, template_line="", inference="",
+                          **_controls(session))
+    caption = render.example_caption(ex, session.index, n, turn=r.turn,
+                                     turns=[x.turn for x in rendered] if r.turn is not None else None)
+    tv = render.token_view_html(infos, truncated_at_start=r.truncated_at_start, underline=opts["underline"],
+                                shift=opts["shift"])
+    return InspectOut(session, tv, render.stats_html(r, infos), render.findings_html(r.findings), raw,
+                      session.index + 1, caption, error, data_info, template_line=render.template_line_html(r),
+                      inference=render.inference_html(r) if opts["inference"] else "",
+                      **_controls(session, rendered, r))
 
 
 def _err(e: Exception) -> str:
@@ -208,7 +357,7 @@ def on_tokenizer(session: Session, name: str):
 def on_sample(session: Session, file_name: str) -> InspectOut:
     try:
         session.data = load_sample(file_name)
-        session.index = 0
+        session.index, session.turn = 0, None
     except Exception as e:  # noqa: BLE001
         return view(session, _err(e))
     return view(session)
@@ -225,23 +374,44 @@ def on_upload(session: Session, path: str | None) -> InspectOut:
     except Exception as e:  # noqa: BLE001
         log.exception("upload failed")
         return view(session, _err(e))
-    session.data, session.index = data, 0
+    session.data, session.index, session.turn = data, 0, None
     if data.errors:
         gr.Warning(f"{data.name}: {len(data.errors)} of {data.n_rows} rows could not be read (listed under Data)")
     return view(session)
 
 
 def on_settings(session: Session, *values) -> InspectOut:
-    """Any masking control changed: values in the order of Settings' fields."""
+    """Any masking control changed: values in the order of Settings' fields. A bad combination (split_turns with
+    another strategy than assistant_only) is resolved as the controls show it: split_turns goes off."""
     s = Settings(*values)
     s.train_roles = tuple(s.train_roles or ())
     s.max_length = int(s.max_length or 0)
+    s.split_turns = bool(s.split_turns) and s.strategy == "assistant_only"
+    if not s.split_turns:
+        session.turn = None
     session.settings = s
+    return view(session)
+
+
+def on_display(session: Session, underline: str, shift: bool, inference: bool) -> InspectOut:
+    """A token view display option changed (bar colour, label-shift markers, inference rendering)."""
+    session.display = {"underline": underline if underline in render.UNDERLINES else "part", "shift": bool(shift),
+                       "inference": bool(inference)}
+    return view(session)
+
+
+def on_turn(session: Session, turn) -> InspectOut:
+    """split_turns: show the example of another assistant turn of the current row."""
+    try:
+        session.turn = int(turn) if turn not in (None, "") else None
+    except (TypeError, ValueError):
+        session.turn = None
     return view(session)
 
 
 def on_nav(session: Session, step: int) -> InspectOut:
     session.index += step
+    session.turn = None
     if session.data is not None and session.data.examples:
         session.index %= len(session.data.examples)
     return view(session)
@@ -259,14 +429,16 @@ def on_jump(session: Session, number) -> InspectOut:
     """Jump to example `number` (1-based, as shown)."""
     try:
         session.index = int(number or 1) - 1
+        session.turn = None
     except (TypeError, ValueError):
         pass
     return view(session)
 
 
-def open_row(session: Session, position: int) -> InspectOut:
-    """Open the example at a position of the dataset (used by Audit's 'open in Inspect')."""
+def open_row(session: Session, position: int, turn: int | None = None) -> InspectOut:
+    """Open the example at a position of the dataset (used by Audit's 'open in Inspect'); `turn` with split_turns."""
     session.index = int(position)
+    session.turn = turn
     return view(session)
 
 
@@ -295,6 +467,21 @@ def on_apply_template(session: Session, text: str) -> InspectOut:
     own = _template_text_of_tokenizer(session)
     session.chat_template = None if (not text.strip() or text == own) else text
     return view(session)
+
+
+def on_pick_template(session: Session, choice: str):
+    """The chat template picker: the tokenizer's own, or one of TRL's shipped templates (as a model's tokenizer
+    carries it, so TRL's training-template swap shows). Returns InspectOut + (template text for the code box)."""
+    if choice == TOKENIZER_TEMPLATE:
+        session.chat_template = None
+    elif choice and choice.startswith("trl:"):
+        path = trl_inference_templates().get(choice[4:])
+        if path is None:
+            return (*view(session, _err(MaskLensError(f"TRL ships no chat template {choice[4:]!r}",
+                                                      field="chat template"))), gr.update())
+        session.chat_template = _read(path)
+    # EDITED_TEMPLATE: keep what the Chat template box holds (Apply template sets it)
+    return (*view(session), _template_text(session))
 
 
 def on_use_template(session: Session, text: str):
@@ -330,6 +517,11 @@ class InspectTab:
     controls: dict
 
 
+SETTING_FIELDS = ["strategy", "eos", "train_roles", "response_template", "instruction_template", "templates_as_ids",
+                  "max_length", "truncation", "use_generation_markers", "template_source", "reasoning", "empty_think",
+                  "mask_tokens", "split_turns", "pad_token"]
+
+
 def build_inspect_tab(session: gr.State) -> InspectTab:
     """The Inspect tab's components and events (call inside a gr.Tab)."""
     s0 = Settings()
@@ -339,24 +531,51 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                 tok_name = gr.Textbox(value=EMBEDDED, label="Tokenizer", scale=4, elem_id="tokenizer-name",
                                       placeholder="embedded | org/model | /path/to/dir")
                 tok_btn = gr.Button("Load", scale=0, min_width=64, size="md", elem_id="tokenizer-load")
+            tpl_pick = gr.Dropdown(choices=template_choices(), value=TOKENIZER_TEMPLATE, label="Chat template",
+                                   filterable=True, elem_id="template-pick",
+                                   info="the tokenizer's own, or one TRL ships (e.g. qwen3: TRL swaps in its training "
+                                        "twin), rendered with this tokenizer's vocabulary")
             with gr.Row(elem_classes="data-row"):
                 sample = gr.Dropdown(choices=sample_choices(), value=DEFAULT_SAMPLE, label="Data", scale=4,
                                      elem_id="sample")
                 upload = gr.UploadButton("Upload…", type="filepath", size="md", scale=0, min_width=80,
                                          file_types=[".jsonl", ".json", ".parquet", ".csv"], elem_id="upload")
             data_info = gr.HTML(elem_id="data-info")
-            strategy = gr.Radio(choices=STRATEGIES, value=s0.strategy, label="Strategy", elem_id="strategy")
+            strategy = gr.Radio(choices=strategy_choices(s0.strategy), value=s0.strategy, label="Strategy",
+                                info=strategy_info(s0.strategy), elem_id="strategy")
             with gr.Accordion("Options", open=True, elem_classes="opts"):
+                source = gr.Radio(choices=template_source_choices(), value=s0.template_source,
+                                  label="Template source", info=config_help("template_source"),
+                                  elem_id="template-source")
+                with gr.Row(elem_classes="pair"):
+                    reasoning = gr.Radio(choices=list(TRAIN_MASK), value=s0.reasoning, label="Reasoning",
+                                         info="think blocks: train, or mask (rendered, not trained)",
+                                         elem_id="reasoning", min_width=120)
+                    empty_think = gr.Radio(choices=list(TRAIN_MASK), value=s0.empty_think, label="Empty think",
+                                           info="think blocks / scaffolding the template inserts",
+                                           elem_id="empty-think", min_width=120)
+                mask_tokens = gr.Textbox(value="", label="Never train these tokens",
+                                         info=config_help("mask_tokens") + "; comma-separated",
+                                         placeholder="</think>", elem_id="mask-tokens")
+                split = gr.Checkbox(value=s0.split_turns, label="split_turns (only with assistant_only)",
+                                    info=config_help("split_turns"), elem_id="split-turns")
                 eos = gr.Radio(choices=list(EOS_MODES), value=s0.eos, label="EOS / end-of-turn",
                                info=config_help("eos"))
                 roles = gr.CheckboxGroup(choices=list(ROLES), value=list(s0.train_roles), label="Train roles",
                                          info=config_help("train_roles"))
-                resp = gr.Textbox(value=s0.response_template, label="Response template",
-                                  info=config_help("response_template") + r" (\n = newline)",
-                                  elem_id="response-template")
-                instr = gr.Textbox(value=s0.instruction_template, label="Instruction template",
-                                   info=config_help("instruction_template"), placeholder=r"e.g. <|im_start|>user\n")
-                as_ids = gr.Checkbox(value=s0.templates_as_ids, label="Templates are token ids (comma-separated)")
+                with gr.Group(visible=s0.strategy == "response_template", elem_id="rt-options") as rt_options:
+                    resp = gr.Textbox(value=s0.response_template, label="Response template",
+                                      info=config_help("response_template") + r" (\n = newline)",
+                                      elem_id="response-template")
+                    instr = gr.Textbox(value=s0.instruction_template, label="Instruction template",
+                                       info=config_help("instruction_template"),
+                                       placeholder=r"e.g. <|im_start|>user\n")
+                    as_ids = gr.Checkbox(value=s0.templates_as_ids,
+                                         label="Templates are token ids (comma-separated)")
+                    pad = gr.Textbox(value=s0.pad_token, label="Pad token", info=config_help("pad_token"),
+                                     placeholder="default: the tokenizer's pad token, else its EOS",
+                                     elem_id="pad-token")
+                    pad_note = gr.HTML(elem_id="pad-note")
                 with gr.Row():
                     max_len = gr.Number(value=s0.max_length, label="max_length (0 = none)", precision=0, minimum=0,
                                         min_width=100)
@@ -377,10 +596,23 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                                    elem_id="example-number", show_label=False, container=False)
                 next_btn = gr.Button("Next ▶", size="sm", min_width=70, scale=0, elem_id="next")
                 caption = gr.HTML(elem_id="caption")
+            turns = gr.Radio(choices=[], label="split_turns: examples of this row", visible=False,
+                             elem_id="turn-pick")
             error = gr.HTML(elem_id="inspect-error")
-            gr.HTML(render.legend_html())
+            template_line = gr.HTML(elem_id="template-line")
+            with gr.Row(elem_classes="tv-tools"):
+                gr.HTML('<span class="tools-label">bar under each token:</span>', padding=False)
+                underline = gr.Radio(choices=list(render.UNDERLINES), value=DISPLAY_DEFAULTS["underline"],
+                                     label="bar under tokens", container=False, scale=0, min_width=160,
+                                     elem_id="underline")
+                shift = gr.Checkbox(value=DISPLAY_DEFAULTS["shift"], label="label shift", container=False, scale=0,
+                                    min_width=110, elem_id="shift-toggle")
+                inference = gr.Checkbox(value=DISPLAY_DEFAULTS["inference"], label="inference rendering",
+                                        container=False, scale=0, min_width=160, elem_id="inference-toggle")
+            legend = gr.HTML(render.legend_html(), elem_id="legend")
             token_view = gr.HTML(render.token_view_html([], empty="Loading the embedded tokenizer and a sample…"),
                                  js_on_load=TOKEN_VIEW_JS, elem_id="token-view-box", elem_classes="tvbox")
+            inference_view = gr.HTML(elem_id="inference-view")
         with gr.Column(scale=2, min_width=300, elem_classes="sidecol"):
             stats = gr.HTML(elem_id="stats")
             findings = gr.HTML(elem_id="findings", js_on_load=FINDINGS_JS)
@@ -389,22 +621,27 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                               wrap_lines=True, elem_id="example-json")
                 apply_json = gr.Button("Render edited JSON", size="sm", elem_id="apply-json")
 
-    outputs = [session, token_view, stats, findings, raw, number, caption, error, data_info]
-    settings_inputs = [strategy, eos, roles, resp, instr, as_ids, max_len, trunc, gen]
-    assert [f.name for f in dataclasses.fields(Settings)] == ["strategy", "eos", "train_roles", "response_template",
-                                                              "instruction_template", "templates_as_ids", "max_length",
-                                                              "truncation", "use_generation_markers"]
+    outputs = [session, token_view, stats, findings, raw, number, caption, error, data_info, strategy, template_line,
+               legend, turns, inference_view, rt_options, split, pad_note, tpl_pick, mask_tokens]
+    assert len(outputs) == len(InspectOut._fields)
+    settings_inputs = [strategy, eos, roles, resp, instr, as_ids, max_len, trunc, gen, source, reasoning, empty_think,
+                       mask_tokens, split, pad]
+    assert [f.name for f in dataclasses.fields(Settings)] == SETTING_FIELDS
 
     tok_args = dict(fn=on_tokenizer, inputs=[session, tok_name], outputs=outputs + [tpl_code, resp])
     tok_btn.click(**tok_args)
     tok_name.submit(**tok_args)
+    tpl_pick.input(on_pick_template, [session, tpl_pick], outputs + [tpl_code])
     sample.input(on_sample, [session, sample], outputs)
     upload.upload(lambda s, p: (*on_upload(s, p), None), [session, upload], outputs + [sample])
-    for c in (strategy, eos, roles, as_ids, trunc, gen):
+    for c in (strategy, eos, roles, as_ids, trunc, gen, source, reasoning, empty_think, split):
         c.input(on_settings, [session, *settings_inputs], outputs)
-    for c in (resp, instr, max_len):
+    for c in (resp, instr, max_len, mask_tokens, pad):
         c.submit(on_settings, [session, *settings_inputs], outputs)
         c.blur(on_settings, [session, *settings_inputs], outputs)
+    for c in (underline, shift, inference):
+        c.input(on_display, [session, underline, shift, inference], outputs)
+    turns.input(on_turn, [session, turns], outputs)
     prev_btn.click(on_prev, [session], outputs)
     next_btn.click(on_next, [session], outputs)
     number.submit(on_jump, [session, number], outputs)
@@ -414,4 +651,4 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
 
     return InspectTab(session=session, outputs=outputs, load_outputs=outputs + [tok_name, sample, tpl_code, resp],
                       controls={"strategy": strategy, "number": number, "token_view": token_view, "error": error,
-                                "chat_template": tpl_code})
+                                "chat_template": tpl_code, "settings": settings_inputs})

@@ -15,8 +15,7 @@ from core.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
 from core.errors import MaskLensError
 
 TOKEN_RE = re.compile(r'<span class="([^"]*)" data-token-id="(-?\d+)" data-label="(-?\d+)" data-k="(\d+)">')
-SETTING_NAMES = ["strategy", "eos", "train_roles", "response_template", "instruction_template", "templates_as_ids",
-                 "max_length", "truncation", "use_generation_markers"]
+SETTING_NAMES = tab_inspect.SETTING_FIELDS
 
 
 def tokens_of(html: str) -> list[tuple[str, int, int]]:
@@ -104,8 +103,10 @@ def test_navigation_and_jump(loaded):
 
 
 def test_bundled_samples_all_load(smol_tok):
-    names = [n for _, n in sample_choices()]
-    assert names[0] == "chat_multiturn.jsonl" and len(names) == 8
+    choices = sample_choices()
+    names = [n for _, n in choices]
+    assert names[:3] == ["chat_multiturn.jsonl", "agent_traces.jsonl", "reasoning.jsonl"] and len(names) == 10
+    assert all(label.startswith(n + " — ") for label, n in choices)  # a one-line description beside each file
     for name in names:
         d = load_sample(name)
         assert d.examples, name
