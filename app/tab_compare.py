@@ -1,7 +1,8 @@
 """Compare: 2-4 configurations side by side on the Inspect tab's current example; differing labels outlined and counted.
 
-Each configuration sets a strategy, an EOS mode, a response template and a chat template; everything else (train
-roles, max_length, truncation...) comes from the Inspect tab's settings.
+Each configuration sets a strategy (any the registry holds), an EOS mode, a response template, a chat template and the
+options of the parts strategies (template source, reasoning, empty think blocks, tokens never trained, split_turns);
+everything else (train roles, max_length, truncation...) comes from the Inspect tab's settings.
 """
 
 from __future__ import annotations
@@ -9,27 +10,43 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
-from core.engine import EOS_MODES, STRATEGIES, render_examples
+from core.config import TRAIN_MASK
+from core.engine import EOS_MODES, render_examples
 from core.errors import MaskLensError
 
 from . import render
 from .session import Session, unescape
-from .tab_inspect import TOKEN_VIEW_JS
+from .tab_inspect import TOKEN_VIEW_JS, strategy_choices
 
 log = logging.getLogger(__name__)
 
 MAX_CONFIGS = 4
 TOKENIZER_TEMPLATE = "tokenizer"
 INSPECT_TEMPLATE = "inspect"
-# (strategy, eos, response template as typed, chat template choice): full vs assistant_only vs the old collator
-DEFAULTS = [("full", "every_turn", "", TOKENIZER_TEMPLATE),
-            ("assistant_only", "every_turn", "", TOKENIZER_TEMPLATE),
-            ("response_template", "every_turn", r"<|im_start|>assistant\n", TOKENIZER_TEMPLATE),
-            ("last_assistant", "every_turn", "", TOKENIZER_TEMPLATE)]
-FIELDS = 4  # UI values per configuration
+
+
+class Cfg(NamedTuple):
+    """One configuration as its controls hold it (the order of the UI values)."""
+
+    strategy: str
+    eos: str = "every_turn"
+    response_template: str = ""
+    chat_template: str = TOKENIZER_TEMPLATE  # a template_choices() value
+    template_source: str = "trl"
+    reasoning: str = "train"
+    empty_think: str = "train"
+    mask_tokens: str = ""
+    split_turns: bool = False
+
+
+# full vs assistant_only vs the old collator vs the last turn only
+DEFAULTS = [Cfg("full"), Cfg("assistant_only"), Cfg("response_template", response_template=r"<|im_start|>assistant\n"),
+            Cfg("last_assistant")]
+FIELDS = len(Cfg._fields)  # UI values per configuration
 
 
 def trl_templates() -> dict[str, Path]:
@@ -62,39 +79,70 @@ def resolve_template(session: Session, choice: str) -> tuple[str | None, str]:
     raise MaskLensError(f"unknown chat template choice {choice!r}", field="chat template")
 
 
-def config_name(strategy: str, eos: str, resp: str, tpl_name: str) -> str:
+def config_name(strategy: str, eos: str, resp: str, tpl_name: str, options: dict | None = None) -> str:
+    """A configuration in a few words. Example: "assistant_only eos=last_turn reasoning=mask · qwen3.jinja"."""
     name = strategy
     if strategy == "response_template" and resp:
         name += f" {resp!r}"
     if eos != "every_turn" and strategy in ("assistant_only", "last_assistant"):
         name += f" eos={eos}"
+    for k, v in (options or {}).items():
+        name += f" {k}={v}"
     if tpl_name:
         name += f" · {tpl_name}"
     return name
 
 
+def _options(c: Cfg) -> dict:
+    """The options set away from TRL's behaviour (the name shows them)."""
+    out = {}
+    if c.template_source != "trl":
+        out["template_source"] = c.template_source
+    if c.reasoning != "train":
+        out["reasoning"] = c.reasoning
+    if c.empty_think != "train":
+        out["empty_think"] = c.empty_think
+    if (c.mask_tokens or "").strip():
+        out["mask_tokens"] = c.mask_tokens.strip()
+    if c.split_turns and c.strategy == "assistant_only":
+        out["split_turns"] = "on"
+    return out
+
+
+def _pick(rendered: list, turn: int | None):
+    """With split_turns one row gives one example per turn: the Inspect tab's turn, else the last (whole history)."""
+    if len(rendered) == 1:
+        return rendered[0]
+    return next((r for r in rendered if r.turn == turn), rendered[-1])
+
+
 def on_compare(session: Session, n: int, *values):
-    """Render the current example under n configurations. values: MAX_CONFIGS x (strategy, eos, response template,
-    chat template choice). Returns (summary HTML, one token view HTML per configuration slot)."""
+    """Render the current example under n configurations. values: MAX_CONFIGS x Cfg fields. Returns (summary HTML,
+    one token view HTML per configuration slot, one strategy-list update per slot: the registry as it is now)."""
     n = max(2, min(MAX_CONFIGS, int(n or 2)))
     views = [""] * MAX_CONFIGS
+    lists = [gr.update(choices=strategy_choices(session.settings.strategy)) for _ in range(MAX_CONFIGS)]
     ex = session.example
     if ex is None:
-        return (render.error_html("No example: choose data in the Inspect tab first.", "Nothing to compare"), *views)
+        return (render.error_html("No example: choose data in the Inspect tab first.", "Nothing to compare"), *views,
+                *lists)
     try:
         tok = session.tokenizer()
     except MaskLensError as e:
-        return (render.error_html(str(e)), *views)
+        return (render.error_html(str(e)), *views, *lists)
     names, rendered, slots = [], [], []
     for i in range(n):
-        strategy, eos, resp, tpl_choice = values[i * FIELDS:(i + 1) * FIELDS]
+        c = Cfg(*values[i * FIELDS:(i + 1) * FIELDS])
         try:
-            template, tpl_name = resolve_template(session, tpl_choice)
-            settings = replace(session.settings, strategy=strategy, eos=eos,
-                               response_template=resp if strategy == "response_template" else
-                               session.settings.response_template)
+            template, tpl_name = resolve_template(session, c.chat_template)
+            settings = replace(session.settings, strategy=c.strategy, eos=c.eos,
+                               response_template=c.response_template if c.strategy == "response_template" else
+                               session.settings.response_template,
+                               template_source=c.template_source or "trl", reasoning=c.reasoning or "train",
+                               empty_think=c.empty_think or "train", mask_tokens=c.mask_tokens or "",
+                               split_turns=bool(c.split_turns) and c.strategy == "assistant_only")
             cfg = settings.to_config(template or session.chat_template)
-            r = render_examples([ex], tok, cfg)[0]
+            r = _pick(render_examples([ex], tok, cfg), session.turn)
         except MaskLensError as e:
             views[i] = render.error_html(str(e), f"Configuration {chr(65 + i)}")
             continue
@@ -102,12 +150,14 @@ def on_compare(session: Session, n: int, *values):
             log.exception("compare failed")
             views[i] = render.error_html(f"{type(e).__name__}: {e}", f"Configuration {chr(65 + i)}")
             continue
-        names.append(config_name(strategy, eos, unescape(resp) if strategy == "response_template" else "", tpl_name))
+        name = config_name(c.strategy, c.eos, unescape(c.response_template) if c.strategy == "response_template"
+                           else "", tpl_name, _options(c))
+        names.append(name + (f" (turn {r.turn})" if r.turn is not None else ""))
         rendered.append(r)
         slots.append(i)
     if len(rendered) < 2:
         return (render.error_html("At least two configurations must render to compare.", "Nothing to compare"),
-                *views)
+                *views, *lists)
     same_ids = all(r.input_ids == rendered[0].input_ids for r in rendered)
     diff: set[int] = set()
     per_config = [0] * len(rendered)
@@ -122,7 +172,7 @@ def on_compare(session: Session, n: int, *values):
                     f"{r.n_trained}/{r.n_tokens} trained</div>"
                     + render.token_view_html(infos, elem_id=f"cmp-view-{chr(97 + i)}", diff=diff))
     caption = render.example_caption(ex, session.index, len(session.data.examples))
-    return (caption + summary, *views)
+    return (caption + summary, *views, *lists)
 
 
 def on_count(n: int):
@@ -131,35 +181,53 @@ def on_count(n: int):
 
 
 def build_compare_tab(session: gr.State) -> dict:
-    """The Compare tab (call inside a gr.Tab). Returns its components; `refresh` re-runs the comparison."""
+    """The Compare tab (call inside a gr.Tab). Returns its components; `args` re-runs the comparison."""
     with gr.Row(elem_classes="bar"):
         count = gr.Radio(choices=[2, 3, 4], value=3, label="Configurations", scale=0, min_width=200)
         run = gr.Button("Compare", variant="primary", size="md", scale=0, min_width=120, elem_id="compare-run")
         gr.HTML('<div class="hint">The example, train roles, max_length and truncation come from the Inspect tab. '
                 "Tokens whose labels differ between the configurations have a red top edge.</div>")
     summary = gr.HTML(elem_id="compare-summary")
-    inputs, cols, views = [], [], []
+    inputs, cols, views, strategies = [], [], [], []
     tchoices = template_choices()
+    from .tab_inspect import template_source_choices  # noqa: PLC0415
+
     with gr.Row(equal_height=False):
         for i in range(MAX_CONFIGS):
-            strat, eos, resp, tpl = DEFAULTS[i]
+            d = DEFAULTS[i]
             L = chr(65 + i)
+            low = L.lower()
             with gr.Column(visible=i < 3, min_width=260, elem_classes="cmpcol") as col:
                 with gr.Group(elem_classes="cmp-cfg"):
                     with gr.Row():
-                        s = gr.Dropdown(choices=STRATEGIES, value=strat, label=f"{L} · strategy", min_width=150,
-                                        elem_id=f"cmp-strategy-{L.lower()}")
-                        e = gr.Dropdown(choices=list(EOS_MODES), value=eos, label="EOS", min_width=100)
+                        s = gr.Dropdown(choices=strategy_choices(), value=d.strategy, label=f"{L} · strategy",
+                                        min_width=150, elem_id=f"cmp-strategy-{low}")
+                        e = gr.Dropdown(choices=list(EOS_MODES), value=d.eos, label="EOS", min_width=100)
                     with gr.Row():
-                        r = gr.Textbox(value=resp, label="response template", min_width=150,
+                        r = gr.Textbox(value=d.response_template, label="response template", min_width=150,
                                        placeholder=r"<|im_start|>assistant\n")
-                        t = gr.Dropdown(choices=tchoices, value=tpl, label="chat template", filterable=True,
-                                        min_width=150)
-                v = gr.HTML(js_on_load=TOKEN_VIEW_JS, elem_id=f"cmp-box-{L.lower()}", elem_classes="tvbox")
-            inputs += [s, e, r, t]
+                        t = gr.Dropdown(choices=tchoices, value=d.chat_template, label="chat template",
+                                        filterable=True, min_width=150)
+                with gr.Accordion("options", open=False, elem_classes="cmp-opts", elem_id=f"cmp-opts-{low}"):
+                    src = gr.Dropdown(choices=template_source_choices(), value=d.template_source,
+                                      label="template source", elem_id=f"cmp-source-{low}")
+                    with gr.Row():
+                        rs = gr.Dropdown(choices=list(TRAIN_MASK), value=d.reasoning, label="reasoning",
+                                         min_width=100, elem_id=f"cmp-reasoning-{low}")
+                        et = gr.Dropdown(choices=list(TRAIN_MASK), value=d.empty_think, label="empty think",
+                                         min_width=100, elem_id=f"cmp-empty-think-{low}")
+                    mt = gr.Textbox(value=d.mask_tokens, label="never train (comma-separated)",
+                                    placeholder="</think>", elem_id=f"cmp-mask-tokens-{low}")
+                    sp = gr.Checkbox(value=d.split_turns, label="split_turns (assistant_only)",
+                                     elem_id=f"cmp-split-{low}")
+                v = gr.HTML(js_on_load=TOKEN_VIEW_JS, elem_id=f"cmp-box-{low}", elem_classes="tvbox")
+            fields = [s, e, r, t, src, rs, et, mt, sp]
+            assert len(fields) == FIELDS
+            inputs += fields
             cols.append(col)
             views.append(v)
-    outputs = [summary, *views]
+            strategies.append(s)
+    outputs = [summary, *views, *strategies]
     count.change(on_count, [count], cols)
     args = dict(fn=on_compare, inputs=[session, count, *inputs], outputs=outputs)
     run.click(**args)

@@ -185,6 +185,7 @@ class InspectOut(NamedTuple):
     pad_note: str  # which pad token the old collator masks
     template_pick: dict  # gr.update: the chat template picker's entry for the session's template
     mask_tokens: dict  # gr.update: the session's mask_tokens (the Rules tab may set them)
+    parts_options: dict  # gr.update: the options of strategies that decide per message part, visible for those
 
 
 def pad_note_html(session: Session) -> str:
@@ -229,6 +230,7 @@ def _controls(session: Session, rendered: list[RenderedExample] | None = None,
         turns=gr.update(choices=turns, value=str(shown.turn) if shown is not None and shown.turn is not None else None,
                         visible=bool(turns)),
         rt_options=gr.update(visible=s.strategy == "response_template"),
+        parts_options=gr.update(visible=_decides_parts(s.strategy)),
         split=gr.update(value=bool(s.split_turns), interactive=s.strategy == "assistant_only"),
         pad_note=pad_note_html(session),
         template_pick=gr.update(value=template_choice(session)),
@@ -236,6 +238,12 @@ def _controls(session: Session, rendered: list[RenderedExample] | None = None,
         mask_tokens=gr.update(value=s.mask_tokens if isinstance(s.mask_tokens, str) else
                               ", ".join(escape(t) for t in s.mask_tokens)),
     )
+
+
+def _decides_parts(name: str) -> bool:
+    """Whether a strategy decides per message part (the assistant strategies, rules, registered ones)."""
+    spec = get_strategy(name)
+    return spec is not None and spec.kind == "parts"
 
 
 def view(session: Session, error: str = "") -> InspectOut:
@@ -544,25 +552,26 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
             strategy = gr.Radio(choices=strategy_choices(s0.strategy), value=s0.strategy, label="Strategy",
                                 info=strategy_info(s0.strategy), elem_id="strategy")
             with gr.Accordion("Options", open=True, elem_classes="opts"):
-                source = gr.Radio(choices=template_source_choices(), value=s0.template_source,
-                                  label="Template source", info=config_help("template_source"),
-                                  elem_id="template-source")
-                with gr.Row(elem_classes="pair"):
-                    reasoning = gr.Radio(choices=list(TRAIN_MASK), value=s0.reasoning, label="Reasoning",
-                                         info="think blocks: train, or mask (rendered, not trained)",
-                                         elem_id="reasoning", min_width=120)
-                    empty_think = gr.Radio(choices=list(TRAIN_MASK), value=s0.empty_think, label="Empty think",
-                                           info="think blocks / scaffolding the template inserts",
-                                           elem_id="empty-think", min_width=120)
+                with gr.Column(visible=_decides_parts(s0.strategy), elem_id="parts-options") as parts_options:
+                    source = gr.Radio(choices=template_source_choices(), value=s0.template_source,
+                                      label="Template source", info=config_help("template_source"),
+                                      elem_id="template-source")
+                    with gr.Row(elem_classes="pair"):
+                        reasoning = gr.Radio(choices=list(TRAIN_MASK), value=s0.reasoning, label="Reasoning",
+                                             info="think blocks: train, or mask (rendered, not trained)",
+                                             elem_id="reasoning", min_width=120)
+                        empty_think = gr.Radio(choices=list(TRAIN_MASK), value=s0.empty_think, label="Empty think",
+                                               info="think blocks / scaffolding the template inserts",
+                                               elem_id="empty-think", min_width=120)
+                    split = gr.Checkbox(value=s0.split_turns, label="split_turns (only with assistant_only)",
+                                        info=config_help("split_turns"), elem_id="split-turns")
+                    eos = gr.Radio(choices=list(EOS_MODES), value=s0.eos, label="EOS / end-of-turn",
+                                   info=config_help("eos"))
+                    roles = gr.CheckboxGroup(choices=list(ROLES), value=list(s0.train_roles), label="Train roles",
+                                             info=config_help("train_roles"))
                 mask_tokens = gr.Textbox(value="", label="Never train these tokens",
                                          info=config_help("mask_tokens") + "; comma-separated",
                                          placeholder="</think>", elem_id="mask-tokens")
-                split = gr.Checkbox(value=s0.split_turns, label="split_turns (only with assistant_only)",
-                                    info=config_help("split_turns"), elem_id="split-turns")
-                eos = gr.Radio(choices=list(EOS_MODES), value=s0.eos, label="EOS / end-of-turn",
-                               info=config_help("eos"))
-                roles = gr.CheckboxGroup(choices=list(ROLES), value=list(s0.train_roles), label="Train roles",
-                                         info=config_help("train_roles"))
                 with gr.Group(visible=s0.strategy == "response_template", elem_id="rt-options") as rt_options:
                     resp = gr.Textbox(value=s0.response_template, label="Response template",
                                       info=config_help("response_template") + r" (\n = newline)",
@@ -622,7 +631,7 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                 apply_json = gr.Button("Render edited JSON", size="sm", elem_id="apply-json")
 
     outputs = [session, token_view, stats, findings, raw, number, caption, error, data_info, strategy, template_line,
-               legend, turns, inference_view, rt_options, split, pad_note, tpl_pick, mask_tokens]
+               legend, turns, inference_view, rt_options, split, pad_note, tpl_pick, mask_tokens, parts_options]
     assert len(outputs) == len(InspectOut._fields)
     settings_inputs = [strategy, eos, roles, resp, instr, as_ids, max_len, trunc, gen, source, reasoning, empty_think,
                        mask_tokens, split, pad]

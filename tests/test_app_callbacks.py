@@ -13,6 +13,7 @@ from core.audit import audit
 from core.data import normalize_row
 from core.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
 from core.errors import MaskLensError
+from core.strategies import strategy_names
 
 TOKEN_RE = re.compile(r'<span class="([^"]*)" data-token-id="(-?\d+)" data-label="(-?\d+)" data-k="(\d+)">')
 SETTING_NAMES = tab_inspect.SETTING_FIELDS
@@ -174,12 +175,23 @@ def test_edited_chat_template_and_a_broken_one(loaded):
 
 
 # ------------------------------------------------------------------------------------------------------ Compare
+def compare_values(*cfgs: tab_compare.Cfg) -> list:
+    """The UI values of up to MAX_CONFIGS configurations (unused slots empty)."""
+    out = [v for c in cfgs for v in c]
+    return out + [""] * (tab_compare.MAX_CONFIGS * tab_compare.FIELDS - len(out))
+
+
+def compare(session, n, *cfgs):
+    summary, *rest = tab_compare.on_compare(session, n, *compare_values(*cfgs))
+    return summary, rest[:tab_compare.MAX_CONFIGS]
+
+
 def test_compare_counts_differing_tokens(loaded, smol_tok):
     out, _ = loaded
     s = out.session
-    values = ["full", "every_turn", "", "tokenizer", "assistant_only", "every_turn", "", "tokenizer",
-              "response_template", "every_turn", r"<|im_start|>assistant\n", "tokenizer"] + [""] * 4
-    summary, *views = tab_compare.on_compare(s, 2, *values)
+    Cfg = tab_compare.Cfg
+    cfgs = [Cfg("full"), Cfg("assistant_only"), Cfg("response_template", response_template=r"<|im_start|>assistant\n")]
+    summary, views = compare(s, 2, *cfgs)
     ex = s.example
     full, asst = (render_examples([ex], smol_tok, MaskConfig(st))[0] for st in ("full", "assistant_only"))
     n_diff = sum(1 for a, b in zip(full.labels, asst.labels) if a != b)
@@ -187,34 +199,69 @@ def test_compare_counts_differing_tokens(loaded, smol_tok):
     assert f'data-diff="{n_diff}"' in summary
     assert sum(1 for c, *_ in tokens_of(views[0]) if "d" in c.split()) == n_diff
     assert views[2] == views[3] == ""  # only two configurations shown
-    summary3, *views3 = tab_compare.on_compare(s, 3, *values)
+    summary3, views3 = compare(s, 3, *cfgs)
     resp = render_examples([ex], smol_tok, MaskConfig("response_template",
                                                       response_template="<|im_start|>assistant\n"))[0]
     n3 = sum(1 for a, b, c in zip(full.labels, asst.labels, resp.labels) if not a == b == c)
     assert f'data-diff="{n3}"' in summary3 and tokens_of(views3[2])
+    # the strategy lists are the registry's, refreshed on every comparison
+    lists = tab_compare.on_compare(s, 2, *compare_values(*cfgs))[1 + tab_compare.MAX_CONFIGS:]
+    assert len(lists) == tab_compare.MAX_CONFIGS and all(u["choices"] == strategy_names() for u in lists)
 
 
 def test_compare_bad_configuration_does_not_hide_the_others(loaded):
     out, _ = loaded
-    values = ["full", "every_turn", "", "tokenizer", "assistant_only", "every_turn", "", "tokenizer",
-              "response_template", "every_turn", "", "tokenizer"] + [""] * 4
-    summary, *views = tab_compare.on_compare(out.session, 3, *values)
+    Cfg = tab_compare.Cfg
+    summary, views = compare(out.session, 3, Cfg("full"), Cfg("assistant_only"), Cfg("response_template"))
     assert "errbox" in views[2] and "response template" in views[2]
     assert tokens_of(views[0]) and tokens_of(views[1]) and "data-diff" in summary
 
 
 def test_compare_two_chat_templates(loaded):
     out, _ = loaded
-    base = ["assistant_only", "every_turn", "", "tokenizer", "assistant_only", "every_turn", ""]
+    Cfg = tab_compare.Cfg
     # Qwen2.5's training template is ChatML too: same tokens, and its {% generation %} blocks differ from the
     # engine's assistant_only on SmolLM2's template only in a few tokens
-    summary, *views = tab_compare.on_compare(out.session, 2, *base, "trl:qwen2_5_training.jinja", *[""] * 8)
+    summary, views = compare(out.session, 2, Cfg("assistant_only"),
+                             Cfg("assistant_only", chat_template="trl:qwen2_5_training.jinja"))
     n = int(re.search(r'data-diff="(\d+)"', summary).group(1))
     assert 0 < n < 20 and "qwen2_5_training.jinja" in summary
     # Llama 3's template renders other tokens: no position-by-position comparison, both views shown
-    summary, *views = tab_compare.on_compare(out.session, 2, *base, "trl:llama3_training.jinja", *[""] * 8)
+    summary, views = compare(out.session, 2, Cfg("assistant_only"),
+                             Cfg("assistant_only", chat_template="trl:llama3_training.jinja"))
     assert "tokenize the example differently" in summary
     assert tokens_of(views[0]) and tokens_of(views[1])
+
+
+def test_compare_new_options_equal_the_engine(smol_tok):
+    """Each configuration's options (reasoning, empty think, mask_tokens, template source, split_turns) give exactly
+    the engine's labels, and the summary names them."""
+    s = Session(data=load_sample("reasoning.jsonl"))
+    s.index = 1  # two assistant turns with reasoning_content
+    Cfg = tab_compare.Cfg
+    q = "trl:qwen3.jinja"
+    cfgs = [Cfg("assistant_only", chat_template=q), Cfg("assistant_only", chat_template=q, reasoning="mask"),
+            Cfg("assistant_only", chat_template=q, mask_tokens="<|im_end|>, \\n"),
+            Cfg("assistant_only", chat_template=q, template_source="own")]
+    summary, views = compare(s, 4, *cfgs)
+    qwen3 = tab_compare.resolve_template(s, q)[0]
+    expected = [render_examples([s.example], smol_tok, MaskConfig("assistant_only", chat_template=qwen3, **kw))[0]
+                for kw in ({}, {"reasoning": "mask"}, {"mask_tokens": ("<|im_end|>", "\n")}, {"template_source": "own"})]
+    for v, r in zip(views, expected):
+        assert [lab for *_, lab in tokens_of(v)] == r.labels
+    assert expected[1].n_trained < expected[0].n_trained and expected[2].n_trained < expected[0].n_trained
+    for needle in ("reasoning=mask", "mask_tokens=&lt;|im_end|&gt;", "template_source=own"):
+        assert needle in summary, needle
+    # split_turns: the row's last turn (whole history, rendered as at inference) unless Inspect shows another
+    summary, views = compare(s, 2, Cfg("assistant_only", chat_template=q),
+                             Cfg("assistant_only", chat_template=q, split_turns=True))
+    split = render_examples([s.example], smol_tok, MaskConfig("assistant_only", chat_template=qwen3, split_turns=True))
+    assert [r.turn for r in split] == [2, 4]
+    assert [lab for *_, lab in tokens_of(views[1])] == split[-1].labels and "split_turns=on · qwen3.jinja (turn 4)" in summary
+    s.turn = 2
+    _, views = compare(s, 2, Cfg("assistant_only", chat_template=q),
+                       Cfg("assistant_only", chat_template=q, split_turns=True))
+    assert [lab for *_, lab in tokens_of(views[1])] == split[0].labels
 
 
 # ------------------------------------------------------------------------------------------------------ Audit
