@@ -1,4 +1,5 @@
-"""Export: the masked dataset as JSONL/Parquet, and the same configuration for TRL, axolotl and LLaMA-Factory
+"""Export: the masked dataset as JSONL/Parquet (the only faithful export of MaskLens's own options and custom rules),
+split_turns as TRL prompt/completion rows, and the same configuration for TRL, axolotl and LLaMA-Factory
 (core.export). Files are written to a fresh temporary directory per export and handed to the browser."""
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import gradio as gr
 
 from core.engine import render_examples
 from core.errors import MaskLensError
-from core.export import axolotl_snippet, describe, export_jsonl, export_parquet, llamafactory_snippet, sftconfig_snippet
+from core.export import (FAITHFUL, axolotl_snippet, describe, export_jsonl, export_parquet, export_split_rows,
+                         is_custom, llamafactory_snippet, sftconfig_snippet, split_rows_name, split_turn_rows)
 
 from . import render
 from .session import EMBEDDED, Session
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"JSONL": ".jsonl", "Parquet": ".parquet"}
+SPLIT_ROWS = "split rows (TRL prompt/completion)"
+FORMATS = {"JSONL": ".jsonl", "Parquet": ".parquet", SPLIT_ROWS: ".split_turns.jsonl"}
 CHUNK = 512
 
 
@@ -31,6 +34,8 @@ def _fail(e: Exception) -> str:
 
 def export_name(session: Session, fmt: str) -> str:
     stem = Path(session.data.name).stem if session.data else "masklens"
+    if fmt == SPLIT_ROWS:
+        return split_rows_name(f"{stem}.masked.jsonl")
     return f"{stem}.masked{FORMATS.get(fmt, '.jsonl')}"
 
 
@@ -45,6 +50,13 @@ def on_snippets(session: Session):
                 f"<code>{render.esc(session.tokenizer_name)}</code>"
                 + (" (the embedded SmolLM2-135M-Instruct: snippets name its hub id)" if model is None else "")
                 + "</div>")
+        away = cfg.differs_from_trl()
+        if away or is_custom(cfg):
+            head += (f'<div class="note" data-options="{render.esc(", ".join(away))}">Set away from TRL\'s behaviour: '
+                     f"<code>{render.esc(', '.join(([cfg.strategy] if is_custom(cfg) else []) + away))}</code>. "
+                     f"{render.esc(FAITHFUL)} The snippets say, option by option, what each target has."
+                     + (" split_turns also exports faithfully as TRL prompt/completion rows (format: split rows)."
+                        if cfg.split_turns else "") + "</div>")
         return (head, sftconfig_snippet(cfg, tok, data_path), axolotl_snippet(cfg, data_path, base_model=model or tok),
                 llamafactory_snippet(cfg, model=model or tok))
     except Exception as e:  # noqa: BLE001
@@ -55,6 +67,8 @@ def on_export(session: Session, fmt: str, progress=gr.Progress()):
     """Render every example and write them. Returns (status HTML, file path or None)."""
     if session.data is None or not session.data.examples:
         return render.error_html("No examples to export: choose data in the Inspect tab.", "Nothing to export"), None
+    if fmt == SPLIT_ROWS:
+        return _export_split(session)
     try:
         tok = session.tokenizer()
         cfg = session.config()
@@ -82,6 +96,29 @@ def on_export(session: Session, fmt: str, progress=gr.Progress()):
     return msg, str(path)
 
 
+def _export_split(session: Session):
+    """split_turns as TRL conversational prompt/completion rows (core.export.split_turn_rows)."""
+    try:
+        cfg = session.config()
+        if not cfg.split_turns:
+            raise MaskLensError("split rows export split_turns: tick split_turns in the Inspect tab (assistant_only)",
+                                field="split_turns", fix="tick split_turns, or export JSONL/Parquet")
+        path = Path(tempfile.mkdtemp(prefix="masklens-export-")) / export_name(session, SPLIT_ROWS)
+        export_split_rows(session.data.examples, cfg, path)
+        n = len(split_turn_rows(session.data.examples, cfg))
+    except Exception as e:  # noqa: BLE001
+        return _fail(e), None
+    rows = len({ex.row for ex in session.data.examples})
+    msg = (f'<div class="ok">Wrote <b>{n}</b> prompt/completion rows (one per trained assistant turn) from {rows} '
+           f"rows to <code>{render.esc(path.name)}</code>: prompt = the history, completion = the turn, plus tools, "
+           "chat_template_kwargs, row and turn. TRL renders the prompt as at inference and trains the completion "
+           "(completion_only_loss, its default for this format): split_args in the TRL snippet."
+           + (" Options away from TRL's defaults (reasoning, empty_think, mask_tokens) are not in these rows: "
+              "the pre-tokenized export carries them." if {o.split("=")[0] for o in cfg.differs_from_trl()}
+              & {"reasoning", "empty_think", "mask_tokens"} else "") + "</div>")
+    return msg, str(path)
+
+
 def _with_button(status: str, path: str | None):
     return status, gr.DownloadButton(value=path, interactive=path is not None,
                                      label=f"Download {Path(path).name}" if path else "Download")
@@ -91,7 +128,8 @@ def build_export_tab(session: gr.State) -> dict:
     """The Export tab (call inside a gr.Tab). Returns {"refresh": event kwargs for the snippets}."""
     head = gr.HTML()
     with gr.Row(elem_classes="bar"):
-        fmt = gr.Radio(choices=list(FORMATS), value="JSONL", label="Format", scale=0, min_width=200)
+        fmt = gr.Radio(choices=list(FORMATS), value="JSONL", label="Format", scale=0, min_width=300,
+                       elem_id="export-format")
         run = gr.Button("Export the masked dataset", variant="primary", size="md", scale=0, min_width=220,
                         elem_id="export-run")
         out = gr.DownloadButton("Download", value=None, size="md", scale=0, min_width=160, interactive=False,

@@ -9,7 +9,15 @@ hand (with comments, which no YAML dumper keeps). Option names were checked agai
 axolotl ``src/axolotl/utils/schemas/datasets.py`` (``roles_to_train``, ``train_on_eos`` all|turn|last,
 ``message_field_training``, ``chat_template_jinja``) and ``prompt_strategies/chat_template.py``; LLaMA-Factory
 ``src/llamafactory/hparams/data_args.py`` (``template``, ``cutoff_len``, ``train_on_prompt``, ``mask_history``,
-``packing``, ``neat_packing``, ``tokenized_path``).
+``packing``, ``neat_packing``, ``tokenized_path``, ``enable_thinking``, ``preserve_thinking``) and
+``data/template.py`` (``ReasoningTemplate``: ``enable_thinking: false`` drops think blocks and puts the empty one it
+adds in the prompt; with ``mask_history`` earlier turns lose their thinking unless ``preserve_thinking``).
+
+MaskLens's own options (``MaskConfig.differs_from_trl()``: reasoning, empty_think, mask_tokens, template_source,
+split_turns, eos, train_roles) and custom strategies (rules, strategy files, collators) are carried where a target
+has an equivalent and named in a comment where it has none: the pre-tokenized export is the only faithful export of
+them. ``split_turns`` has a faithful TRL form: conversational prompt/completion rows (:func:`split_turn_rows`), which
+TRL trains with ``completion_only_loss`` (its default for that format).
 """
 
 from __future__ import annotations
@@ -18,23 +26,73 @@ import json
 import os
 import tempfile
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
+from .data import Example
 from .engine import MaskConfig, RenderedExample, Strategy
+from .strategies import get_strategy
 
 
 # --------------------------------------------------------------------------------------------------------- files
 def export_records(rendered: list[RenderedExample], *, row: bool = True, attention_mask: bool = False) -> list[dict]:
-    """One record per example. Example: [{"input_ids": [5, 6], "labels": [-100, 6], "row": 0}]."""
+    """One record per example. Example: [{"input_ids": [5, 6], "labels": [-100, 6], "row": 0}].
+    With split_turns (examples carrying ``turn``), each record also names its turn: the assistant message it trains."""
     out = []
+    turns = row and any(getattr(r, "turn", None) is not None for r in rendered)
     for r in rendered:
         rec = {"input_ids": list(r.input_ids), "labels": list(r.labels)}
         if attention_mask:
             rec["attention_mask"] = [1] * len(r.input_ids)
         if row:
             rec["row"] = r.row
+        if turns:
+            rec["turn"] = r.turn
         out.append(rec)
     return out
+
+
+def split_turn_rows(examples: list[Example], cfg: MaskConfig) -> list[dict]:
+    """split_turns as TRL data: one conversational prompt/completion row per trained assistant turn, the history as
+    the prompt and the turn as the completion (with the row's tools and chat_template_kwargs). TRL renders the prompt
+    with add_generation_prompt=True and trains the completion (completion_only_loss, its default for this format):
+    exactly what MaskLens shows for split_turns with the other options at TRL's defaults. Rows that are not
+    messages are left out. Example: [u, a1, u, a2] -> [{"prompt": [u], "completion": [a1]},
+    {"prompt": [u, a1, u], "completion": [a2]}]."""
+    from .engine import split_turns  # noqa: PLC0415
+
+    out = []
+    for ex in split_turns(examples, replace(cfg, split_turns=True) if not cfg.split_turns else cfg):
+        if ex.turn is None or ex.prompt is None:
+            continue
+        rec: dict = {"prompt": _messages(ex.prompt), "completion": _messages(ex.completion)}
+        if ex.tools:
+            rec["tools"] = ex.tools
+        if ex.chat_template_kwargs:
+            rec["chat_template_kwargs"] = ex.chat_template_kwargs
+        rec["row"], rec["turn"] = ex.row, ex.turn
+        out.append(rec)
+    return out
+
+
+def _messages(msgs: list[dict]) -> list[dict]:
+    """Messages as MaskLens rendered them, without the keys normalisation adds for its own use."""
+    return [{k: v for k, v in m.items() if not k.startswith("_")} for m in msgs]
+
+
+def export_split_rows(examples: list[Example], cfg: MaskConfig, path: str | os.PathLike) -> Path:
+    """Write :func:`split_turn_rows` as JSONL (load_dataset("json") reads it; see schema_nulls_injected for rows
+    whose tool calls or tools differ in keys)."""
+    records = split_turn_rows(examples, cfg)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_write(path, write)
 
 
 def _atomic_write(path: str | os.PathLike, write) -> Path:
@@ -83,6 +141,8 @@ def export_parquet(rendered: list[RenderedExample], path: str | os.PathLike, *, 
         fields.append(("attention_mask", ints))
     if row:
         fields.append(("row", pa.int64()))
+    if records and "turn" in records[0]:
+        fields.append(("turn", pa.int64()))
     schema = pa.schema(fields)
     table = pa.Table.from_pylist(records, schema=schema)
     return _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
@@ -96,8 +156,77 @@ def describe(cfg: MaskConfig) -> str:
         parts += [f"eos={cfg.eos}", f"train_roles={','.join(cfg.train_roles)}"]
     if cfg.strategy == Strategy.RESPONSE_TEMPLATE:
         parts.append(f"response_template={cfg.response_template!r}")
+    parts += [o for o in cfg.differs_from_trl() if not o.startswith(("eos=", "train_roles="))]
     parts.append(f"max_length={cfg.max_length}" + (f" ({cfg.truncation})" if cfg.max_length else ""))
     return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------- options per target
+FAITHFUL = ("The pre-tokenized export (input_ids + labels, JSONL or Parquet) is the only faithful export of these "
+            "options and of custom rules: train on it to get exactly MaskLens' labels.")
+
+
+def is_custom(cfg: MaskConfig) -> bool:
+    """A strategy that is not one of the built-ins: rules, a strategy file, a team's collator."""
+    spec = get_strategy(cfg.strategy)
+    return spec is not None and not spec.builtin
+
+
+def option_notes(cfg: MaskConfig, target: str) -> list[str]:
+    """One note per option set away from TRL's behaviour (MaskConfig.differs_from_trl), for target "trl", "axolotl"
+    or "llamafactory": its equivalent there, or that it has none. eos and train_roles are handled by each snippet."""
+    notes = []
+    if is_custom(cfg):
+        notes.append(f"strategy {cfg.strategy}: a custom strategy (rules, a strategy file or a collator) has no "
+                     f"{_TARGET[target]} equivalent.")
+    for opt in cfg.differs_from_trl():
+        name = opt.split("=", 1)[0]
+        if name in ("eos", "train_roles"):
+            continue
+        if name == "split_turns" and cfg.strategy != Strategy.ASSISTANT_ONLY:
+            continue
+        notes.append(f"{opt}: {_EQUIVALENTS[name][target]}")
+    if notes:
+        notes.append(FAITHFUL)
+    return notes
+
+
+_TARGET = {"trl": "TRL 1.16", "axolotl": "axolotl", "llamafactory": "LLaMA-Factory"}
+_EQUIVALENTS = {
+    "template_source": {
+        "trl": "no TRL option: with assistant_only_loss TRL renders with its training template (or raises); "
+               "MaskLens' own masking on the inference template is not something TRL does.",
+        "axolotl": "axolotl renders with the chat template given (no training-template swap) and locates each turn "
+                   "itself: close to template_source=own, not exact.",
+        "llamafactory": "LLaMA-Factory renders with its own template (the `template` key), not the tokenizer's.",
+    },
+    "reasoning": {
+        "trl": "no TRL option (TRL trains the think blocks inside {% generation %}).",
+        "axolotl": "no exact option: axolotl trains the reasoning it renders with the turn (field_thinking / "
+                   "template_thinking_key only say where it is; split_thinking only splits Qwen3 content).",
+        "llamafactory": "no exact option: enable_thinking: false removes think blocks from the data instead of "
+                        "masking them (the model then never sees them).",
+    },
+    "empty_think": {
+        "trl": "no TRL option (TRL trains what its template inserts inside {% generation %}).",
+        "axolotl": "no axolotl option (it trains what the template renders inside the turn).",
+        "llamafactory": "enable_thinking: false puts the empty think block it adds in the prompt (not trained), but "
+                        "also removes every think block: exact only for data without reasoning.",
+    },
+    "mask_tokens": {
+        "trl": "no TRL option.",
+        "axolotl": "no axolotl option (message_field_training_detail marks character ranges of content only).",
+        "llamafactory": "no LLaMA-Factory option.",
+    },
+    "split_turns": {
+        "trl": "faithful as conversational prompt/completion rows (Export: split rows), trained with "
+               "completion_only_loss=True: see split_args below.",
+        "axolotl": "no option: write the split rows as messages (history + the turn) and train only the last "
+                   "message (roles_to_train: [], train_on_eos: null, as for last_assistant).",
+        "llamafactory": "train the split rows (history + the turn) with mask_history: true: the last turn only, "
+                        "earlier turns' thinking dropped as at inference (unless preserve_thinking: true).",
+    },
+}
 
 
 def _comment(text: str, indent: str = "", width: int = 116) -> list[str]:
@@ -114,6 +243,9 @@ def _native_trl(cfg: MaskConfig) -> tuple[dict[str, object] | None, list[str]]:
     """The closest native TRL 1.16 SFTConfig options for a strategy (None: there is none), and what differs."""
     notes: list[str] = []
     s = cfg.strategy
+    if is_custom(cfg):
+        notes.append(f"{s}: no native TRL option for a custom strategy: train on the exported labels.")
+        return None, notes
     if s == Strategy.FULL:
         notes.append("TRL's default trains every token of 'messages' and 'text' data; on prompt/completion data it "
                      "trains only the completion unless completion_only_loss=False.")
@@ -140,6 +272,13 @@ def _native_trl(cfg: MaskConfig) -> tuple[dict[str, object] | None, list[str]]:
     notes.append("response_template: DataCollatorForCompletionOnlyLM(response_template=...) was removed in TRL "
                  "0.20; no native option: train on the exported labels.")
     return None, notes
+
+
+def split_rows_name(data_path: str) -> str:
+    """The split rows' file name beside an export. Example: "data.masked.jsonl" -> "data.split_turns.jsonl"."""
+    name = Path(str(data_path)).name
+    stem = name.split(".masked")[0] if ".masked" in name else Path(name).stem
+    return f"{stem}.split_turns.jsonl"
 
 
 def _py_kwargs(kwargs: dict[str, object], comments: dict[str, str], indent: str = "    ") -> list[str]:
@@ -182,7 +321,7 @@ def sftconfig_snippet(cfg: MaskConfig, tokenizer_name: str, data_path: str,
              "# TRL defaults to bf16: on a CPU (or a GPU without bf16) add bf16=False (and use_cpu=True).",
              "args = SFTConfig(", *_py_kwargs(exact, exact_notes), ")", ""]
     lines += _comment("The closest native TRL 1.16 setting, for raw (untokenized) data instead of the export:")
-    lines += _comment("\n".join(notes))
+    lines += _comment("\n".join(notes + option_notes(cfg, "trl")))
     if native is not None:
         nkw: dict[str, object] = {"output_dir": "sft-output", **native, "max_length": cfg.max_length}
         ncomments = {}
@@ -196,6 +335,15 @@ def sftconfig_snippet(cfg: MaskConfig, tokenizer_name: str, data_path: str,
         lines += ["native_args = SFTConfig(", *_py_kwargs(nkw, ncomments), ")",
                   "# raw = load_dataset('json', data_files='your_raw_data.jsonl', split='train')",
                   "# SFTTrainer(model=MODEL, args=native_args, train_dataset=raw).train()"]
+    if cfg.split_turns and cfg.strategy == Strategy.ASSISTANT_ONLY:
+        skw: dict[str, object] = {"output_dir": "sft-output", "completion_only_loss": True, "max_length": cfg.max_length}
+        skw.update(extra)
+        lines += ["", *_comment("split_turns, faithfully: one conversational prompt/completion row per assistant turn "
+                                "(MaskLens Export: split rows). TRL renders the prompt as at inference "
+                                "(add_generation_prompt=True) and trains the completion."),
+                  "split_args = SFTConfig(", *_py_kwargs(skw, {}), ")",
+                  f"# split = load_dataset('json', data_files={split_rows_name(data_path)!r}, split='train')",
+                  "# SFTTrainer(model=MODEL, args=split_args, train_dataset=split).train()"]
     lines += ["", "trainer = SFTTrainer(model=MODEL, args=args, train_dataset=dataset)", "trainer.train()", ""]
     return "\n".join(lines)
 
@@ -264,7 +412,7 @@ def axolotl_snippet(cfg: MaskConfig, data_path: str = "data.jsonl", base_model: 
         notes.append("completion_only: convert each row to segments: [{text: prompt, label: false}, "
                      "{text: completion + EOS, label: true}]. Segments are tokenized one by one, so ids at the seam "
                      "can differ from TRL's (which tokenizes prompt + completion together).")
-    elif s in (Strategy.ASSISTANT_ONLY, Strategy.LAST_ASSISTANT):
+    elif s in (Strategy.ASSISTANT_ONLY, Strategy.LAST_ASSISTANT) and not is_custom(cfg):
         top.append(("train_on_inputs", False))
         ds += [("type", "chat_template"), ("field_messages", "messages")]
         if s == Strategy.ASSISTANT_ONLY:
@@ -283,10 +431,18 @@ def axolotl_snippet(cfg: MaskConfig, data_path: str = "data.jsonl", base_model: 
                          "conversations end with the trained turn.")
             if cfg.eos == "none":
                 notes.append("eos=none: no equivalent (that path trains the last end-of-turn marker).")
-    else:  # response_template
+    else:  # response_template, or a custom strategy
         ds += [("type", None, "pre-tokenized: the MaskLens export with attention_mask=True")]
-        notes.append("response_template: no axolotl equivalent: the dataset above is MaskLens' pre-tokenized export.")
+        what = "response_template" if s == Strategy.RESPONSE_TEMPLATE else s
+        notes.append(f"{what}: no axolotl equivalent: the dataset above is MaskLens' pre-tokenized export.")
         ds[0] = ("path", "masklens_export.jsonl")
+    if cfg.split_turns and s == Strategy.ASSISTANT_ONLY:
+        ds = [("path", split_rows_name(data_path), "the split rows: one per assistant turn")] + [
+            d for d in ds if d[0] not in ("path", "roles_to_train", "train_on_eos", "message_field_training")]
+        ds += [("field_messages", "messages", "convert each split row: messages = prompt + completion"),
+               ("roles_to_train", []), ("train_on_eos", None)]
+        ds = list(dict((d[0], d) for d in ds).values())
+    notes += option_notes(cfg, "axolotl")
 
     lines = _comment("\n".join(head)) + _yaml_lines(top) + ["datasets:"]
     body = _yaml_lines(ds, "    ")
@@ -307,9 +463,10 @@ def llamafactory_snippet(cfg: MaskConfig, dataset: str = "your_dataset", templat
                      "and set tokenized_path: masklens_tokenized (LLaMA-Factory then skips its own preprocessing).")
     items: list = [("model_name_or_path", model or "CHANGE_ME"), ("stage", "sft"), ("do_train", True)]
     notes: list[str] = []
-    if s == Strategy.RESPONSE_TEMPLATE:
+    if s == Strategy.RESPONSE_TEMPLATE or is_custom(cfg):
         items.append(("tokenized_path", "masklens_tokenized", "the MaskLens export, saved as above"))
-        notes.append("response_template: no LLaMA-Factory equivalent: train on the pre-tokenized export.")
+        what = "response_template" if s == Strategy.RESPONSE_TEMPLATE else s
+        notes.append(f"{what}: no LLaMA-Factory equivalent: train on the pre-tokenized export.")
     else:
         items.append(("dataset", dataset, "registered in data/dataset_info.json"))
     items.append(("template", template, "required: LLaMA-Factory's name for the model's template (e.g. qwen, llama3)"))
@@ -327,6 +484,10 @@ def llamafactory_snippet(cfg: MaskConfig, dataset: str = "your_dataset", templat
     elif s == Strategy.COMPLETION_ONLY:
         items += [("train_on_prompt", False), ("mask_history", False)]
         notes.append("completion_only: alpaca-format prompt (instruction + input) and completion (output).")
+    elif s == Strategy.ASSISTANT_ONLY and cfg.split_turns:
+        items += [("train_on_prompt", False), ("mask_history", True, "on the split rows: each row's last turn")]
+        if cfg.eos != "every_turn":
+            notes.append(f"eos={cfg.eos}: no LLaMA-Factory option (each response trains its template's end-of-turn).")
     elif s == Strategy.ASSISTANT_ONLY:
         items += [("train_on_prompt", False), ("mask_history", False)]
         if cfg.eos != "every_turn":
@@ -338,5 +499,10 @@ def llamafactory_snippet(cfg: MaskConfig, dataset: str = "your_dataset", templat
         if cfg.eos != "every_turn":
             notes.append(f"eos={cfg.eos}: no LLaMA-Factory option.")
     items += [("packing", False), ("neat_packing", False, "true: packing without cross-attention (like TRL's bfd)")]
+    if not is_custom(cfg) and s in (Strategy.ASSISTANT_ONLY, Strategy.LAST_ASSISTANT) and cfg.empty_think == "train" \
+            and cfg.reasoning == "train":
+        items.append(("enable_thinking", True, "think blocks written inline in the response are kept and trained "
+                                               "(its default, as TRL); it does not read reasoning_content"))
+    notes += option_notes(cfg, "llamafactory")
     lines += _yaml_lines(items) + _comment("\n".join(notes)) + [""]
     return "\n".join(lines)
