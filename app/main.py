@@ -168,7 +168,7 @@ class LoginGate:
 
 def build_app(default_data: str | None = None, default_tokenizer: str | None = None) -> gr.Blocks:
     """The whole app. default_data / default_tokenizer: what a page opens with (CLI --data / --tokenizer)."""
-    from . import tab_audit, tab_compare, tab_export, tab_inspect, tab_templates, tab_train  # noqa: PLC0415
+    from . import tab_audit, tab_compare, tab_export, tab_inspect, tab_rules, tab_templates, tab_train  # noqa: PLC0415
 
     with gr.Blocks(title="MaskLens", fill_width=True) as demo:
         gr.HTML(HEADER)
@@ -176,6 +176,8 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Inspect", id="inspect", elem_id="tab-inspect"):
                 inspect = tab_inspect.build_inspect_tab(session)
+            with gr.Tab("Rules", id="rules", elem_id="tab-rules") as rules_tab:
+                rules = tab_rules.build_rules_tab(session)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 compare = tab_compare.build_compare_tab(session)
             with gr.Tab("Templates", id="templates", elem_id="tab-templates") as templates_tab:
@@ -189,6 +191,10 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
 
         # Tabs that show the Inspect tab's current state refresh when opened.
         compare_tab.select(**compare["args"])
+        rules_tab.select(**rules["refresh"])
+        # Rules -> Inspect: applied rules are the session's strategy; Inspect re-renders with them and lists them
+        # (each session sees its own rules:<name>@<digest> beside the registry's shared strategies).
+        rules["applied"].then(tab_inspect.view, [session], inspect.outputs)
         templates_tab.select(**templates["refresh"])
         export_tab.select(**export["refresh"])
         # Audit -> Inspect: a problem row opens its example there.

@@ -1,7 +1,8 @@
 """The Rules tab: its callbacks called directly, then in a real browser (Playwright + Debian's Chromium, as
 tests/test_browser.py) editing the rules and seeing the token labels change.
 
-The browser part serves a small gr.Blocks holding only build_rules_tab (until the tab is wired into app.main).
+The browser part serves the whole app (app.main.build_app): the Rules tab is opened from the tab bar, and rules
+applied there show in the Inspect tab (its strategy list and its token view).
 """
 
 import json
@@ -76,6 +77,21 @@ def test_invalid_rules_show_the_key_and_fix_and_keep_the_strategy(text, shown):
     assert s.settings.strategy == "assistant_only"
 
 
+def test_each_session_lists_its_own_rules_beside_the_shared_strategies(smol_tok):
+    from app import tab_inspect
+
+    s1, s2 = Session(), Session()
+    apply(s1, ALL_TURNS)
+    apply(s2, USER_LAST)
+    shared = [n for n in strategy_names() if "@" not in n]  # built-ins + what the server registered at start
+    assert shared[:5] == ["full", "completion_only", "assistant_only", "last_assistant", "response_template"]
+    for mine, other in ((s1, s2), (s2, s1)):
+        out = tab_inspect.view(mine)
+        assert out.strategy["choices"] == shared + [mine.settings.strategy]
+        assert out.strategy["value"] == mine.settings.strategy and other.settings.strategy not in out.strategy["choices"]
+        assert out.error == ""
+
+
 def test_app_registrations_are_bounded_and_content_named():
     names = [register_for_app(parse_rules({"name": "same", "train": [{"turns": k}]})) for k in range(MAX_APP_RULES + 5)]
     assert len(set(names)) == MAX_APP_RULES + 5 and all(n.startswith("rules:same@") for n in names)
@@ -91,15 +107,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def rules_url():
-    import gradio as gr
+    """The whole app (app.main.build_app), as users get it: the Rules tab beside Inspect, Compare, Audit..."""
+    from app.main import build_app, launch_options
 
-    from app.main import launch_options
-    from app.tab_rules import build_rules_tab
-
-    with gr.Blocks(title="MaskLens rules") as demo:
-        session = gr.State(Session())
-        tab = build_rules_tab(session)
-        demo.load(**tab["refresh"])
+    demo = build_app()
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
     try:
@@ -142,6 +153,8 @@ def test_editing_rules_in_the_browser_changes_the_labels(browser, rules_url, smo
     pg.on("pageerror", lambda e: errors.append(str(e)))
     try:
         pg.goto(rules_url)
+        pg.wait_for_selector("#token-view [data-token-id]", timeout=90_000)  # Inspect loaded the default sample
+        pg.get_by_role("tab", name="Rules").click()
         pg.wait_for_selector(TOKENS, timeout=60_000)
         toks = dom_tokens(pg)
         ids, labels = [t for t, _ in toks], [lab for _, lab in toks]
@@ -157,6 +170,22 @@ def test_editing_rules_in_the_browser_changes_the_labels(browser, rules_url, smo
         toks = dom_tokens(pg)
         assert [t for t, _ in toks] == ids  # same tokens, other labels
         assert trained_text(smol_tok, ids, [lab for _, lab in toks]) == [a + "<|im_end|>" for a in ANSWERS]
+        applied = pg.locator("#rules-status [data-strategy]").get_attribute("data-strategy")
+
+        # Inspect renders with the applied rules and lists them among the strategies, selected
+        pg.get_by_role("tab", name="Inspect").click()
+        radio = pg.get_by_role("radio", name=applied, exact=True)
+        radio.wait_for(timeout=20_000)
+        assert radio.is_checked()
+        pg.wait_for_function("(n) => [...document.querySelectorAll('#token-view [data-token-id]')].filter("
+                             "e => e.dataset.label !== '-100').length === n",
+                             arg=sum(lab != IGNORE for _, lab in toks), timeout=20_000)
+        inspect_toks = pg.eval_on_selector_all("#token-view [data-token-id]",
+                                               "els => els.map(e => [+e.dataset.tokenId, +e.dataset.label])")
+        assert inspect_toks == toks
+        names = pg.eval_on_selector_all("#strategy input[type=radio]", "els => els.map(e => e.value)")
+        assert [n for n in names if "@" in n] == [applied]
+        pg.get_by_role("tab", name="Rules").click()
 
         edit_rules(pg, USER_LAST)
         pg.locator("#rules-validate").click()  # a preview: the session keeps all_turns
