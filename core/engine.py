@@ -246,8 +246,14 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
                                                          "own span finding instead (template_source=own)."))
     if use_gen and tt.source == SOURCE_TRL_TWIN:
         plan.swapped = True
-        plain, _ = render(tokenizer, msgs, template, tools=ex.tools, special_map=special_map, **tpl_kwargs)
-        if plain != plan.text:
+        try:
+            plain, _ = render(tokenizer, msgs, template, tools=ex.tools, special_map=special_map, **tpl_kwargs)
+        except MaskLensError as e:  # the row trains (TRL renders it with the twin); only inference fails on it
+            plain = None
+            plan.findings.append(Finding("template_swapped", f"TRL swaps in its {tt.name or 'training'} training "
+                                         "template, which renders this row; the tokenizer's own (inference) "
+                                         f"template fails on it: {e}", severity="warning"))
+        if plain is not None and plain != plan.text:
             plan.inference_text = plain
             plan.findings.append(Finding("template_swapped", _swap_difference(plain, plan.text, msgs, spans,
                                                                               batch["info"](template), eos_token, tt)))

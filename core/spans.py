@@ -124,6 +124,20 @@ def _candidates(gap: str, rx: re.Pattern | None, bos: str | None) -> list[str]:
     return [m.group() for m in rx.finditer(gap) if m.group() != bos]
 
 
+def _extend_closer(gap: str, marker: str | None, closers: tuple) -> str | None:
+    """marker plus the closing tokens that follow it directly in gap. Example: ("<a><b><c>", "<a>", ("<b>",)) ->
+    "<a><b>"."""
+    if not marker or marker not in gap:
+        return marker
+    rest = gap[gap.find(marker) + len(marker):]
+    out = marker
+    for c in closers:
+        if c and c not in out and rest.startswith(c):
+            out += c
+            rest = rest[len(c):]
+    return out
+
+
 def _analyze(tokenizer, template: str, render) -> TemplateInfo:
     sys_, u1, a1, u2, a2 = PROBE
     convs = [
@@ -157,11 +171,19 @@ def _analyze(tokenizer, template: str, render) -> TemplateInfo:
     # (ChatML <|im_end|>, Llama 3 <|eot_id|>, Gemma <end_of_turn>), or also closes the final turn (DeepSeek's
     # <｜end▁of▁sentence｜> when the tokenizer names another EOS). A token that merely opens the next turn is none.
     mid = next((c for c in _candidates(gap_mid, rx, bos) if c == eos or c in user_closers or c == first_last), None)
+    # A closer followed at once by the token that closes user turns (or EOS) closes the turn with it: Cohere's
+    # <|END_RESPONSE|><|END_OF_TURN_TOKEN|>. The whole sequence is the end-of-turn marker.
+    user_first = next(iter(_candidates(gap_user, rx, bos)), None)
+    mid = _extend_closer(gap_mid, mid, (eos, user_first))
     eots: list[str] = [mid] if mid else []
     # The final turn's closer: the first special token right after it (gpt-oss closes it with <|return|>).
     if first_last and (first_last == eos or first_last in user_closers or first_last == mid
-                       or gap_last.lstrip().startswith(first_last)) and first_last not in eots:
-        eots.append(first_last)
+                       or gap_last.lstrip().startswith(first_last)):
+        first_last = _extend_closer(gap_last, first_last, (eos, user_first))
+        if first_last not in eots:
+            eots.append(first_last)
+    # Longest first: where a sequence and its first token both match, the locator takes the sequence.
+    eots.sort(key=len, reverse=True)
 
     gen = ""
     try:
@@ -183,6 +205,11 @@ def _analyze(tokenizer, template: str, render) -> TemplateInfo:
     else:  # no generation prompt: whatever follows the user's closer
         closer = next((c for c in _candidates(gap_user, rx, bos) if c in (eos,) or c == mid), None)
         a_header = gap_user[gap_user.find(closer) + len(closer):].lstrip() if closer else gap_user.lstrip()
+    # A think opener the generation prompt supplies (Qwen3.5/3.6 "<think>\n") opens the turn's think block: it is
+    # the reasoning's delimiter (or part of an empty block's scaffolding), not the role header. TRL's twins put it
+    # inside {% generation %}.
+    if "<think>" in a_header:
+        a_header = a_header[: a_header.find("<think>")]
     # The user header is what follows the assistant's closer before the next user turn.
     u_header = gap_mid[gap_mid.find(mid) + len(mid):].lstrip() if mid else gap_mid.lstrip()
     headers = {"user": u_header, "assistant": a_header}
@@ -321,6 +348,7 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
     Example: "<|im_start|>user\\nHi<|im_end|>\\n" with [user "Hi"] -> content at 17..19.
     """
     specials = _special_regex_cached(info.specials) if info.specials else None
+    scaffolds = [info.scaffold] if info.scaffold else []
     spans: list[MessageSpan] = []
     cursor = 0
     for i, m in enumerate(messages):
@@ -365,6 +393,13 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
             if not content:  # the (empty) content sits after the think block, or right after the header
                 start = rz[1] + _prefix_len(text, rz[1], info.think_close) if rz else (body if body >= 0 else cursor)
                 matched = ""
+        if role == "assistant" and not content and not rz and body >= 0 and start == body:
+            # An assistant turn with no content (only tool calls): the empty think block a template inserts before
+            # the calls is scaffolding, as before content.
+            for sc in scaffolds:
+                if text.startswith(sc, body):
+                    start = body + len(sc)
+                    break
         if start < 0:
             spans.append(MessageSpan(i, role, False, cursor, cursor, cursor, has_reasoning=bool(reasoning)))
             continue
@@ -409,6 +444,7 @@ def _prefix_len(text: str, at: int, closer: str) -> int:
 
 def _attach_closers(text: str, spans: list[MessageSpan], messages: list[dict], info: TemplateInfo,
                     eos_token: str | None) -> None:
+    specials = _special_regex_cached(info.specials) if info.specials else None
     # End-of-turn markers: the first marker after each message's output, before the next message's content.
     nxt = len(text)
     eots = info.eot
@@ -417,11 +453,24 @@ def _attach_closers(text: str, spans: list[MessageSpan], messages: list[dict], i
         sp = found[k]
         tail = max(sp.content_end, sp.reasoning_part[1] if sp.reasoning_part else -1)
         best, best_marker = -1, ""
-        markers = eots + (info.call_closer,) if info.call_closer and messages[sp.index].get("tool_calls") else eots
-        for marker in markers:
+        for marker in eots:
             p = text.find(marker, tail, nxt)
             if p >= 0 and (best < 0 or p < best):
                 best, best_marker = p, marker
+        if info.call_closer and messages[sp.index].get("tool_calls"):
+            # Tool calls closed by their own marker. Where an end-of-turn marker follows it directly (LFM2
+            # <|tool_call_end|><|im_end|>, DeepSeek's <｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>)
+            # the calls run to that marker; otherwise the turn ends with the call (gpt-oss <|call|>). One closer
+            # per call: the text after the n-th may be a tool result the locator did not find.
+            p, q = -1, tail
+            for _ in range(len(messages[sp.index]["tool_calls"])):
+                q = text.find(info.call_closer, q, nxt)
+                if q < 0:
+                    break
+                p, q = q, q + len(info.call_closer)
+            between = text[p + len(info.call_closer):best] if p >= 0 and best >= 0 else ""
+            if p >= 0 and (best < 0 or p > best or (specials.sub("", between) if specials else between).strip()):
+                best, best_marker = p, info.call_closer
         if best >= 0:
             sp.eot_start, sp.eot_end = best, best + len(best_marker)
         if sp.role == "assistant" and messages[sp.index].get("tool_calls"):

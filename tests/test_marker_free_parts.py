@@ -67,7 +67,7 @@ def test_own_masks_agree_with_twin_by_part(family_tok, family, dataset):
     tok = family_tok(family)
     rows = ROWS[dataset]
     own, twin = render(tok, rows, OWN), render(tok, rows, TWIN)
-    problems, compared, skipped, rows_skipped, half_characters = [], 0, Counter(), 0, 0
+    problems, compared, skipped, rows_skipped, half_characters, eot_whitespace = [], 0, Counter(), 0, 0, 0
     for i, (row, a, b) in enumerate(zip(rows, own, twin)):
         if a is None or b is None:
             rows_skipped += 1  # a template cannot render it (test_trl_twins checks it is reported)
@@ -92,6 +92,12 @@ def test_own_masks_agree_with_twin_by_part(family_tok, family, dataset):
                 ours, theirs = tok.decode(own_trained), tok.decode(twin_trained)
                 if ours == theirs:
                     continue
+                if part == "eot" and theirs.startswith(ours) and ours and not theirs[len(ours):].strip():
+                    # TRL's twins put the newline after the end-of-turn marker inside {% generation %} (ChatML
+                    # `<|im_end|>\n`); MaskLens's own masking trains the marker itself, as axolotl does. The model
+                    # stops at the marker, so that newline is never generated: counted, not a disagreement.
+                    eot_whitespace += 1
+                    continue
                 tail = own_trained[len(twin_trained):]
                 if own_trained[: len(twin_trained)] == twin_trained and tail and set(tok.decode(tail)) == {"\ufffd"}:
                     # transformers' generation mask ends a {% generation %} block at the FIRST token of its last
@@ -115,8 +121,9 @@ def test_own_masks_agree_with_twin_by_part(family_tok, family, dataset):
     COUNTS["skipped"] += sum(skipped.values())
     COUNTS["rows not rendered by both"] += rows_skipped
     COUNTS["twin trains half a character"] += half_characters
+    COUNTS["twin trains whitespace after the end-of-turn marker"] += eot_whitespace
     print(f"{family}/{dataset}: {compared} message parts compared ({half_characters} where TRL trains half a "
-          f"character), skipped {dict(skipped) or 0}, {rows_skipped} rows not rendered by both")
+          f"character, {eot_whitespace} where it trains the whitespace after the end-of-turn marker), skipped {dict(skipped) or 0}, {rows_skipped} rows not rendered by both")
     if not compared:
         pytest.skip(f"no {dataset} row renders with both of {family}'s templates")
     assert not problems, f"{family}/{dataset}: {len(problems)} disagreements in {compared} parts:\n" + \
