@@ -25,59 +25,153 @@ def _ids(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated token ids such as 1,2,3, got {s!r}") from None
 
 
+def _help(text: str) -> str:
+    """argparse %-formats help strings: a literal % (e.g. {% generation %}) must be doubled."""
+    return text.replace("%", "%%")
+
+
+def _cfg_help(name: str) -> str:
+    from .config import MaskConfig
+
+    return _help(MaskConfig.__dataclass_fields__[name].metadata["help"])
+
+
+def _tokens(s: str) -> list[str]:
+    """--mask-tokens value: one token string, or several separated by commas. Example: "</think>,<think>"."""
+    parts = [t.strip() for t in s.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected token strings such as '</think>' (comma-separated or the flag "
+                                         f"repeated), got {s!r}")
+    return parts
+
+
 def _add_render_options(p: argparse.ArgumentParser) -> None:
-    from .engine import EOS_MODES, STRATEGIES, TRUNCATION_MODES
+    from .config import EOS_MODES, TEMPLATE_SOURCES, TRAIN_MASK, TRUNCATION_MODES
 
     p.add_argument("--data", required=True, help="JSONL/JSON/Parquet/CSV file, or a hub dataset id")
     p.add_argument("--split", default="train", help="split, for hub datasets")
     p.add_argument("--tokenizer", default=None, help="hub id or local directory (default: the embedded SmolLM2; for train: --model's own tokenizer)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code (off by default)")
     p.add_argument("--chat-template", type=Path, default=None, help="a jinja chat template file replacing the tokenizer's")
-    p.add_argument("--strategy", required=True, choices=STRATEGIES, help="which tokens are trained")
+    p.add_argument("--strategy", default=None, metavar="NAME",
+                   help="which tokens are trained: a built-in (full, completion_only, assistant_only, last_assistant, "
+                        "response_template) or one registered by --rules / --strategy-file / --collator (default: "
+                        "the one strategy those files register)")
+    p.add_argument("--rules", action="append", default=[], type=Path, metavar="FILE",
+                   help="declarative masking rules (.json/.yaml), registered as strategy rules:<name> (repeatable)")
+    p.add_argument("--strategy-file", action="append", default=[], type=Path, metavar="FILE.py",
+                   help="a Python file registering strategies with @register (runs its code; repeatable)")
+    p.add_argument("--collator", action="append", default=[], type=Path, metavar="FILE.py",
+                   help="a Python file defining make_collator(tokenizer): its labels, as strategy collator:<stem> "
+                        "(runs its code; repeatable)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--response-template", default=None, help="text after which the old collator trains (literal)")
     g.add_argument("--response-template-ids", type=_ids, default=None, help="the same as token ids: 1,2,3")
     g2 = p.add_mutually_exclusive_group()
     g2.add_argument("--instruction-template", default=None, help="text starting a human turn (literal)")
     g2.add_argument("--instruction-template-ids", type=_ids, default=None, help="the same as token ids")
+    p.add_argument("--pad-token", default=None, metavar="TOKEN", help=_cfg_help("pad_token"))
     p.add_argument("--eos", default="every_turn", choices=EOS_MODES,
-                   help="assistant strategies: train end-of-turn markers on every turn, the last, or none")
-    p.add_argument("--train-roles", default="assistant", help="assistant strategies: comma-separated roles to train")
+                   help="assistant strategies: train end-of-turn markers on every turn, the last, or none "
+                        "(default: every_turn, as TRL)")
+    p.add_argument("--train-roles", default=None,
+                   help="assistant strategies: comma-separated roles to train (default: assistant; with --rules: "
+                        "the roles the rules train)")
+    p.add_argument("--template-source", default="trl", choices=TEMPLATE_SOURCES,
+                   help=_cfg_help("template_source") + " (default: trl)")
+    p.add_argument("--reasoning", default="train", choices=TRAIN_MASK, help=_cfg_help("reasoning") + " (default: train)")
+    p.add_argument("--empty-think", default="train", choices=TRAIN_MASK,
+                   help=_cfg_help("empty_think") + " (default: train)")
+    p.add_argument("--mask-tokens", action="append", default=[], type=_tokens, metavar="TOKEN",
+                   help=_cfg_help("mask_tokens") + "; repeat the flag or separate with commas")
+    p.add_argument("--split-turns", action="store_true", help=_cfg_help("split_turns"))
     p.add_argument("--no-generation-markers", action="store_true",
-                   help="assistant_only: ignore {%% generation %%} markers and locate messages instead")
+                   help=_help("assistant_only: ignore {% generation %} markers and locate messages instead"))
     p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (TRL's max_length)")
-    p.add_argument("--truncation", default="keep_start", choices=TRUNCATION_MODES, help="which end to keep when truncating (TRL's truncation_mode)")
+    p.add_argument("--truncation", default="keep_start", choices=TRUNCATION_MODES,
+                   help="which end to keep when truncating (TRL's truncation_mode; default: keep_start)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
 
 
-def _config(ns):
-    from .engine import MaskConfig
+def _spec(ns):
+    from .parallel import WorkerSpec
 
+    return WorkerSpec(tokenizer=ns.tokenizer, trust_remote_code=ns.trust_remote_code,
+                      rules_files=tuple(map(str, ns.rules)), strategy_files=tuple(map(str, ns.strategy_file)),
+                      collator_files=tuple(map(str, ns.collator)), source=str(ns.data))
+
+
+def _config(ns, registered: dict | None = None):
+    """The MaskConfig the flags describe. `registered`: {name: Rules | file} from WorkerSpec.register() (the user
+    files are loaded there, before the strategy name is checked against the registry)."""
+    from .config import MaskConfig
+    from .rules import Rules
+    from .strategies import strategy_names
+
+    registered = registered if registered is not None else _spec(ns).register()
+    strategy = ns.strategy
+    if strategy is None:
+        if len(registered) != 1:
+            names = ", ".join(strategy_names())
+            raise MaskLensError("--strategy is required" + (f" ({len(registered)} strategies were registered)"
+                                                           if registered else ""),
+                                fix=f"choose one: --strategy NAME, with NAME one of {names}")
+        strategy = next(iter(registered))
+    if strategy not in strategy_names():
+        raise MaskLensError(f"--strategy {strategy!r} is not a registered strategy",
+                            fix=f"use one of {', '.join(strategy_names())} (or register yours with --rules FILE, "
+                                "--strategy-file FILE.py or --collator FILE.py)")
     tpl = None
     if ns.chat_template is not None:
         try:
             tpl = ns.chat_template.read_text(encoding="utf-8")
-        except OSError as e:
-            raise MaskLensError(f"cannot be read ({e.strerror})", file=str(ns.chat_template),
-                                fix="give a readable jinja template file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise MaskLensError(f"cannot be read ({getattr(e, 'strerror', None) or e})", file=str(ns.chat_template),
+                                fix="give a readable UTF-8 jinja template file") from None
         if not tpl.strip():
             raise MaskLensError("is empty", file=str(ns.chat_template), fix="give a jinja chat template")
-    return MaskConfig(
-        strategy=ns.strategy, eos=ns.eos, train_roles=tuple(r for r in ns.train_roles.split(",") if r),
-        response_template=ns.response_template_ids or ns.response_template,
-        instruction_template=ns.instruction_template_ids or ns.instruction_template,
-        max_length=ns.max_length, truncation=ns.truncation, chat_template=tpl,
-        use_generation_markers=not ns.no_generation_markers,
-    )
+    rules = registered.get(strategy)
+    rules = rules if isinstance(rules, Rules) else None
+    if ns.train_roles is not None:
+        roles = tuple(r.strip() for r in ns.train_roles.split(",") if r.strip())
+    else:
+        roles = rules.roles if rules else ("assistant",)
+    mask_tokens = [t for group in ns.mask_tokens for t in group] + list(rules.mask_tokens if rules else ())
+    try:
+        return MaskConfig(
+            strategy=strategy, eos=ns.eos, train_roles=roles,
+            response_template=ns.response_template_ids or ns.response_template,
+            instruction_template=ns.instruction_template_ids or ns.instruction_template,
+            max_length=ns.max_length, truncation=ns.truncation, chat_template=tpl,
+            use_generation_markers=not ns.no_generation_markers, template_source=ns.template_source,
+            reasoning=ns.reasoning, empty_think=ns.empty_think, mask_tokens=tuple(dict.fromkeys(mask_tokens)),
+            split_turns=ns.split_turns, pad_token=ns.pad_token,
+        )
+    except MaskLensError as e:  # name the flag, not the dataclass field
+        if e.field is None:
+            raise
+        raise MaskLensError(f"--{e.field.replace('_', '-')}: {e.message}", fix=e.fix) from None
+
+
+def _check_with_tokenizer(cfg, tok) -> None:
+    """Options that only the tokenizer can check, before any row is read."""
+    from .engine import pad_id_for
+
+    if cfg.pad_token is not None:
+        try:
+            pad_id_for(tok, cfg.pad_token)
+        except MaskLensError as e:
+            raise MaskLensError(f"--pad-token: {e.message}", fix=e.fix) from None
 
 
 def _load(ns):
     from .data import load_examples
-    from .models import load_tokenizer
 
-    cfg = _config(ns)
+    spec = _spec(ns)
+    cfg = _config(ns, spec.register())
     examples = load_examples(ns.data, split=ns.split, limit=ns.limit)
-    tok = load_tokenizer(ns.tokenizer, trust_remote_code=ns.trust_remote_code)
+    tok = spec.load_tokenizer()
+    _check_with_tokenizer(cfg, tok)
     return cfg, examples, tok
 
 
@@ -225,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_audit)
     t = sub.add_parser("train", help="a short TRL SFT run on exactly these labels")
     _add_render_options(t)
-    t.add_argument("--model", default=None, help="hub id or local directory (default: the embedded SmolLM2; for train: --model's own tokenizer)")
+    t.add_argument("--model", default=None, help="hub id or local directory (default: the embedded SmolLM2)")
     t.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of the full model")
     t.add_argument("--max-steps", type=int, required=True, help="optimizer steps")
     t.add_argument("--learning-rate", type=float, default=None, help="default: TrainConfig's")
