@@ -1,5 +1,9 @@
 """`python -m app [--host H] [--port P] [--auth USER:PASS] [--allow-dir DIR]... [--no-hub] [--data FILE]
-[--tokenizer NAME]`: serve MaskLens."""
+[--tokenizer NAME] [--rules FILE]... [--strategy-file FILE.py]... [--collator FILE.py]...`: serve MaskLens.
+
+--rules / --strategy-file / --collator register strategies once, at start: every session lists them. The two Python
+flags import and run the file in the server process (core.user_code); nothing a web user uploads or types can.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer", metavar="NAME", help="tokenizer every page opens with: 'embedded' (default), a hub "
                                                        "id or a local directory")
     p.add_argument("--max-file-size", default="50mb", help="largest upload accepted (default 50mb)")
+    g = p.add_argument_group("your own masking (registered at start; every session lists them as strategies)")
+    g.add_argument("--rules", action="append", metavar="FILE", default=[],
+                   help="declarative masking rules (.json/.yaml), registered as rules:<name> (repeatable)")
+    g.add_argument("--strategy-file", action="append", metavar="FILE.py", default=[],
+                   help="a Python file registering strategies with @register (repeatable). RUNS the file's code in "
+                        "the server")
+    g.add_argument("--collator", action="append", metavar="FILE.py", default=[],
+                   help="a Python file defining make_collator(tokenizer), registered as collator:<file stem> "
+                        "(repeatable). RUNS the file's code in the server")
     return p.parse_args(argv)
 
 
@@ -34,9 +47,19 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --auth takes USER:PASS", file=sys.stderr)
             return 2
         auth = (user, password)
-    from core.paths import set_policy  # noqa: PLC0415  (heavy imports after argument errors)
+    from core.errors import MaskLensError  # noqa: PLC0415  (heavy imports after argument errors)
+    from core.paths import set_policy  # noqa: PLC0415
 
     from .main import build_app, is_loopback, launch_options, path_policy  # noqa: PLC0415
+    from .session import register_startup_strategies  # noqa: PLC0415
+
+    try:
+        names = register_startup_strategies(args.rules, args.strategy_file, args.collator)
+    except MaskLensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if names:
+        print(f"MaskLens: strategies registered at start: {', '.join(names)}", file=sys.stderr)
 
     policy = path_policy(args.host, args.allow_dir, args.no_hub, operator_paths=[args.tokenizer])
     set_policy(policy)

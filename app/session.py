@@ -16,6 +16,7 @@ from core.data import Example, load_examples_lenient, normalize_row
 from core.engine import MaskConfig, RenderedExample, render_examples
 from core.errors import MaskLensError
 from core.models import load_tokenizer
+from core.rules import Rules
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "samples"
 DEFAULT_SAMPLE = "chat_multiturn.jsonl"
@@ -155,6 +156,10 @@ def parse_ids(s: str, field_name: str) -> list[int]:
     return [int(x) for x in re.findall(r"-?\d+", s)]
 
 
+# strategy name -> the rules a --rules file registered at start (their mask_tokens and roles join the configuration)
+STARTUP_RULES: dict[str, Rules] = {}
+
+
 @dataclass
 class Settings:
     """The masking settings as the Inspect controls hold them (strings from text boxes, 0 for 'no max_length')."""
@@ -188,15 +193,24 @@ class Settings:
             max_length = int(self.max_length or 0)
         except (TypeError, ValueError):
             raise MaskLensError(f"{self.max_length!r} is not a number", field="max_length") from None
+        rules = STARTUP_RULES.get(self.strategy)  # a --rules strategy trains its own roles (as core.rules does)
         return MaskConfig(
-            strategy=self.strategy, eos=self.eos, train_roles=tuple(self.train_roles) or ("assistant",),
+            strategy=self.strategy, eos=self.eos,
+            train_roles=rules.roles if rules is not None else tuple(self.train_roles) or ("assistant",),
             response_template=tpl(self.response_template, "response_template"),
             instruction_template=tpl(self.instruction_template, "instruction_template"),
             max_length=max_length if max_length > 0 else None, truncation=self.truncation,
             chat_template=chat_template or None, use_generation_markers=bool(self.use_generation_markers),
             template_source=self.template_source, reasoning=self.reasoning, empty_think=self.empty_think,
-            mask_tokens=_token_list(self.mask_tokens), split_turns=bool(self.split_turns),
+            mask_tokens=self.mask_token_list(), split_turns=bool(self.split_turns),
             pad_token=(self.pad_token or "").strip() or None)
+
+    def mask_token_list(self) -> tuple[str, ...]:
+        """mask_tokens as the engine takes them: the box's tokens, then those of start-up rules chosen as strategy.
+        Example: Settings(mask_tokens="</think>, <|im_end|>").mask_token_list() -> ("</think>", "<|im_end|>")."""
+        own = _token_list(self.mask_tokens)
+        rules = STARTUP_RULES.get(self.strategy)
+        return tuple(dict.fromkeys((*own, *rules.mask_tokens))) if rules is not None else own
 
 
 def _token_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -254,3 +268,56 @@ class Session:
     def template(self) -> str | None:
         """The template in use: the edited one, else the tokenizer's."""
         return self.chat_template or self.tokenizer_template() or None
+
+
+# ------------------------------------------------------------------------------------------------------ start-up
+
+
+def register_startup_strategies(rules_files=(), strategy_files=(), collator_files=()) -> list[str]:
+    """Register what the operator names when starting the app (``python -m app --rules FILE --strategy-file FILE
+    --collator FILE``, each repeatable): every session lists these strategies beside the built-ins.
+
+    Strategy and collator files are Python code, imported and run here (core.user_code): start-up flags only, never
+    reachable from the page. Rules files are data (core.rules), registered as ``rules:<name>``.
+    All or nothing: on the first bad file, what this call registered is undone and its MaskLensError (file, line or
+    key, fix) raised. A name registered twice is an error, not a silent replacement.
+    Example: register_startup_strategies(["first_turn.yaml"], ["mine.py"]) -> ["rules:first_turn", "no_tool_calls"]
+    """
+    from core.rules import load_rules, register_rules  # noqa: PLC0415
+    from core.strategies import get_strategy, strategy_names, unregister  # noqa: PLC0415
+    from core.user_code import load_collator_file, load_strategy_file  # noqa: PLC0415
+
+    before = set(strategy_names())
+    added: list[str] = []
+    rules_added: dict[str, Rules] = {}
+
+    def fresh(name: str, path) -> None:
+        if get_strategy(name) is not None:
+            raise MaskLensError(f"registers {name!r}, a strategy already registered" +
+                                (" by an earlier file" if name in added else ""), file=str(path),
+                                fix="give each rules set, strategy and collator its own name")
+
+    try:
+        for path in rules_files or ():
+            rules = load_rules(path)
+            fresh(rules.strategy_name, path)
+            added.append(register_rules(rules))
+            rules_added[rules.strategy_name] = rules
+        for path in strategy_files or ():
+            known = set(strategy_names())
+            names = load_strategy_file(path)
+            clash = [n for n in names if n in known]
+            if clash:
+                raise MaskLensError(f"registers {clash[0]!r}, a strategy already registered"
+                                    + (" by an earlier file" if clash[0] in added else ""), file=str(path),
+                                    fix="give each strategy its own name")
+            added += names
+        for path in collator_files or ():
+            fresh(f"collator:{Path(path).stem}", path)
+            added.append(load_collator_file(path))
+    except BaseException:
+        for n in set(strategy_names()) - before:
+            unregister(n)
+        raise
+    STARTUP_RULES.update(rules_added)
+    return added
