@@ -91,6 +91,28 @@ def test_strategy_switch_changes_labels(loaded):
     assert "errbox" in bad.error and "response_template" in bad.error and 'data-token-id' not in bad.view
 
 
+def test_mask_tokens_reach_the_engine_and_inspect_has_their_control(loaded, smol_tok):
+    assert Settings(mask_tokens=("</think>", "<|im_end|>")).to_config().mask_tokens == ("</think>", "<|im_end|>")
+    assert Settings(mask_tokens=r" <|im_end|> , \n ,").to_config().mask_tokens == ("<|im_end|>", "\n")
+    assert Settings().to_config().mask_tokens == ()
+    out, _ = loaded
+    s = out.session
+    masked = tab_inspect.on_settings(s, *settings_values(mask_tokens="<|im_end|>"))
+    expected = render_examples([s.example], smol_tok, MaskConfig("assistant_only", mask_tokens=("<|im_end|>",)))[0]
+    assert [lab for *_, lab in tokens_of(masked.view)] == expected.labels
+    im_end = smol_tok.convert_tokens_to_ids("<|im_end|>")
+    assert all(lab == IGNORE for _, i, lab in tokens_of(masked.view) if i == im_end)
+    assert any(lab != IGNORE for _, i, lab in tokens_of(out.view) if i == im_end)  # trained before
+    assert masked.mask_tokens["value"] == "<|im_end|>"
+    # the Inspect control: a text box whose submit and blur re-render with the settings
+    from app.main import build_app
+
+    demo = build_app()
+    box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "mask-tokens")
+    events = {ev for f in demo.fns.values() for bid, ev in f.targets if bid == box._id and f.fn is tab_inspect.on_settings}
+    assert events == {"submit", "blur"}
+
+
 def test_navigation_and_jump(loaded):
     out, _ = loaded
     s = out.session
