@@ -174,8 +174,13 @@ def _analyze(tokenizer, template: str, render) -> TemplateInfo:
     # A closer followed at once by the token that closes user turns (or EOS) closes the turn with it: Cohere's
     # <|END_RESPONSE|><|END_OF_TURN_TOKEN|>. The whole sequence is the end-of-turn marker.
     user_first = next(iter(_candidates(gap_user, rx, bos)), None)
+    base_mid = mid
     mid = _extend_closer(gap_mid, mid, (eos, user_first))
     eots: list[str] = [mid] if mid else []
+    if mid and mid != base_mid and user_first and mid.endswith(user_first):
+        # A turn that does not end with the full sequence (Command-A's tool-call turns end <|END_ACTION|>) still
+        # ends with the turn closer.
+        eots.append(user_first)
     # The final turn's closer: the first special token right after it (gpt-oss closes it with <|return|>).
     if first_last and (first_last == eos or first_last in user_closers or first_last == mid
                        or gap_last.lstrip().startswith(first_last)):
@@ -381,15 +386,20 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
                 if own < 0:
                     own = start
             if own >= 0 and hdr:
-                p = text.rfind(hdr, cursor, own)
-                if p >= 0:
-                    anchor, body = p, p + len(hdr)
+                for h in _header_forms(hdr, specials):
+                    p = text.rfind(h, cursor, own)
+                    if p >= 0:
+                        anchor, body = p, p + len(h)
+                        break
             elif own < 0 and not content and hdr:
                 # No text of its own (an assistant message with only tool calls): its header, before the next
                 # message's text.
-                p = text.find(hdr, cursor, _next_text_at(text, messages, i + 1, cursor, specials))
-                if p >= 0:
-                    anchor, body = p, p + len(hdr)
+                stop = _next_text_at(text, messages, i + 1, cursor, specials)
+                for h in _header_forms(hdr, specials):
+                    p = text.find(h, cursor, stop)
+                    if p >= 0:
+                        anchor, body = p, p + len(h)
+                        break
             if not content:  # the (empty) content sits after the think block, or right after the header
                 start = rz[1] + _prefix_len(text, rz[1], info.think_close) if rz else (body if body >= 0 else cursor)
                 matched = ""
@@ -421,6 +431,21 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
         cursor = max(sp.content_end, rz[1] if rz else -1)
     _attach_closers(text, spans, messages, info, eos_token)
     return spans
+
+
+def _header_forms(hdr: str, specials: re.Pattern | None) -> list[str]:
+    """The header, then the shorter forms templates print before a turn that is not plain text: without its
+    trailing whitespace (Mistral "[/INST][TOOL_CALLS]"), without its last special token (Command-A's tool turns
+    open with <|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_THINKING|>, not <|START_RESPONSE|>)."""
+    forms = [hdr, hdr.rstrip()]
+    if specials is not None:
+        last = None
+        for m in specials.finditer(hdr):
+            last = m
+        if last is not None and last.start() > 0 and not hdr[last.end():].strip() \
+                and specials.search(hdr[: last.start()]):
+            forms.append(hdr[: last.start()])
+    return [f for f in dict.fromkeys(forms) if f]
 
 
 def _next_text_at(text: str, messages: list[dict], j: int, cursor: int, specials) -> int:
