@@ -73,104 +73,21 @@ def is_trained_flag_off(message: dict) -> bool:
 
 # --------------------------------------------------------------------------------------------------- reading files
 def read_rows(path: str | os.PathLike, split: str = "train", limit: int | None = None) -> tuple[list[dict], list[int | None], str]:
-    """Read raw rows from JSONL/JSON/Parquet/CSV or a hub dataset. Returns (rows, line numbers or None, source)."""
-    p = Path(path)
-    src = str(path)
-    if not p.exists():
-        if _looks_like_hub_id(src):
-            return _read_hub(src, split, limit), [None] * 0, src
-        raise MaskLensError("no such file", file=src, fix="give a path to a .jsonl/.json/.parquet/.csv file or a hub dataset id")
-    if p.is_dir():
-        raise MaskLensError("is a directory, not a data file", file=src, fix="point --data at a .jsonl/.json/.parquet/.csv file")
-    suffix = "".join(s for s in p.suffixes[-1:]).lower()
-    if p.stat().st_size == 0:
-        raise MaskLensError("the file is empty", file=src, fix="add at least one example")
-    if suffix == ".jsonl":
-        rows, lines = _read_jsonl(p, limit)
-    elif suffix == ".json":
-        rows, lines = _read_json(p, limit)
-    elif suffix in (".parquet", ".csv"):
-        rows, lines = _read_with_datasets(p, suffix, limit)
-    else:
-        raise MaskLensError(f"unsupported file type {suffix or '(none)'!r}", file=src,
-                            fix="use .jsonl, .json, .parquet or .csv")
-    if not rows:
-        raise MaskLensError("the file has no examples", file=src, fix="add at least one example")
-    return rows, lines, src
+    """Read raw rows from JSONL/JSON/Parquet/CSV or a hub dataset. Returns (rows, line numbers or None, source).
+
+    The reading and every bad-file error live in core.reader (which streams; this collects)."""
+    from .reader import iter_rows  # noqa: PLC0415  (core.reader imports this module)
+
+    rows, lines = [], []
+    for _, obj, line in iter_rows(path, split, limit):
+        rows.append(obj)
+        lines.append(line)
+    return rows, lines, str(path)
 
 
 def _looks_like_hub_id(s: str) -> bool:
     parts = s.split("/")
     return len(parts) == 2 and all(parts) and not s.startswith((".", "/")) and "." not in parts[1][-8:]
-
-
-def _read_jsonl(p: Path, limit: int | None):
-    rows, lines = [], []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MaskLensError(f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})", file=str(p),
-                                    row=len(rows), fix="make each line one JSON object") from None
-            if not isinstance(obj, dict):
-                raise MaskLensError(f"line {lineno} is a JSON {type(obj).__name__}, not an object", file=str(p),
-                                    row=len(rows), fix='make each line an object such as {"messages": [...]}')
-            rows.append(obj)
-            lines.append(lineno)
-            if limit and len(rows) >= limit:
-                break
-    return rows, lines
-
-
-def _read_json(p: Path, limit: int | None):
-    try:
-        with open(p, encoding="utf-8") as f:
-            obj = json.load(f)
-    except json.JSONDecodeError as e:
-        raise MaskLensError(f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})", file=str(p),
-                            fix="a .json file holds one array of example objects (use .jsonl for one object a line)") from None
-    if isinstance(obj, dict):
-        lists = [v for v in obj.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            obj = lists[0]
-        else:
-            obj = [obj]
-    if not isinstance(obj, list):
-        raise MaskLensError("expected an array of example objects", file=str(p), fix="wrap the examples in [ ... ]")
-    for i, r in enumerate(obj):
-        if not isinstance(r, dict):
-            raise MaskLensError(f"element is a JSON {type(r).__name__}, not an object", file=str(p), row=i,
-                                fix='make each element an object such as {"messages": [...]}')
-    obj = obj[:limit] if limit else obj
-    return obj, [None] * len(obj)
-
-
-def _read_with_datasets(p: Path, suffix: str, limit: int | None):
-    import datasets  # noqa: PLC0415  (heavy: only when needed)
-
-    try:
-        if suffix == ".parquet":
-            ds = datasets.Dataset.from_parquet(str(p))
-        else:
-            ds = datasets.Dataset.from_csv(str(p))
-    except Exception as e:  # datasets raises many types; the user needs the message and the file
-        raise MaskLensError(f"could not be read as {suffix[1:]}: {e}", file=str(p), fix=f"check it is a valid {suffix[1:]} file") from None
-    if limit:
-        ds = ds.select(range(min(limit, len(ds))))
-    rows = ds.to_list()
-    for i, r in enumerate(rows):  # CSV cells hold JSON text for nested fields
-        for k in JSON_FIELDS:
-            v = r.get(k)
-            if isinstance(v, str) and v[:1] in "[{":
-                try:
-                    r[k] = json.loads(v)
-                except json.JSONDecodeError as e:
-                    raise MaskLensError(f"holds text that is not valid JSON ({e.msg})", file=str(p), row=i, field=k,
-                                        fix="store nested fields as JSON") from None
-    return rows, [None] * len(rows)
 
 
 def _read_hub(name: str, split: str, limit: int | None):
