@@ -204,5 +204,21 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
         templates["use"].click(tab_inspect.on_use_template, [session, templates["marked"]],
                                inspect.outputs + [tpl_code, tabs])
         demo.load(tab_inspect.make_loader(default_data, default_tokenizer), [], inspect.load_outputs)
+    queue_as_heavy(demo, HEAVY_TRIGGERS)
     demo.queue(default_concurrency_limit=8)
     return demo
+
+
+# Buttons whose events work over a whole dataset; tabs that do not pass tab_audit.HEAVY themselves get it here.
+HEAVY_TRIGGERS = ("export-run",)
+
+
+def queue_as_heavy(demo: gr.Blocks, elem_ids: tuple[str, ...]) -> None:
+    """Put the events triggered by these components in the "heavy" queue (tab_audit.HEAVY: one at a time across all
+    sessions). Gradio reads concurrency_id/limit when an event is first queued, so this holds until launch."""
+    from .tab_audit import HEAVY  # noqa: PLC0415
+
+    ids = {bid for bid, b in demo.blocks.items() if getattr(b, "elem_id", None) in elem_ids}
+    for fn in demo.fns.values():
+        if any(bid in ids for bid, _ in fn.targets):
+            fn.concurrency_limit, fn.concurrency_id = HEAVY["concurrency_limit"], HEAVY["concurrency_id"]

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 PROBLEM_COLUMNS = ["#", "row", "severity", "findings", "tokens", "trained share"]
 PER_EXAMPLE_BARS = 400  # above this many examples the plots are histograms
 MAX_PROBLEM_ROWS = 2000  # the table lists the first ones; the counts above it cover all
+# Event kwargs for work over a whole dataset (audit, packing, export, starting a run, generations): these events share
+# one queue and run one at a time across all sessions, so they wait their turn instead of taking the cores from
+# everyone's token views (views keep the default concurrency, app.main's queue()).
+HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
 
 
 def _fail(e: Exception) -> str:
@@ -276,8 +280,8 @@ def build_audit_tab(session: gr.State) -> dict:
     packing = gr.HTML(elem_id="packing")
     packed_view = gr.HTML(elem_id="packed-row", js_on_load=TOKEN_VIEW_JS, elem_classes="tvbox")
 
-    run.click(on_audit, [session], [summary, share, length, counts, problems])
-    pargs = dict(fn=on_pack, inputs=[session, pstrat, plen, prow], outputs=[packing, packed_view])
+    run.click(on_audit, [session], [summary, share, length, counts, problems], **HEAVY)
+    pargs = dict(fn=on_pack, inputs=[session, pstrat, plen, prow], outputs=[packing, packed_view], **HEAVY)
     pbtn.click(**pargs)
     pstrat.input(**pargs)
     plen.submit(**pargs)

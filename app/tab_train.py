@@ -27,6 +27,7 @@ from core.models import is_embedded, load_tokenizer
 
 from . import train_view as tv
 from .session import Session
+from .tab_audit import HEAVY
 
 log = logging.getLogger(__name__)
 
@@ -416,13 +417,13 @@ def build_train_tab(session: gr.State) -> dict:
     refresh_outputs = [progress, plot, table, selected, compare, log_box, watched, tick_state]
     form = [model, lora, steps, lr, batch, accum, max_len, packing, packing_strategy, seed, lora_r, lora_alpha, ckpt,
             held]
-    start.click(on_start, [session, selected, *form], [message, *refresh_outputs], concurrency_limit=1)
+    start.click(on_start, [session, selected, *form], [message, *refresh_outputs], **HEAVY)
     stop.click(on_stop, [watched, selected], [message])
     timer.tick(on_tick, [watched, selected, tick_state], [progress, plot, table, selected, compare, log_box, watched,
                                                           tick_state], show_progress="hidden")
     selected.input(on_select, [watched, selected], refresh_outputs, show_progress="hidden")
     lora.input(tv.learning_rate_for, [lora, lr], [lr])
-    generate.click(on_generate, [session, watched, selected, prompts, max_new], [generations], concurrency_limit=1)
+    generate.click(on_generate, [session, watched, selected, prompts, max_new], [generations], **HEAVY)
     export.click(lambda w, s, n: tuple(on_export(w, s, n)), [watched, selected, gpus],
                  [script, command, download, export_msg])
     return {"start": start, "stop": stop, "timer": timer, "selected": selected, "progress": progress}

@@ -12,6 +12,7 @@ import math
 import time
 from typing import Any
 
+from core.runs import CORRUPTED
 from core.train import TrainConfig
 
 from .render import error_html, esc  # noqa: F401  (one error box for every tab)
@@ -153,17 +154,31 @@ def run_progress(record: dict, config: dict, metrics: list[dict], now: float | N
     s/step leaves out the first step (model warm-up) when there are at least two."""
     max_steps = (record.get("result") or {}).get("max_steps") or config.get("max_steps") or 0
     last = metrics[-1] if metrics else {}
-    step = last.get("step", 0)
+    step = _number(last.get("step")) or 0
     per_step = None
-    if len(metrics) >= 2 and metrics[-1]["step"] > metrics[0]["step"]:
-        per_step = (metrics[-1]["elapsed_s"] - metrics[0]["elapsed_s"]) / (metrics[-1]["step"] - metrics[0]["step"])
-    elif step:
-        per_step = last.get("elapsed_s", 0) / step
+    first = metrics[0] if metrics else {}
+    steps = (_number(first.get("step")), step)
+    times = (_number(first.get("elapsed_s")), _number(last.get("elapsed_s")))  # a damaged line may lack them
+    if len(metrics) >= 2 and None not in steps and None not in times and steps[1] > steps[0]:
+        per_step = (times[1] - times[0]) / (steps[1] - steps[0])
+    elif step and times[1] is not None:
+        per_step = times[1] / step
     eta = None
     if record.get("status") == "running" and per_step is not None and max_steps:
         eta = per_step * (max_steps - step)
     return {"step": step, "max_steps": max_steps, "loss": last.get("loss"), "per_step": per_step, "eta": eta,
             "tokens": last.get("tokens_seen"), "fraction": min(1.0, step / max_steps) if max_steps else 0.0}
+
+
+def _number(x) -> float | None:
+    """A metrics value that is a finite number, else None (damaged or hand-edited metrics.jsonl lines)."""
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def status_of(record: dict) -> str:
+    """The status to show: "corrupted" for a damaged run directory (core.runs lists it so; a record read on its own
+    carries its damage in "problems"), else the recorded one."""
+    return CORRUPTED if record.get("status") == CORRUPTED or record.get("problems") else record.get("status", "?")
 
 
 def strategy_of(config: dict) -> str:
@@ -188,7 +203,7 @@ def runs_rows(views: list[dict]) -> list[list]:
         r, p = v["record"], run_progress(v["record"], v["config"], v["metrics"])
         started = r.get("started_at") or r.get("created_at")
         model = model_label(v["config"].get("model")) + (" (LoRA)" if v["config"].get("lora") else "")
-        rows.append([r["name"], r.get("status", "?"), strategy_of(v["config"]), model,
+        rows.append([r["name"], status_of(r), strategy_of(v["config"]), model,
                      f"{p['step']}/{p['max_steps']}", fmt_loss(p["loss"]),
                      "–" if p["per_step"] is None else f"{p['per_step']:.2f}",
                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "–"])
@@ -197,7 +212,7 @@ def runs_rows(views: list[dict]) -> list[list]:
 
 def run_choices(views: list[dict]) -> list[tuple[str, str]]:
     """(label, run name) for the selection dropdown, newest first. Example label: '20240101-1200-ab12 · full · completed'."""
-    return [(f"{v['record']['name']} · {strategy_of(v['config'])} · {v['record'].get('status', '?')}",
+    return [(f"{v['record']['name']} · {strategy_of(v['config'])} · {status_of(v['record'])}",
              v["record"]["name"]) for v in reversed(views)]
 
 
@@ -217,9 +232,9 @@ def progress_html(view: dict | None, log_tail: str = "") -> str:
         return '<div class="tr-progress tr-empty">No runs yet: set the options and press Start.</div>'
     r, c = view["record"], view["config"]
     p = run_progress(r, c, view["metrics"])
-    status = r.get("status", "?")
+    status = status_of(r)
     colour = {"running": "#059669", "queued": "#64748b", "completed": "#0f766e", "stopped": "#b45309",
-              "failed": "#b91c1c"}.get(status, "#64748b")
+              "failed": "#b91c1c", CORRUPTED: "#7c3aed"}.get(status, "#64748b")
     bits = [f"<b>{esc(r['name'])}</b>", f'<span style="color:{colour};font-weight:600">{esc(status)}</span>',
             f"step {p['step']}/{p['max_steps']}", f"loss {fmt_loss(p['loss'])}"]
     if p["per_step"] is not None:
@@ -233,6 +248,13 @@ def progress_html(view: dict | None, log_tail: str = "") -> str:
     bar = (f'<div class="tr-bar" style="height:6px;background:#e5e7eb;border-radius:3px;margin:4px 0">'
            f'<div style="width:{pct:.1f}%;height:6px;background:{colour};border-radius:3px"></div></div>')
     out = f'<div class="tr-progress" data-status="{esc(status)}">{" · ".join(bits)}{bar}'
+    if status == CORRUPTED:
+        recorded = r.get("recorded_status") or (r.get("status") if r.get("status") != CORRUPTED else None)
+        error = r.get("error") if r.get("status") == CORRUPTED else None
+        error = error or (f"corrupted run directory: {'; '.join(r.get('problems') or [])}. Fix: inspect the files; "
+                          "delete the directory if the run is not needed.")
+        return out + error_html(error + (f" (run.json last said: {recorded})" if recorded else ""),
+                                f"Run {r['name']} is corrupted") + "</div>"
     if status == "failed" or (status == "stopped" and r.get("error")):
         out += error_html(r.get("error") or "the run failed", f"Run {r['name']} {status}")
         if status == "failed" and log_tail.strip():
@@ -242,12 +264,12 @@ def progress_html(view: dict | None, log_tail: str = "") -> str:
 
 
 def loss_frame(curves: dict[str, list[dict]]):
-    """Loss curves as one long DataFrame (step, loss, run); steps whose loss is null (NaN/inf in training) are left
-    out."""
+    """Loss curves as one long DataFrame (step, loss, run); steps whose loss is null (NaN/inf in training) or whose
+    line lacks step or loss (a damaged metrics.jsonl) are left out."""
     import pandas as pd
 
-    rows = [{"step": m["step"], "loss": m["loss"], "run": name}
-            for name, metrics in curves.items() for m in metrics if m.get("loss") is not None]
+    rows = [{"step": m["step"], "loss": m["loss"], "run": name} for name, metrics in curves.items() for m in metrics
+            if _number(m.get("loss")) is not None and _number(m.get("step")) is not None]
     return pd.DataFrame(rows, columns=["step", "loss", "run"]).astype({"step": "int64", "loss": "float64", "run": "str"})
 
 
@@ -293,11 +315,11 @@ def compare_html(views: list[dict]) -> str:
     rows = []
     for v in views:
         p = run_progress(v["record"], v["config"], v["metrics"])
-        losses = [m["loss"] for m in v["metrics"] if m.get("loss") is not None]
+        losses = [m["loss"] for m in v["metrics"] if _number(m.get("loss")) is not None]
         c = v["config"]
         rows.append("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in (
             v["record"]["name"], strategy_of(c), model_label(c.get("model")) + (" (LoRA)" if c.get("lora") else ""),
-            v["record"].get("status"), f"{p['step']}/{p['max_steps']}", fmt_loss(losses[0] if losses else None),
+            status_of(v["record"]), f"{p['step']}/{p['max_steps']}", fmt_loss(losses[0] if losses else None),
             fmt_loss(losses[-1] if losses else None), fmt_loss(min(losses) if losses else None),
             "–" if p["per_step"] is None else f"{p['per_step']:.2f}", p["tokens"] if p["tokens"] else "–")) + "</tr>")
     strategies = {strategy_of(v["config"]) for v in views}

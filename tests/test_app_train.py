@@ -137,6 +137,30 @@ def test_held_out_prompts_and_views():
     assert tv.fmt_duration(75) == "1m 15s" and tv.model_label("/a/b/c/d") == "c/d"
 
 
+def test_corrupted_runs_and_damaged_metrics_are_shown_not_fatal(tmp_path):
+    """A damaged run directory reads as corrupted (core.runs), and metrics lines without elapsed_s/step/loss (hand
+    edits, a damaged file) never break the progress line, the table or the curves."""
+    root = tmp_path / "runs"
+    run_dir = runs.create_run([{"input_ids": [1, 2], "labels": [-100, 2]}], TrainConfig(max_steps=4), root, name="bad")
+    runs.update_run_record(run_dir, status="completed", started_at=1.0, ended_at=9.0)
+    (run_dir / runs.CONFIG_FILE).unlink()
+    metrics = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "elapsed_s": 1.0}, {"loss": 1.0}]
+    listed = runs.list_runs(root)[0]  # status corrupted, recorded_status completed, error naming config.json
+    for record in (listed, runs.read_run(run_dir)):  # as the list gives it, and read on its own (problems only)
+        view = {"record": record, "config": {}, "metrics": metrics}
+        page = tv.progress_html(view)
+        assert 'data-status="corrupted"' in page and "errbox" in page, page
+        assert "config.json is missing" in page and "Fix:" in page and "run.json last said: completed" in page
+        assert tv.runs_rows([view])[0][1] == "corrupted" and "corrupted" in tv.run_choices([view])[0][0]
+        assert "<td>corrupted</td>" in tv.compare_html([view])
+    p = tv.run_progress({"status": "running"}, {"max_steps": 4}, metrics)
+    assert p["step"] == 0 and p["per_step"] is None and p["eta"] is None  # the last line lacks step and elapsed_s
+    p = tv.run_progress({"status": "running"}, {"max_steps": 4}, metrics[:2])
+    assert p["step"] == 2 and p["per_step"] == 0.5 and p["eta"] == 1.0  # elapsed_s 1.0 over 2 steps
+    assert tv.loss_frame({"x": metrics}).to_dict("records") == [{"step": 1, "loss": 2.0, "run": "x"},
+                                                               {"step": 2, "loss": 1.5, "run": "x"}]
+
+
 def test_the_tab_builds():
     import gradio as gr
 

@@ -155,3 +155,78 @@ def test_a_served_app_lists_the_startup_strategies(tmp_path):
         proc.wait(timeout=30)
         log.close()
     assert "strategies registered at start: " + ", ".join(NAMES) in (tmp_path / "app.log").read_text()
+
+
+# ------------------------------------------------------------------------------------------------------ heavy queue
+HEAVY_EVENTS = {("audit-run", "click"), ("packing-run", "click"), ("packing-strategy", "input"),
+                ("export-run", "click"), ("train-start", "click"), ("train-generate", "click")}
+
+
+def test_dataset_wide_events_share_the_heavy_queue_and_views_do_not():
+    from app.main import build_app
+
+    demo = build_app()
+    heavy, views = set(), []
+    for f in demo.fns.values():
+        where = {(demo.blocks[b].elem_id, ev) for b, ev in f.targets if b in demo.blocks}
+        if f.concurrency_id == "heavy":
+            assert f.concurrency_limit == 1
+            heavy |= where
+        else:
+            views.append((f, where))
+    assert HEAVY_EVENTS <= heavy
+    # the packing boxes (max_length, show row) have no elem_id: two submit events of on_pack
+    assert sum(1 for f in demo.fns.values() if f.concurrency_id == "heavy" and getattr(f.fn, "__name__", "") == "on_pack"
+               ) == 4
+    inspect_views = [f for f, where in views if ("next", "click") in where or ("strategy", "input") in where]
+    assert inspect_views and all(f.concurrency_limit == "default" for f in inspect_views)
+
+
+def test_heavy_work_queues_one_at_a_time_while_views_answer(monkeypatch, smol_tok):
+    """Two sessions audit at once, a third browses Inspect: the audits run one after the other (the heavy queue),
+    the third session's views answer while they run."""
+    import functools
+    import threading
+
+    import gradio as gr
+    from gradio_client import Client
+
+    from app import tab_audit
+    from app.main import build_app, launch_options
+
+    spans, lock = [], threading.Lock()
+    real = tab_audit.on_audit
+
+    @functools.wraps(real)
+    def slow_audit(session, progress=gr.Progress()):
+        start = time.monotonic()
+        time.sleep(2.0)  # stands for a long audit (without taking a core from the test)
+        out = real(session, progress)
+        with lock:
+            spans.append((start, time.monotonic()))
+        return out
+
+    monkeypatch.setattr(tab_audit, "on_audit", slow_audit)
+    demo = build_app()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        a, b, c = (Client(url, verbose=False) for _ in range(3))  # three sessions
+        for cl in (a, b, c):
+            cl.predict(api_name="/load")
+        jobs = [a.submit(api_name="/on_audit"), b.submit(api_name="/on_audit")]
+        time.sleep(0.5)
+        latencies = []
+        while not all(j.done() for j in jobs):
+            t = time.monotonic()
+            out = c.predict(api_name="/on_next")
+            latencies.append(time.monotonic() - t)
+            assert 'data-token-id' in out[0]  # the token view (the session State is not an API output)
+        results = [j.result() for j in jobs]
+    finally:
+        demo.close()
+    assert all("errbox" not in r[0] for r in results)
+    (s1, e1), (s2, e2) = sorted(spans)
+    assert s2 >= e1, f"the audits overlapped: {spans}"  # one at a time
+    assert len(latencies) >= 3 and max(latencies) < 1.5, latencies  # views answered while the audits ran

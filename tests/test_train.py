@@ -294,26 +294,34 @@ def test_failed_child_records_the_error(tmp_path, examples):
 
 
 def _record(tmp_path, **fields):
+    """A run directory as create_run writes it (config.json, data.jsonl, then run.json), with run.json's fields set:
+    a sound directory, so only the record's own fields decide what read_run / list_runs report."""
     run_dir = tmp_path / "r1"
     run_dir.mkdir()
-    runs.atomic_write_json(run_dir / "run.json", {"status": "running", "created_at": time.time(), **fields})
+    runs.write_examples(run_dir / runs.DATA_FILE, [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}])
+    runs.atomic_write_json(run_dir / runs.CONFIG_FILE, TrainConfig(max_steps=2).to_dict())
+    runs.atomic_write_json(run_dir / runs.RUN_FILE, {"status": "running", "created_at": time.time(), **fields})
+    assert runs.run_problems(run_dir) == []
     return run_dir
 
 
 def test_reused_pid_is_not_our_run(tmp_path):
     run_dir = _record(tmp_path, pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()) + 1)
     assert runs.read_run(run_dir)["status"] == "failed"
+    assert [r["status"] for r in runs.list_runs(tmp_path)] == ["failed"]
 
 
 def test_live_pid_stays_running(tmp_path):
     run_dir = _record(tmp_path, pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()))
     assert runs.read_run(run_dir)["status"] == "running"
+    assert [r["status"] for r in runs.list_runs(tmp_path)] == ["running"]  # listed as running, not corrupted
 
 
 def test_queued_run_that_never_started(tmp_path):
     run_dir = _record(tmp_path, status="queued", pid=None, created_at=time.time() - 3600)
     record = runs.read_run(run_dir)
     assert record["status"] == "failed" and record["error"] == "process never started"
+    assert [r["status"] for r in runs.list_runs(tmp_path)] == ["failed"]
 
 
 def test_list_runs_skips_half_created_dirs(tmp_path):
