@@ -111,22 +111,27 @@ def _trained_spans(spans: list[MessageSpan], decide) -> list[tuple[int, int]]:
     return out
 
 
-def _option_masks(spans: list[MessageSpan], decide: Decider) -> tuple[list, list]:
+def _option_masks(spans: list[MessageSpan], decide: Decider, gen: list[tuple[int, int]] = ()) -> tuple[list, list]:
     """On the generation-marker path: the ranges options take out of TRL's mask, and the ranges that stay trained.
 
     With default options nothing is taken out (labels are exactly TRL's). Header decisions never take anything out:
     TRL's families differ on whether the role header is trained (gpt-oss trains <|start|>assistant) and its choice stands.
+    Text a generation block covers past its message's end (Qwen3's twin: the newline after <|im_end|>) goes with the
+    message's end-of-turn: masked with it, or with the whole message.
     """
     masks, keep = [], []
     for sp in spans:
         if sp.role != "assistant" or not sp.found:
             continue
+        end = max([sp.end] + [e for s, e in gen if sp.header_start <= s < sp.end])
         if sp.index not in decide.trainable:  # flagged off, or not the last turn for last_assistant
-            masks.append((sp.header_start, sp.end))
+            masks.append((sp.header_start, end))
             continue
         for part, a, b in sp.parts:
             if part == "header":
                 continue
+            if part == "eot" and b == sp.end:
+                b = end
             (keep if decide(sp.index, part)[0] else masks).append((a, b))
     return masks, keep
 
@@ -380,7 +385,7 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
             builder = lambda: segs  # noqa: E731
         if plan.gen is not None:
             labels = labels_from_generation(enc, ids, plan.gen)
-            masks, keep = _option_masks(spans, decide)
+            masks, keep = _option_masks(spans, decide, plan.gen)
             if masks:
                 unlabel_char_ranges(enc, labels, masks, keep)
         elif plan.token_level in (None, "not_applicable", "full"):

@@ -360,25 +360,36 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
         role = m.get("role", "")
         if role == "assistant":
             reasoning, content = reasoning_of(m)
+            if reasoning and not _renders_reasoning(m, info):
+                searched = None  # the template drops it: never look for its text (it may be another message's)
+            else:
+                searched = reasoning
         else:
             reasoning, content = None, m.get("content") or ""
+            searched = None
         content = content if isinstance(content, str) else ""
         hdr = info.headers.get(role, "")
         anchor = body = start = -1  # header start, text after the header, content start
         matched = content
         rz = None
-        if content and not reasoning and hdr:
+        if content and not searched and hdr:
             # Anchor on header (+ what the template inserts) + content, so that a short content ("a") never matches
             # inside a header.
+            # The earliest of the two (a later turn may repeat this content after the scaffold).
             for lead in dict.fromkeys((hdr + info.scaffold, hdr)):
                 p = text.find(lead + content, cursor)
-                if p >= 0:
+                if p >= 0 and (anchor < 0 or p < anchor):
                     anchor, body, start = p, p + len(hdr), p + len(lead)
-                    break
         if start < 0:
             own = -1  # where this message's own text starts
-            if reasoning:
-                rp, rm = _find_content(text, reasoning, cursor, specials=specials)
+            if searched:
+                # Before the next message's text: a template that drops this turn's reasoning must not lend it
+                # a later message's identical text.
+                stop = _next_text_at(text, messages, i + 1, cursor, specials, info.headers)
+                rp, rm = _find_content(text, searched, cursor, specials=specials)
+                if rp > stop or (rp == stop and rp >= 0 and _next_text_at(
+                        text, messages, i + 1, rp + len(rm), specials, info.headers) >= len(text)):
+                    rp = -1  # what was found is the next message's text (or a later one's)
                 if rp >= 0:
                     rz, own = (rp, rp + len(rm)), rp
             if content:
@@ -394,7 +405,7 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
             elif own < 0 and not content and hdr:
                 # No text of its own (an assistant message with only tool calls): its header, before the next
                 # message's text.
-                stop = _next_text_at(text, messages, i + 1, cursor, specials)
+                stop = _next_text_at(text, messages, i + 1, cursor, specials, info.headers)
                 for h in _header_forms(hdr, specials):
                     p = text.find(h, cursor, stop)
                     if p >= 0:
@@ -433,6 +444,16 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
     return spans
 
 
+def _renders_reasoning(message: dict, info: TemplateInfo) -> bool:
+    """Whether the template can render this message's reasoning: inline <think> content is always there; a reasoning
+    field only when the probe saw the template render one (transformers copies the first reasoning field present into
+    both `reasoning_content` and `thinking` before rendering, so the field's name does not matter)."""
+    content = message.get("content")
+    if isinstance(content, str) and "</think>" in content:
+        return True
+    return info.reasoning_field is not None or not info.probe_ok
+
+
 def _header_forms(hdr: str, specials: re.Pattern | None) -> list[str]:
     """The header, then the shorter forms templates print before a turn that is not plain text: without its
     trailing whitespace (Mistral "[/INST][TOOL_CALLS]"), without its last special token (Command-A's tool turns
@@ -448,12 +469,18 @@ def _header_forms(hdr: str, specials: re.Pattern | None) -> list[str]:
     return [f for f in dict.fromkeys(forms) if f]
 
 
-def _next_text_at(text: str, messages: list[dict], j: int, cursor: int, specials) -> int:
-    """Where the next message with text (content or reasoning) of its own first appears after cursor."""
+def _next_text_at(text: str, messages: list[dict], j: int, cursor: int, specials, headers: dict | None = None) -> int:
+    """Where the next message with text (content or reasoning) of its own first appears after cursor: its header +
+    text where that is found (the same text may come earlier, as this message's own), else the text."""
     for m in messages[j:]:
         r, c = reasoning_of(m) if m.get("role") == "assistant" else (None, m.get("content") or "")
         for t in (r, c):
             if isinstance(t, str) and t.strip():
+                hdr = (headers or {}).get(m.get("role"), "")
+                if hdr and t is c:
+                    p = text.find(hdr + t, cursor)
+                    if p >= 0:
+                        return p
                 p, _ = _find_content(text, t, cursor, specials=specials)
                 return p if p >= 0 else len(text)
     return len(text)
