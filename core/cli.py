@@ -45,6 +45,22 @@ def _tokens(s: str) -> list[str]:
     return parts
 
 
+def _positive(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (1, 2, ...), got {s!r}")
+    return n
+
+
+def _add_num_proc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-proc", type=_positive, default=1, metavar="N",
+                   help="render in N worker processes (each loads the tokenizer once); output in input order, "
+                        "identical to --num-proc 1 (default: 1)")
+
+
 def _add_render_options(p: argparse.ArgumentParser) -> None:
     from .config import EOS_MODES, TEMPLATE_SOURCES, TRAIN_MASK, TRUNCATION_MODES
 
@@ -98,7 +114,7 @@ def _spec(ns):
 
     return WorkerSpec(tokenizer=ns.tokenizer, trust_remote_code=ns.trust_remote_code,
                       rules_files=tuple(map(str, ns.rules)), strategy_files=tuple(map(str, ns.strategy_file)),
-                      collator_files=tuple(map(str, ns.collator)), source=str(ns.data))
+                      collator_files=tuple(map(str, ns.collator)))
 
 
 def _config(ns, registered: dict | None = None):
@@ -188,27 +204,58 @@ def _atomic_write_lines(path: Path, lines) -> None:
         raise
 
 
-def cmd_render(ns) -> int:
-    from .audit import CHUNK
-    from .engine import render_examples
+def _stream(ns):
+    """(spec, cfg, tokenizer, chunks of raw rows) for render/audit: the file is read as it is rendered. The first chunk
+    is read before the tokenizer loads, so a bad file is reported at once."""
+    import itertools
 
-    cfg, examples, tok = _load(ns)
+    from .parallel import CHUNK, chunks
+    from .reader import iter_rows
+
+    spec = _spec(ns)
+    cfg = _config(ns, spec.register())
+    it = chunks(iter_rows(ns.data, split=ns.split, limit=ns.limit), CHUNK)
+    first = next(it)  # iter_rows raises for a file without examples
+    tok = spec.load_tokenizer()
+    _check_with_tokenizer(cfg, tok)
+    return spec, cfg, tok, itertools.chain([first], it)
+
+
+def _progress(done: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{done} rows", end="", file=sys.stderr, flush=True)
+
+
+def cmd_render(ns) -> int:
+    from .parallel import map_chunks, render_json_chunk
+
+    spec, cfg, tok, chunk_iter = _stream(ns)
+    n = 0
 
     def records():
-        for s in range(0, len(examples), CHUNK):
-            for r in render_examples(examples[s:s + CHUNK], tok, cfg):
-                yield json.dumps(r.to_json(), ensure_ascii=False)
+        nonlocal n
+        for lines in map_chunks(render_json_chunk, spec, cfg, chunk_iter, ns.num_proc, tokenizer=tok,
+                                source=str(ns.data)):
+            n += len(lines)
+            yield from lines
 
     _atomic_write_lines(ns.output, records())
-    print(f"wrote {len(examples)} examples to {ns.output}", file=sys.stderr)
+    print(f"wrote {n} examples to {ns.output}", file=sys.stderr)
     return 0
 
 
 def cmd_audit(ns) -> int:
-    from .audit import audit
+    from .audit import AuditReport
+    from .parallel import audit_chunk, map_chunks
 
-    cfg, examples, tok = _load(ns)
-    report, _ = audit(examples, tok, cfg)
+    spec, cfg, tok, chunk_iter = _stream(ns)
+    report = AuditReport(max_length=cfg.max_length)
+    for part in map_chunks(audit_chunk, spec, cfg, chunk_iter, ns.num_proc, tokenizer=tok,
+                               source=str(ns.data)):
+        report.merge(part)
+        _progress(report.rows)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
     if ns.format == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -312,10 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="write input_ids + labels + findings, one JSON object per input row")
     _add_render_options(r)
     r.add_argument("--output", required=True, type=Path, help="FILE.jsonl")
+    _add_num_proc(r)
     r.set_defaults(func=cmd_render)
     a = sub.add_parser("audit", help="summarise a dataset under one configuration")
     _add_render_options(a)
     a.add_argument("--format", choices=("json", "text"), default="text", help="report format (default: text)")
+    _add_num_proc(a)
     a.set_defaults(func=cmd_audit)
     t = sub.add_parser("train", help="a short TRL SFT run on exactly these labels")
     _add_render_options(t)

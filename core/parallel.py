@@ -1,25 +1,29 @@
 """Rendering a dataset chunk by chunk, in this process or in N worker processes, results in input order.
 
 Workers are started with "spawn" and get everything as plain data: the tokenizer's *name or path* (each worker loads
-it once), the MaskConfig, and the user files (--rules, --strategy-file, --collator) that register strategies, which
-each worker registers again. Nothing else crosses the process boundary but rows going in and small results
-(JSON lines, a chunk's audit stats) coming back; at most ``2 * num_proc`` chunks are in flight, so memory does not
-grow with the dataset.
+it once, at start), the MaskConfig, and the user files (--rules, --strategy-file, --collator), which each worker
+registers again (once, and again when their contents change). Nothing else crosses the process boundary but rows
+going in and small results (JSON lines, a chunk's audit stats) coming back; at most ``2 * num_proc`` chunks are in
+flight, so memory does not grow with the dataset. The workers are kept for the next call with the same tokenizer
+(starting one costs seconds: transformers and torch import) and stopped at exit (shutdown_pool).
 
 Example:
     spec = WorkerSpec(tokenizer=None)                       # None: the embedded SmolLM2
-    for lines in map_chunks(render_json_chunk, spec, cfg, chunks(iter_rows("big.jsonl")), num_proc=2):
+    rows = chunks(iter_rows("big.jsonl"))                   # core.reader: streamed
+    for lines in map_chunks(render_json_chunk, spec, cfg, rows, num_proc=2, source="big.jsonl"):
         ...                                                 # one list of JSON lines per chunk, in order
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
+import hashlib
 import json
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import MaskLensError
@@ -36,7 +40,6 @@ class WorkerSpec:
     rules_files: tuple[str, ...] = ()
     strategy_files: tuple[str, ...] = ()
     collator_files: tuple[str, ...] = ()
-    source: str | None = None  # the data file, for error messages
 
     def register(self) -> dict[str, object]:
         """Register the user files' strategies in this process. Returns {strategy name: Rules or file path}.
@@ -61,3 +64,143 @@ class WorkerSpec:
         from .models import load_tokenizer  # noqa: PLC0415
 
         return load_tokenizer(self.tokenizer, trust_remote_code=self.trust_remote_code)
+
+
+def chunks(rows: Iterable, size: int = CHUNK) -> Iterator[list]:
+    """Group an iterator into lists of `size` (the last may be shorter). Example: chunks(range(5), 2) -> [0,1] [2,3] [4]."""
+    buf = []
+    for r in rows:
+        buf.append(r)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+# ------------------------------------------------------------------------------------------------------- tasks
+# A task renders one chunk of raw rows [(row, object, line), ...] and returns something small. Module-level functions,
+# so that a worker finds them by name.
+def _examples(chunk: list, source: str | None) -> list:
+    from .data import normalize_row  # noqa: PLC0415
+
+    return [normalize_row(obj, row, source=source, line=line) for row, obj, line in chunk]
+
+
+def render_json_chunk(tokenizer, cfg, chunk: list, source: str | None) -> list[str]:
+    """`python -m core render`'s records (one JSON line per rendered example), in input order."""
+    from .engine import render_examples  # noqa: PLC0415
+
+    return [json.dumps(r.to_json(), ensure_ascii=False)
+            for r in render_examples(_examples(chunk, source), tokenizer, cfg)]
+
+
+def audit_chunk(tokenizer, cfg, chunk: list, source: str | None):
+    """The chunk's AuditReport (compact stats; nothing rendered is kept), to merge in input order."""
+    from .audit import audit_chunk as audit_examples  # noqa: PLC0415
+
+    rep = audit_examples(_examples(chunk, source), tokenizer, cfg)
+    rep.rows = len(chunk)
+    return rep
+
+
+# ------------------------------------------------------------------------------------------------------- workers
+_WORKER: dict = {}  # in a worker process: its tokenizer (loaded once)
+_POOL: list = []  # in the parent: [(key, executor)], the last pool, kept for the next call with the same spec
+
+
+def _init_worker(tokenizer: str | None, trust_remote_code: bool) -> None:
+    _WORKER["tokenizer"] = WorkerSpec(tokenizer, trust_remote_code).load_tokenizer()
+
+
+def _run(task: Callable, cfg, chunk: list, source: str | None, spec: WorkerSpec, digest: str):
+    """In a worker: the task's result, or the MaskLensError's fields (they travel as plain data). The spec's user
+    files are registered once per worker (again when their contents change)."""
+    try:
+        if _WORKER.get("registered") != (spec, digest):
+            spec.register()
+            _WORKER["registered"] = (spec, digest)
+        return True, task(_WORKER["tokenizer"], cfg, chunk, source)
+    except MaskLensError as e:
+        return False, (e.message, e.file, e.row, e.field, e.fix)
+
+
+def _files_digest(spec: WorkerSpec) -> str:
+    """What the user files hold now: a pool whose workers registered older contents is not reused."""
+    h = hashlib.sha256()
+    for f in (*spec.rules_files, *spec.strategy_files, *spec.collator_files):
+        try:
+            h.update(Path(f).read_bytes())
+        except OSError:
+            h.update(f.encode())
+    return h.hexdigest()
+
+
+def _pool(spec: WorkerSpec, num_proc: int) -> ProcessPoolExecutor:
+    """Workers for spec's tokenizer: started once (each loads the tokenizer: seconds) and reused by the next call with
+    the same tokenizer; another tokenizer stops them first, so at most num_proc workers exist."""
+    key = (spec.tokenizer, spec.trust_remote_code, num_proc)
+    if _POOL and _POOL[0][0] == key and not getattr(_POOL[0][1], "_broken", False):
+        return _POOL[0][1]
+    shutdown_pool()
+    ex = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(spec.tokenizer, spec.trust_remote_code))
+    _POOL.append((key, ex))
+    return ex
+
+
+@atexit.register
+def shutdown_pool() -> None:
+    """Stop the kept worker processes (at exit, or to free their memory)."""
+    while _POOL:
+        _POOL.pop()[1].shutdown(wait=True, cancel_futures=True)
+
+
+def map_chunks(task: Callable, spec: WorkerSpec, cfg, chunk_iter: Iterable[list], num_proc: int = 1,
+               tokenizer=None, source: str | None = None) -> Iterator:
+    """task(tokenizer, cfg, chunk, source) for every chunk, results in input order.
+
+    num_proc <= 1: in this process (with `tokenizer`, else spec's); the caller has registered spec's user files.
+    num_proc > 1: in that many spawned workers, each loading spec's tokenizer once; at most 2 * num_proc chunks are
+    read ahead. A MaskLensError raised for a chunk is raised here, with its file, row, field and fix.
+    `source`: the data file, named in errors.
+    """
+    if num_proc <= 1:
+        tok = tokenizer if tokenizer is not None else spec.load_tokenizer()
+        for c in chunk_iter:
+            yield task(tok, cfg, c, source)
+        return
+    from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
+
+    ex = _pool(spec, num_proc)
+    digest = _files_digest(spec)
+    pending: collections.deque = collections.deque()
+    it = iter(chunk_iter)
+    try:
+        for c in it:
+            pending.append((c, ex.submit(_run, task, cfg, c, source, spec, digest)))
+            if len(pending) >= 2 * num_proc:
+                break
+        while pending:
+            c, fut = pending.popleft()
+            try:
+                ok, value = fut.result()
+            except BrokenProcessPool:
+                shutdown_pool()
+                raise MaskLensError(f"a worker process stopped while rendering rows {c[0][0]}-{c[-1][0]} (out of "
+                                    "memory, or killed)", file=source,
+                                    fix="run again with fewer --num-proc (or 1), or on a machine with more memory"
+                                    ) from None
+            except Exception:  # noqa: BLE001 - e.g. a row too deep to pickle: render the chunk here instead
+                tok = tokenizer if tokenizer is not None else spec.load_tokenizer()
+                ok, value = True, task(tok, cfg, c, source)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, ex.submit(_run, task, cfg, nxt, source, spec, digest)))
+            if not ok:
+                message, file, row, fld, fix = value
+                raise MaskLensError(message, file=file, row=row, field=fld, fix=fix)
+            yield value
+    finally:
+        for _, fut in pending:  # an error or an early stop: drop what was read ahead
+            fut.cancel()

@@ -1,0 +1,134 @@
+"""render/audit stream the file chunk by chunk and, with --num-proc N, render in N worker processes: the output is
+identical to one process, in input order, and memory does not grow with the dataset (bounded read-ahead, compact
+audit stats)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import core.parallel
+from core.audit import AuditReport, ProblemRows, audit
+from core.cli import main
+from core.config import MaskConfig
+from core.data import load_examples
+from core.parallel import WorkerSpec, audit_chunk, chunks, map_chunks
+from core.reader import iter_rows
+from core.strategies import strategy_names, unregister
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "assets" / "samples"
+RULES = Path(__file__).parent / "assets" / "rules" / "first_turn.json"
+
+
+@pytest.fixture(autouse=True)
+def clean_registry():
+    before = set(strategy_names())
+    yield
+    for n in set(strategy_names()) - before:
+        unregister(n)
+
+
+@pytest.fixture
+def mixed(tmp_path, monkeypatch):
+    """Chats, tool-calling traces and reasoning rows in one file, read 5 rows a chunk (several chunks)."""
+    monkeypatch.setattr(core.parallel, "CHUNK", 5)
+    f = tmp_path / "mixed.jsonl"
+    text = "".join((SAMPLES / n).read_text() for n in ("chat_multiturn.jsonl", "agent_traces.jsonl",
+                                                        "reasoning.jsonl", "weighted.jsonl"))
+    f.write_text(text)
+    assert len(load_examples(f)) > 15
+    return f
+
+
+def render(tmp_path, data, name, *flags) -> bytes:
+    out = tmp_path / name
+    assert main(["render", "--data", str(data), "--output", str(out), *flags]) == 0
+    return out.read_bytes()
+
+
+def test_render_num_proc_2_is_identical_and_in_order(tmp_path, mixed, smol_tok):
+    one = render(tmp_path, mixed, "one.jsonl", "--strategy", "assistant_only")
+    two = render(tmp_path, mixed, "two.jsonl", "--strategy", "assistant_only", "--num-proc", "2")
+    assert one == two
+    recs = [json.loads(x) for x in one.decode().splitlines()]
+    assert [r["row"] for r in recs] == list(range(len(load_examples(mixed))))
+    ref = [r.labels for r in __import__("core.engine", fromlist=["x"]).render_examples(
+        load_examples(mixed), smol_tok, MaskConfig("assistant_only"))]
+    assert [r["labels"] for r in recs] == ref
+
+
+def test_workers_register_the_rules_file_again(tmp_path, mixed):
+    flags = ["--rules", str(RULES), "--mask-tokens", "<|im_end|>"]
+    assert render(tmp_path, mixed, "one.jsonl", *flags) == render(tmp_path, mixed, "two.jsonl", *flags,
+                                                                   "--num-proc", "2")
+
+
+def test_audit_num_proc_2_equals_the_in_memory_audit(tmp_path, mixed, capsys, smol_tok):
+    reports = []
+    for n in ("1", "2"):
+        assert main(["audit", "--data", str(mixed), "--strategy", "last_assistant", "--max-length", "64",
+                     "--format", "json", "--num-proc", n]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0] == reports[1]
+    ex = load_examples(mixed)
+    rep, _ = audit(ex, smol_tok, MaskConfig("last_assistant", max_length=64))
+    assert reports[0] == rep.to_json() and reports[0]["rows"] == len(ex) and reports[0]["examples_truncated"] > 0
+
+
+def test_error_in_a_later_chunk_names_row_and_file(tmp_path, mixed, capsys):
+    bad = tmp_path / "bad.jsonl"
+    lines = mixed.read_text().splitlines()
+    lines[12] = '{"messages": [{"role": "wizard", "content": "Hi"}]}'
+    bad.write_text("\n".join(lines) + "\n")
+    for n in ("1", "2"):
+        assert main(["render", "--data", str(bad), "--strategy", "full", "--output", str(tmp_path / "o.jsonl"),
+                     "--num-proc", n]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err and "row 12" in err and "unknown role 'wizard'" in err and "Traceback" not in err
+        assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_read_ahead_is_bounded():
+    pulled = []
+
+    def source():
+        for i in range(40):
+            pulled.append(i)
+            yield [(i, {"text": f"row {i}"}, i + 1)]
+
+    spec = WorkerSpec()
+    cfg = MaskConfig("full")
+    results = map_chunks(audit_chunk, spec, cfg, source(), num_proc=2)
+    first = next(results)
+    assert first.rows == 1 and len(pulled) <= 2 * 2 + 1
+    rest = list(results)
+    assert len(rest) == 39 and len(pulled) == 40
+    merged = AuditReport()
+    for r in [first, *rest]:
+        merged.merge(r)
+    assert merged.examples == 40
+
+
+def test_chunk_reports_merge_into_the_whole_report(smol_tok):
+    rows = list(iter_rows(SAMPLES / "agent_traces.jsonl")) + list(iter_rows(SAMPLES / "weighted.jsonl"))
+    rows = [(i, obj, ln) for i, (_, obj, ln) in enumerate(rows)]
+    cfg = MaskConfig("assistant_only", max_length=80)
+    merged = AuditReport(max_length=80)
+    for c in chunks(rows, 3):
+        merged.merge(audit_chunk(smol_tok, cfg, c, "x"))
+    whole, _ = audit([__import__("core.data", fromlist=["x"]).normalize_row(o, i) for i, o, _ in rows], smol_tok, cfg)
+    assert merged == whole and merged.to_json() == whole.to_json()
+    assert len(merged.trained_share) == len(merged.lengths) == len(rows)
+
+
+def test_problem_rows_are_compact_and_read_as_dicts():
+    p = ProblemRows()
+    for i in range(10_000):
+        p.append({"row": i, "codes": ["no_trained_tokens"], "severity": "warning"})
+    p.append({"row": 10_000, "codes": ["a", "b"], "severity": "error"})
+    assert len(p) == 10_001 and len(p.table) == 2
+    assert p[0] == {"row": 0, "codes": ["no_trained_tokens"], "severity": "warning"}
+    assert p[-1] == {"row": 10_000, "codes": ["a", "b"], "severity": "error"}
+    assert [x["row"] for x in p[:3]] == [0, 1, 2]
+    assert p.rows.itemsize * len(p.rows) + p.kinds.itemsize * len(p.kinds) < 120_000
