@@ -7,8 +7,11 @@ A session lives in a ``gr.State`` (one per browser tab); the only module-level c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -239,8 +242,23 @@ class Session:
         return self.data.examples[max(0, min(self.index, len(self.data.examples) - 1))]
 
     def config(self, **overrides) -> MaskConfig:
+        """The engine's configuration. An edited chat template is probed in the sandbox first (check_template):
+        raises MaskLensError when it loops, floods or eats memory on tiny conversations."""
+        self.check_template()
         return replace(self.settings, **overrides).to_config(self.chat_template) if overrides else \
             self.settings.to_config(self.chat_template)
+
+    def check_template(self) -> None:
+        """Probe the edited chat template (if any) in the bounded sandbox; raises MaskLensError past a bound."""
+        if self.chat_template:
+            check_template(self.chat_template, self.tokenizer())
+
+    def check_rows(self, examples: list[Example] | None = None) -> None:
+        """Render these examples (default: the whole dataset) with the edited chat template in the bounded sandbox,
+        before the engine renders them in this process: a template hostile to one row only is stopped too."""
+        if self.chat_template:
+            rows = examples if examples is not None else (self.data.examples if self.data else [])
+            check_rows_render(self.chat_template, self.tokenizer(), rows)
 
     def tokenizer(self):
         return get_tokenizer(self.tokenizer_name)
@@ -251,7 +269,9 @@ class Session:
         if ex is None:
             raise MaskLensError("no example to render",
                                 fix="choose a sample dataset, upload a file or paste an example")
-        return render_examples([ex], self.tokenizer(), cfg or self.config())
+        cfg = cfg or self.config()
+        self.check_rows([ex])
+        return render_examples([ex], self.tokenizer(), cfg)
 
     def render_current(self, cfg: MaskConfig | None = None) -> RenderedExample:
         """The example shown: with split_turns, the one for `turn` (else the row's first)."""
@@ -266,8 +286,72 @@ class Session:
         return t or ""
 
     def template(self) -> str | None:
-        """The template in use: the edited one, else the tokenizer's."""
+        """The template in use: the edited one (probed: check_template), else the tokenizer's."""
+        self.check_template()
         return self.chat_template or self.tokenizer_template() or None
+
+
+# ------------------------------------------------------------------------------------------------------ templates
+# A chat template pasted or picked in the page is code from a web user: before MaskLens renders with it in the server
+# process, it runs in core.sandbox's worker (OS limits on time, memory and output). Results are cached per template
+# text and tokenizer, so a view costs a dictionary lookup after the first probe (~0.4 ms, plus starting the workers).
+PROBE_TIMEOUT_S = 3.0
+ROW_TIMEOUT_S = 5.0  # one row, or a batch of rows, rendered in the sandbox before the engine renders them
+MAX_PROBED = 256
+_probed: OrderedDict[tuple[str, int], MaskLensError | None] = OrderedDict()
+_probed_lock = threading.Lock()
+TEMPLATE_NAME = "the edited chat template"
+
+
+def check_template(template: str, tokenizer) -> None:
+    """Probe a template with core.sandbox.probe_template (three tiny conversations, PROBE_TIMEOUT_S). Raises the
+    sandbox's MaskLensError (what bound it hit, the fix) when it runs past a bound; a template that merely fails to
+    render is left to the engine, whose error names the row. Example: "{% for i in range(10**5) %}{% for j in
+    range(10**5) %}x{% endfor %}{% endfor %}" -> MaskLensError("the edited chat template ran past 3 s ...")."""
+    from core.sandbox import probe_template  # noqa: PLC0415
+
+    key = (hashlib.sha256(template.encode("utf-8", "surrogatepass")).hexdigest(), id(tokenizer))
+    with _probed_lock:
+        if key in _probed:
+            _probed.move_to_end(key)
+            err = _probed[key]
+            if err is not None:
+                raise err
+            return
+    try:
+        probe_template(template, dict(tokenizer.special_tokens_map), template_name=TEMPLATE_NAME,
+                       timeout_s=PROBE_TIMEOUT_S)
+        err = None
+    except MaskLensError as e:
+        if getattr(e, "bound", None) not in ("time", "memory", "output", "crash"):
+            err = None  # it raises on the probes (a syntax error, a raise_exception): the engine reports it per row
+            if not hasattr(e, "bound"):  # the sandbox itself could not start: do not cache, say so
+                raise
+        else:
+            err = e
+    with _probed_lock:
+        _probed[key] = err
+        while len(_probed) > MAX_PROBED:
+            _probed.popitem(last=False)
+    if err is not None:
+        raise err
+
+
+def check_rows_render(template: str, tokenizer, examples: list[Example]) -> None:
+    """Render the conversational examples with the template in the sandbox (core.sandbox.render_batch); raises the
+    first bound error, naming the row. Ordinary template errors are left to the engine (it reports them per row)."""
+    from core.sandbox import render_batch  # noqa: PLC0415
+
+    rows = [ex for ex in examples if ex.messages]
+    if not rows:
+        return
+    base = dict(tokenizer.special_tokens_map)
+    jobs = [{"messages": [{k: v for k, v in m.items() if not k.startswith("_")} for m in ex.messages],
+             "tools": ex.tools, "kwargs": {**base, **(ex.chat_template_kwargs or {})}} for ex in rows]
+    for ex, res in zip(rows, render_batch(template, jobs, template_name=TEMPLATE_NAME, timeout_s=ROW_TIMEOUT_S)):
+        if isinstance(res, MaskLensError) and getattr(res, "bound", None) in ("time", "memory", "output", "crash",
+                                                                              "skipped"):
+            raise MaskLensError(res.message, row=ex.row, fix=res.fix)
 
 
 # ------------------------------------------------------------------------------------------------------ start-up

@@ -127,6 +127,7 @@ def on_audit(session: Session, progress=gr.Progress()):
     try:
         tok = session.tokenizer()
         cfg = session.config()
+        session.check_rows()  # an edited template renders every row in the sandbox first (bounded)
         total = len(session.data.examples)
         progress(0, desc=f"rendering {total} examples")
 
@@ -229,6 +230,7 @@ def on_pack(session: Session, strategy: str, max_length, show_row):
     try:
         max_length = int(max_length or 0)
         tok = session.tokenizer()
+        session.check_rows()  # an edited template renders every row in the sandbox first (bounded)
         # TRL does not truncate before packing (bfd truncates documents itself): render without max_length.
         rendered = [r for r in render_examples(session.data.examples, tok, session.config(max_length=0),
                                                errors="finding") if r.n_tokens]

@@ -53,6 +53,7 @@ def on_templates(session: Session):
         spans = []
         ex = session.example
         if ex is not None and ex.messages:
+            session.check_rows([ex])
             text, sp = render_spans(tok, ex.messages, template)
             spans.append(render.spans_html(text, sp, f"current example (row {ex.row})"))
         elif ex is not None:
@@ -73,6 +74,8 @@ def rendered_texts(session: Session) -> list[str]:
         return []
     cfg = MaskConfig(strategy="full", chat_template=session.chat_template)
     examples = [e for e in session.data.examples if e.kind != "tokens"]
+    session.check_template()
+    session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
     return [r.text for r in render_examples(examples, session.tokenizer(), cfg, errors="finding") if r.text]
 
 
@@ -97,6 +100,7 @@ def on_generate(session: Session):
         original = _template(session)
         marked = add_generation_markers(tok, original)
         examples = [e for e in (session.data.examples if session.data else []) if e.kind == "messages"]
+        session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
         examples.append(normalize_row({"messages": PROBE_CONVERSATION}, len(examples)))
         proof = verify_generation_template(tok, original, marked, examples)
     except Exception as e:  # noqa: BLE001

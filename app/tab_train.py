@@ -181,6 +181,7 @@ def on_start(session: Session, selected: list[str] | None, model, lora, max_step
                                      packing, packing_strategy, seed, lora_r, lora_alpha, gradient_checkpointing,
                                      mask_config=tv.mask_config_dict(mask), data_path=session.data.name)
         check_model_tokenizer(config.model, tokenizer, session.tokenizer_name)
+        session.check_rows(train)  # an edited template renders every row in the sandbox first (bounded)
         rendered = render_examples(train, tokenizer, mask)
         data = [{"input_ids": r.input_ids, "labels": r.labels} for r in rendered]
         run_dir = runs.create_run(data, config)

@@ -196,6 +196,95 @@ def test_edited_chat_template_and_a_broken_one(loaded):
     assert reset[7] == "" and s.chat_template is None
 
 
+# Pasted chat templates are probed in the sandbox (core.sandbox) before the server renders with them.
+ECHO = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+HOSTILE = {
+    "range_1e9": "{% for i in range(10**9) %}x{% endfor %}",  # Jinja's sandbox refuses the range itself
+    "nested_loops": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",  # time
+    "huge_string": "{{ 'x' * 100000 * 100000 }}",  # 10 GB: memory, in the worker only
+    "long_rows_only": "{% if messages|length > 3 %}{% for i in range(100000) %}{% for j in range(100000) %}x"
+                      "{% endfor %}{% endfor %}{% endif %}" + ECHO,  # the probes pass; the 5-message row loops
+}
+# what stops it: the loops hit the output bound (2M characters) or the deadline, whichever comes first
+LOOPS = ("produced more than 2,000,000 characters", "ran past")
+BOUND_TEXT = {"range_1e9": ("range too big",), "nested_loops": LOOPS, "huge_string": ("mb of memory",),
+              "long_rows_only": LOOPS}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_hostile_pasted_template_is_an_error_box_and_the_server_keeps_answering(loaded, name):
+    import threading
+
+    out, _ = loaded
+    s = out.session
+    other = tab_inspect.on_load()[0]  # another user's page, on the tokenizer's own template
+    result, views = {}, []
+
+    def paste():
+        t = time.monotonic()
+        result["out"] = tab_inspect.on_apply_template(s, HOSTILE[name])
+        result["s"] = time.monotonic() - t
+
+    worker = threading.Thread(target=paste)
+    worker.start()
+    while worker.is_alive():  # the other session is served while the hostile template is being probed
+        t = time.monotonic()
+        v = tab_inspect.on_next(other)
+        views.append(time.monotonic() - t)
+        assert v.error == "" and tokens_of(v.view)
+        time.sleep(0.05)
+    worker.join()
+    bad = result["out"]
+    assert result["s"] < 20, f"{name}: {result['s']:.1f} s"
+    assert 'class="errbox"' in bad.error and "Fix:" in bad.error, bad.error
+    assert any(t in bad.error.lower() for t in BOUND_TEXT[name]), bad.error
+    if name == "long_rows_only":
+        assert "row 0" in bad.error  # the row it loops on
+    assert "data-token-id" not in bad.view
+    assert views and max(views) < 3, views
+    # the Templates tab shows the same error instead of rendering it in the server
+    head, *_ = tab_templates.on_templates(s)
+    if name != "long_rows_only" and name != "range_1e9":  # those two render the tiny probes fine
+        assert 'class="errbox"' in head and any(t in head.lower() for t in BOUND_TEXT[name]), head
+    # back to the tokenizer's template: everything renders again
+    assert tab_inspect.on_reset_template(s)[7] == ""
+
+
+def test_dataset_wide_work_renders_an_edited_template_in_the_sandbox_first(loaded):
+    """A template that passes the probes but loops on long conversations is stopped in the audit, the packing
+    preview, the Templates tab (spans, usage, marked twin) and the Train tab, naming the row."""
+    from app import tab_train
+
+    out, _ = loaded
+    s = out.session
+    s.chat_template = HOSTILE["long_rows_only"]
+    checks = {
+        "audit": tab_audit.on_audit(s, progress=lambda *a, **k: None)[0],
+        "packing": tab_audit.on_pack(s, "bfd", 512, 0)[0],
+        "templates": tab_templates.on_templates(s)[0],
+        "usage": tab_templates.on_usage(s, "x"),
+        "marked twin": tab_templates.on_generate(s)[0],
+        "train": tab_train.on_start(s, [], "embedded", False, 1, 1e-5, 1, 1, 0, False, "bfd", 1, 8, 16, False, 0)[0],
+    }
+    for where, html in checks.items():
+        assert 'class="errbox"' in html and "row 0" in html and any(t in html for t in LOOPS), (where, html)
+
+
+def test_a_benign_pasted_template_is_probed_once_and_renders(loaded, smol_tok):
+    out, _ = loaded
+    s = out.session
+    good = tab_inspect.on_apply_template(s, ECHO)
+    assert good.error == ""
+    r = render_examples([s.example], smol_tok, MaskConfig("assistant_only", chat_template=ECHO, template_source="own"))
+    assert [i for _, i, _ in tokens_of(good.view)] == r[0].input_ids
+    from app import session as app_session
+
+    t = time.monotonic()
+    for _ in range(50):
+        app_session.check_template(ECHO, smol_tok)  # cached after the first probe
+    assert time.monotonic() - t < 0.05
+
+
 # ------------------------------------------------------------------------------------------------------ Compare
 def compare_values(*cfgs: tab_compare.Cfg) -> list:
     """The UI values of up to MAX_CONFIGS configurations (unused slots empty)."""
