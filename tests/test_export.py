@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -257,3 +258,56 @@ def test_llamafactory_snippet(cfg):
 def test_every_strategy_is_covered():
     assert sorted({c.strategy for c in all_configs()}) == sorted(STRATEGIES)
     assert yaml.safe_load(llamafactory_snippet(MaskConfig("full")))["template"] is None  # must be set by the user
+
+
+# ---------------------------------------------------------------------------------------------------------- split rows
+SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
+
+
+@pytest.mark.parametrize("family, sample", [("smollm2", "chat_multiturn"), ("qwen3", "reasoning"),
+                                            ("qwen3", "agent_traces")])
+@pytest.mark.parametrize("source", ["trl", "own"])
+def test_split_rows_prepared_by_trl_equal_split_turns(smol_tok, family, sample, source, tmp_path):
+    """split_turns exported as prompt/completion rows (export_split_rows): TRL 1.16's SFTTrainer preparation of the
+    file (completion_only_loss, its default for the format) gives exactly the input_ids and labels that MaskLens
+    renders with split_turns=True, one example per assistant turn, under either template_source: split examples
+    are prompt/completion rows, which TRL (and MaskLens) render with the tokenizer's own template, no training swap.
+    Qwen3: reasoning_content on several turns, an inline <think>, tool calls and tool results."""
+    from core.data import load_examples
+    from core.export import export_split_rows, split_turn_rows
+    from tests import trl_reference as tr
+
+    tok = smol_tok if family == "smollm2" else tr.family_tokenizer(smol_tok, family, tag_tokens=True)
+    examples = load_examples(SAMPLES / f"{sample}.jsonl")
+    cfg = MaskConfig("assistant_only", split_turns=True, template_source=source)
+    ours = render_examples(examples, tok, cfg)
+    path = export_split_rows(examples, cfg, tmp_path / f"{sample}.split_turns.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert rows == json.loads(json.dumps(split_turn_rows(examples, cfg)))
+    assert len(rows) == len(ours) > len(examples)  # several assistant turns per row
+    assert [(r["row"], r["turn"]) for r in rows] == [(o.row, o.turn) for o in ours]
+    theirs = tr._run_sft(tok, tr._as_written([{**r, tr.ROW_KEY: i} for i, r in enumerate(rows)]), max_length=None)
+    assert sorted(theirs) == list(range(len(rows)))  # TRL dropped none
+    for i, o in enumerate(ours):
+        t = theirs[i]
+        assert (t["input_ids"], t["labels"]) == (o.input_ids, o.labels), \
+            f"row {o.row} turn {o.turn}: " + tr.first_difference(tok, o.input_ids, t["input_ids"], o.labels, t["labels"])
+        assert sum(lab != IGNORE for lab in o.labels) > 0
+
+
+def test_split_rows_loaded_with_load_dataset_train_the_same(smol_tok, tmp_path):
+    """The TRL snippet's path: load_dataset('json') of the exported split rows (rows whose messages share their keys:
+    no schema nulls), prepared by SFTTrainer with its defaults."""
+    from core.data import load_examples
+    from core.export import export_split_rows
+    from tests import trl_reference as tr
+
+    examples = load_examples(SAMPLES / "chat_multiturn.jsonl")
+    cfg = MaskConfig("assistant_only", split_turns=True)
+    ours = render_examples(examples, smol_tok, cfg)
+    path = export_split_rows(examples, cfg, tmp_path / "chat.split_turns.jsonl")
+    ds = load_dataset("json", data_files=str(path), split="train")
+    ds = ds.add_column(tr.ROW_KEY, list(range(len(ds))))
+    theirs = tr._run_sft(smol_tok, ds, max_length=None)
+    assert [(theirs[i]["input_ids"], theirs[i]["labels"]) for i in range(len(ours))] == \
+        [(o.input_ids, o.labels) for o in ours]
