@@ -109,7 +109,8 @@ def test_mask_tokens_reach_the_engine_and_inspect_has_their_control(loaded, smol
 
     demo = build_app()
     box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "mask-tokens")
-    events = {ev for f in demo.fns.values() for bid, ev in f.targets if bid == box._id and f.fn is tab_inspect.on_settings}
+    events = {ev for f in demo.fns.values() for bid, ev in f.targets
+              if bid == box._id and f.fn is tab_inspect.on_settings}
     assert events == {"submit", "blur"}
 
 

@@ -176,8 +176,8 @@ def test_dataset_wide_events_share_the_heavy_queue_and_views_do_not():
             views.append((f, where))
     assert HEAVY_EVENTS <= heavy
     # the packing boxes (max_length, show row) have no elem_id: two submit events of on_pack
-    assert sum(1 for f in demo.fns.values() if f.concurrency_id == "heavy" and getattr(f.fn, "__name__", "") == "on_pack"
-               ) == 4
+    packing = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "on_pack"]
+    assert len(packing) == 4 and all(f.concurrency_id == "heavy" for f in packing)
     inspect_views = [f for f, where in views if ("next", "click") in where or ("strategy", "input") in where]
     assert inspect_views and all(f.concurrency_limit == "default" for f in inspect_views)
 

@@ -88,7 +88,8 @@ def test_each_session_lists_its_own_rules_beside_the_shared_strategies(smol_tok)
     for mine, other in ((s1, s2), (s2, s1)):
         out = tab_inspect.view(mine)
         assert out.strategy["choices"] == shared + [mine.settings.strategy]
-        assert out.strategy["value"] == mine.settings.strategy and other.settings.strategy not in out.strategy["choices"]
+        assert out.strategy["value"] == mine.settings.strategy
+        assert other.settings.strategy not in out.strategy["choices"]
         assert out.error == ""
 
 

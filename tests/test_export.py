@@ -291,7 +291,8 @@ def test_split_rows_prepared_by_trl_equal_split_turns(smol_tok, family, sample, 
     for i, o in enumerate(ours):
         t = theirs[i]
         assert (t["input_ids"], t["labels"]) == (o.input_ids, o.labels), \
-            f"row {o.row} turn {o.turn}: " + tr.first_difference(tok, o.input_ids, t["input_ids"], o.labels, t["labels"])
+            f"row {o.row} turn {o.turn}: " + tr.first_difference(tok, o.input_ids, t["input_ids"], o.labels,
+                                                                 t["labels"])
         assert sum(lab != IGNORE for lab in o.labels) > 0
 
 
