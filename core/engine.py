@@ -22,7 +22,7 @@ from .labels import (IGNORE, labels_from_char_spans, labels_from_generation, str
 from .rendered import RenderedExample, Segment, TokenInfo  # noqa: F401  (public names)
 from .spans import MessageSpan, TemplateInfo, reasoning_of
 from .strategies import Decider, StrategyContext, get_strategy
-from .templates import analyze_template, get_template, locate_messages, render
+from .templates import analyze_template, get_template, locate_messages, prerender, prerendered, render, special_regex
 from .trl_templates import SOURCE_CANNOT_PATCH, SOURCE_TRL_TWIN, TrainingTemplate, training_template
 
 
@@ -232,10 +232,7 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
     tpl_kwargs = ex.chat_template_kwargs
     special_map = batch["special_map"]
     split = ex.turn is not None  # split_turns: a prompt (history as at inference) + one assistant turn
-    tt: TrainingTemplate | None = batch["tt"] if spec.trl_generation and not split else None
-    use_gen = (tt is not None and tt.uses_markers and cfg.use_generation_markers
-               and tuple(cfg.train_roles) == ("assistant",))
-    render_tpl = tt.template if use_gen else template
+    tt, use_gen, render_tpl = _render_choice(ex, cfg, spec, batch["tt"], template)
     plan.text, gen = render(tokenizer, msgs, render_tpl, tools=ex.tools, return_generation=use_gen,
                             special_map=special_map, **tpl_kwargs)
     if use_gen:
@@ -294,6 +291,30 @@ def _plan(ex: Example, tokenizer, cfg: MaskConfig, template: str | None, eos_tok
                 plan.findings.append(Finding("message_not_trained", f"message {sp.index} is flagged off",
                                              location={"message": sp.index}))
     return plan
+
+
+def _render_choice(ex: Example, cfg: MaskConfig, spec, tt: TrainingTemplate | None, template: str):
+    """(training template or None, whether TRL's {% generation %} labels are used, the template rendered)."""
+    tt = tt if spec.trl_generation and ex.turn is None else None
+    use_gen = (tt is not None and tt.uses_markers and cfg.use_generation_markers
+               and tuple(cfg.train_roles) == ("assistant",))
+    return tt, use_gen, (tt.template if use_gen else template)
+
+
+def _render_jobs(examples: list[Example], cfg: MaskConfig, spec, tt, template: str) -> list[tuple]:
+    """Every rendering _plan will ask for, as core.templates.prerender jobs (rendered in one bounded batch)."""
+    jobs = []
+    for ex in examples:
+        if ex.kind not in (KIND_MESSAGES, KIND_PC_CONV):
+            continue
+        t, use_gen, tpl = _render_choice(ex, cfg, spec, tt, template)
+        kw = ex.chat_template_kwargs
+        jobs.append((ex.messages, tpl, ex.tools, False, use_gen, kw))
+        if use_gen and t.source == SOURCE_TRL_TWIN:
+            jobs.append((ex.messages, template, ex.tools, False, False, kw))
+        if (ex.turn is not None or spec.kind == "completion") and ex.kind == KIND_PC_CONV:
+            jobs.append((ex.prompt, template, ex.tools, True, False, kw))
+    return jobs
 
 
 def _rendering_findings(plan: _Plan, msgs: list[dict], spans: list[MessageSpan]) -> None:
@@ -609,10 +630,12 @@ def _context(tokenizer, cfg: MaskConfig, info: TemplateInfo | None) -> dict:
     if tokenizer.eos_token_id is not None:
         markers.add(tokenizer.eos_token_id)
     if info is not None:
-        for s in info.eot:
-            tid = tokenizer.convert_tokens_to_ids(s)
-            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-                markers.add(tid)
+        rx = special_regex(tokenizer)
+        for s in info.eot:  # a closing sequence (Cohere's <|END_RESPONSE|><|END_OF_TURN_TOKEN|>) counts each token
+            for piece in (rx.findall(s) if rx is not None else []) or [s]:
+                tid = tokenizer.convert_tokens_to_ids(piece)
+                if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                    markers.add(tid)
     ctx["marker_ids"] = markers
     ctx["mask_token_ids"] = {t for t in (tokenizer.convert_tokens_to_ids(s) for s in cfg.mask_tokens)
                              if isinstance(t, int) and t != tokenizer.unk_token_id}
@@ -714,15 +737,20 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors:
     batch = {"special_map": dict(tokenizer.special_tokens_map), "info": info_for, "tt": tt}
     plans = []
     failed: dict[int, RenderedExample] = {}
-    for k, ex in enumerate(examples):
-        try:
-            plans.append(_plan(ex, tokenizer, cfg, template, eos_token, batch))
-        except MaskLensError as e:
-            if errors == "raise":
-                raise MaskLensError(e.message, file=ex.source, row=ex.row, field=e.field, fix=e.fix) from None
-            failed[k] = RenderedExample(row=ex.row, kind=ex.kind, input_ids=[], labels=[], messages=ex.messages,
-                                        findings=[Finding("render_failed", str(e))], strategy=cfg.strategy,
-                                        turn=ex.turn)
+    # Untrusted templates render in the sandbox (core.templates): all of this call's renderings in one bounded batch.
+    # A template past the sandbox's bounds on tiny probes fails the whole call at once.
+    pre = prerender(tokenizer, _render_jobs(examples, cfg, spec, tt, template), special_map=batch["special_map"]) \
+        if needs_template and template else {}
+    with prerendered(pre):
+        for k, ex in enumerate(examples):
+            try:
+                plans.append(_plan(ex, tokenizer, cfg, template, eos_token, batch))
+            except MaskLensError as e:
+                if errors == "raise":
+                    raise MaskLensError(e.message, file=ex.source, row=ex.row, field=e.field, fix=e.fix) from None
+                failed[k] = RenderedExample(row=ex.row, kind=ex.kind, input_ids=[], labels=[], messages=ex.messages,
+                                            findings=[Finding("render_failed", str(e))], strategy=cfg.strategy,
+                                            turn=ex.turn)
     for add_special in (False, True):
         group = [p for p in plans if p.ex.kind != KIND_TOKENS and p.add_special == add_special]
         for p, enc in zip(group, encode_batch(tokenizer, [p.text for p in group], add_special)):

@@ -218,7 +218,12 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, trust_remote_c
     Tokenizers are cached in-process by (resolved name, trust_remote_code) and SHARED: do not mutate the result
     (copy.deepcopy it first). Raises MaskLensError naming the path/id and the fix.
     """
-    return _cached_tokenizer(resolve_model_path(name_or_path, "tokenizer"), bool(trust_remote_code))
+    tok = _cached_tokenizer(resolve_model_path(name_or_path, "tokenizer"), bool(trust_remote_code))
+    if is_embedded(name_or_path) and isinstance(getattr(tok, "chat_template", None), str):
+        from .templates import trust_template  # noqa: PLC0415
+
+        trust_template(tok.chat_template)  # ours: rendered in-process, not in the sandbox
+    return tok
 
 
 def clear_tokenizer_cache() -> None:

@@ -670,6 +670,11 @@ _PROBES = (
     ([{"role": "system", "content": "MLPROBEsys"}, {"role": "user", "content": "MLPROBEu1"},
       {"role": "assistant", "content": "MLPROBEa1"}], False),
     ([{"role": "user", "content": "MLPROBEu1"}], True),
+    # the shapes TRL's get_training_chat_template renders in-process (supports_tool_calling, prefix preservation)
+    ([{"role": "user", "content": "MLPROBEu1"},
+      {"role": "assistant", "content": "", "tool_calls": [
+          {"type": "function", "function": {"name": "MLPROBEfn", "arguments": {"MLPROBEk": "MLPROBEv"}}}]},
+      {"role": "tool", "name": "MLPROBEfn", "content": "MLPROBEtool"}], False),
 )
 
 

@@ -14,7 +14,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from .templates import has_generation_markers
+from .templates import check_template, has_generation_markers
 
 # How a template was chosen for the assistant strategies.
 SOURCE_MARKERS = "markers"  # the template has {% generation %} markers: TRL uses them as they are
@@ -82,6 +82,10 @@ def training_template(tokenizer, template: str) -> TrainingTemplate:
         tt = TrainingTemplate(template, SOURCE_MARKERS)
     else:
         from trl.chat_template_utils import get_training_chat_template  # noqa: PLC0415
+
+        # TRL renders the template in-process (tool-calling probes): a template MaskLens does not know passes the
+        # sandbox's bounded probes first (core.templates.check_template raises past a bound).
+        check_template(template, dict(tokenizer.special_tokens_map))
 
         # TRL reads the template from the processing class (as SFTTrainer does after chat_template_path): a shallow
         # copy carries the template without touching the caller's tokenizer (shared by the app's sessions).
