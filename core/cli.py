@@ -2,6 +2,10 @@
 
 Bad input prints one line naming the file, row, field and fix, and exits with status 2 (no traceback).
 Template arguments are taken literally: a newline in the argument is a newline, and "\\n" stays two characters.
+`render` and `audit` stream the data: rows are read (core.reader), rendered and written or folded into the report
+chunk by chunk (core.parallel), so memory does not grow with the file; `--num-proc N` renders in N processes.
+Every MaskConfig option is a flag (defaults: TRL's behaviour); --rules / --strategy-file / --collator register
+strategies before --strategy is checked against the registry.
 """
 
 from __future__ import annotations
@@ -205,8 +209,8 @@ def _atomic_write_lines(path: Path, lines) -> None:
 
 
 def _stream(ns):
-    """(spec, cfg, tokenizer, chunks of raw rows) for render/audit: the file is read as it is rendered. The first chunk
-    is read before the tokenizer loads, so a bad file is reported at once."""
+    """(spec, cfg, tokenizer or None, chunks of raw rows) for render/audit: the file is read as it is rendered. The
+    first chunk is read before the tokenizer loads, so a bad file is reported at once."""
     import itertools
 
     from .parallel import CHUNK, chunks
@@ -216,8 +220,10 @@ def _stream(ns):
     cfg = _config(ns, spec.register())
     it = chunks(iter_rows(ns.data, split=ns.split, limit=ns.limit), CHUNK)
     first = next(it)  # iter_rows raises for a file without examples
-    tok = spec.load_tokenizer()
-    _check_with_tokenizer(cfg, tok)
+    tok = None
+    if ns.num_proc == 1 or cfg.pad_token is not None:  # with workers, only they need it (each loads its own)
+        tok = spec.load_tokenizer()
+        _check_with_tokenizer(cfg, tok)
     return spec, cfg, tok, itertools.chain([first], it)
 
 

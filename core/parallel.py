@@ -110,12 +110,17 @@ _POOL: list = []  # in the parent: [(key, executor)], the last pool, kept for th
 
 
 def _init_worker(tokenizer: str | None, trust_remote_code: bool) -> None:
-    _WORKER["tokenizer"] = WorkerSpec(tokenizer, trust_remote_code).load_tokenizer()
+    try:
+        _WORKER["tokenizer"] = WorkerSpec(tokenizer, trust_remote_code).load_tokenizer()
+    except MaskLensError as e:  # reported with the first chunk (an initializer's exception breaks the whole pool)
+        _WORKER["error"] = (e.message, e.file, e.row, e.field, e.fix)
 
 
 def _run(task: Callable, cfg, chunk: list, source: str | None, spec: WorkerSpec, digest: str):
     """In a worker: the task's result, or the MaskLensError's fields (they travel as plain data). The spec's user
     files are registered once per worker (again when their contents change)."""
+    if "error" in _WORKER:
+        return False, _WORKER["error"]
     try:
         if _WORKER.get("registered") != (spec, digest):
             spec.register()

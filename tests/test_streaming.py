@@ -132,3 +132,12 @@ def test_problem_rows_are_compact_and_read_as_dicts():
     assert p[-1] == {"row": 10_000, "codes": ["a", "b"], "severity": "error"}
     assert [x["row"] for x in p[:3]] == [0, 1, 2]
     assert p.rows.itemsize * len(p.rows) + p.kinds.itemsize * len(p.kinds) < 120_000
+
+
+def test_a_tokenizer_the_workers_cannot_load_is_a_clear_error(tmp_path, capsys):
+    """With workers the parent does not load the tokenizer: the workers' error comes back, not a broken pool."""
+    data = SAMPLES / "chat_multiturn.jsonl"
+    assert main(["audit", "--data", str(data), "--strategy", "full", "--num-proc", "2",
+                 "--tokenizer", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nope") in err and "worker process stopped" not in err and "Traceback" not in err
