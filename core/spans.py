@@ -20,6 +20,7 @@ Text outside every message is "template".
 from __future__ import annotations
 
 import functools
+import json
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -257,6 +258,14 @@ def _analyze(tokenizer, template: str, render) -> TemplateInfo:
             c = _candidates(t[v:r], rx, bos)
             if c and c[0] not in eots and not u_header.startswith(c[0]):
                 call_closer = c[0]
+            # The tool message's header: what follows the assistant's closer (Llama 3's
+            # <|start_header_id|>ipython<|end_header_id|>\n\n, Qwen3's <|im_start|>user\n<tool_response>\n).
+            gap = t[v + len("MLPROBEv"):r]
+            ends = [gap.find(mk) + len(mk) for mk in (*eots, call_closer) if mk and mk in gap]
+            if ends:
+                tool_header = gap[max(ends):].lstrip()  # after the last closer (Qwen3: </tool_call><|im_end|>)
+                if tool_header and "MLPROBE" not in tool_header:
+                    headers["tool"] = tool_header
     except MaskLensError:
         pass
     return TemplateInfo(eot=tuple(eots), headers=headers, generation_prompt=gen, reasoning_field=reasoning_field,
@@ -363,7 +372,7 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
             if reasoning and not _renders_reasoning(m, info):
                 searched = None  # the template drops it: never look for its text (it may be another message's)
             else:
-                searched = reasoning
+                searched = reasoning or _blank_reasoning(m)  # whitespace-only: found only with its delimiter
         else:
             reasoning, content = None, m.get("content") or ""
             searched = None
@@ -386,14 +395,25 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
                 # Before the next message's text: a template that drops this turn's reasoning must not lend it
                 # a later message's identical text.
                 stop = _next_text_at(text, messages, i + 1, cursor, specials, info.headers)
-                rp, rm = _find_content(text, searched, cursor, specials=specials)
+                rp, rm = _find_closed(text, searched, info.think_close, cursor, stop)
+                if rp < 0 and searched.strip():
+                    rp, rm = _find_content(text, searched, cursor, specials=specials)
                 if rp > stop or (rp == stop and rp >= 0 and _next_text_at(
                         text, messages, i + 1, rp + len(rm), specials, info.headers) >= len(text)):
                     rp = -1  # what was found is the next message's text (or a later one's)
                 if rp >= 0:
                     rz, own = (rp, rp + len(rm)), rp
             if content:
-                start, matched = _find_content(text, content, rz[1] if rz else cursor, specials=specials)
+                after = rz[1] + _prefix_len(text, rz[1], info.think_close) if rz else cursor
+                start, matched = -1, content
+                if rz and after > rz[1]:  # right after the learnt closing delimiter (gpt-oss: "...final<|message|>")
+                    start, matched = _find_content(text, content, after, after + len(content), specials=specials)
+                if start < 0:
+                    start, matched = _find_content(text, content, rz[1] if rz else cursor, specials=specials)
+                if start < 0 and rz:
+                    # The "reasoning" found was text of the content (a template that drops this turn's reasoning)
+                    rz, own = None, -1
+                    start, matched = _find_content(text, content, cursor, specials=specials)
                 if own < 0:
                     own = start
             if own >= 0 and hdr:
@@ -440,8 +460,59 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
                 sp.scaffold = (sp.body_start, start)  # text the template inserted before the content
         spans.append(sp)
         cursor = max(sp.content_end, rz[1] if rz else -1)
+        if role == "assistant" and m.get("tool_calls"):
+            # Past its tool calls: a tool result's text must not be found inside the call's arguments.
+            cursor = _past_tool_calls(text, m["tool_calls"], cursor,
+                                      _next_text_at(text, messages, i + 1, cursor, specials, info.headers))
     _attach_closers(text, spans, messages, info, eos_token)
     return spans
+
+
+def _past_tool_calls(text: str, calls: list, cursor: int, stop: int) -> int:
+    """Where the rendered tool calls end, as far as their names and string arguments show, searched in order."""
+    q = cursor
+    for tc in calls:
+        fn = tc.get("function") if isinstance(tc, dict) and isinstance(tc.get("function"), dict) else tc
+        if not isinstance(fn, dict):
+            continue
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                args = {}
+        pieces = [fn.get("name")] + (list(args.values()) if isinstance(args, dict) else [])
+        for v in pieces:
+            if not isinstance(v, str) or not v:
+                continue
+            for form in dict.fromkeys((v, json.dumps(v, ensure_ascii=False)[1:-1], json.dumps(v)[1:-1])):
+                p = text.find(form, q, max(stop, q))
+                if p >= 0:
+                    q = p + len(form)
+                    break
+    return q
+
+
+def _blank_reasoning(message: dict) -> str | None:
+    """A reasoning field holding only whitespace ("\n"): templates that test `if reasoning_content` still render it."""
+    for f in REASONING_FIELDS:
+        r = message.get(f)
+        if isinstance(r, str) and r:
+            return r if not r.strip() else None
+    return None
+
+
+def _find_closed(text: str, reasoning: str, close: str, start: int, stop: int) -> tuple[int, str]:
+    """The reasoning followed by the template's closing delimiter ("\n</think>"), before stop: a strong anchor."""
+    if not close.strip():
+        return -1, reasoning
+    for r in dict.fromkeys((reasoning, reasoning.strip("\n"), reasoning.strip())):
+        for c in dict.fromkeys((close, close.rstrip(), close.strip())):
+            if r and c and (r.strip() or c == close):  # whitespace-only reasoning: with the whole delimiter only
+                p = text.find(r + c, start, stop + len(r) + len(c))
+                if p >= 0:
+                    return p, r
+    return -1, reasoning
 
 
 def _renders_reasoning(message: dict, info: TemplateInfo) -> bool:
@@ -525,6 +596,13 @@ def _attach_closers(text: str, spans: list[MessageSpan], messages: list[dict], i
                 best, best_marker = p, info.call_closer
         if best >= 0:
             sp.eot_start, sp.eot_end = best, best + len(best_marker)
+        if (sp.role == "assistant" and not messages[sp.index].get("tool_calls") and best > tail
+                and sp.content_start == sp.content_end and sp.reasoning_part is None and sp.scaffold is None
+                and sp.body_start >= 0):
+            # An empty turn that still renders text before its closer (a whitespace-only think block from the data,
+            # "<think>\n</think>"): the model writes it, like scaffolding, not the closer.
+            sp.scaffold = (tail, best)
+            sp.content_start = sp.content_end = best
         if sp.role == "assistant" and messages[sp.index].get("tool_calls"):
             stop = best if best >= 0 else nxt
             if k + 1 < len(found) and found[k + 1].header_start >= 0:
