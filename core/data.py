@@ -108,7 +108,9 @@ def load_examples(path: str | os.PathLike, split: str = "train", limit: int | No
     """Read a dataset file and normalise every row. Example: load_examples("chat.jsonl")[0].kind -> "messages"."""
     rows, lines, src = read_rows(path, split, limit)
     lines = lines or [None] * len(rows)
-    return [normalize_row(r, i, source=src, line=ln) for i, (r, ln) in enumerate(zip(rows, lines))]
+    examples = [normalize_row(r, i, source=src, line=ln) for i, (r, ln) in enumerate(zip(rows, lines))]
+    note_schema_nulls(examples, rows, src)
+    return examples
 
 
 def load_examples_lenient(path: str | os.PathLike, split: str = "train",
@@ -118,28 +120,11 @@ def load_examples_lenient(path: str | os.PathLike, split: str = "train",
     File-level problems (missing, empty, unsupported) still raise. Example: (examples, errors) for a file with one
     malformed line -> all other rows, and one error naming that line.
     """
-    p = Path(path)
+    from .reader import iter_rows  # noqa: PLC0415
+
     errors: list[MaskLensError] = []
-    indexed: list[tuple[int, dict, int | None]] = []  # (row, object, line): a bad line still takes its row number
-    if p.exists() and p.suffix.lower() == ".jsonl" and p.stat().st_size:
-        src = str(p)
-        with open(p, encoding="utf-8") as f:
-            n = 0
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    indexed.append((n, json.loads(line), lineno))
-                except json.JSONDecodeError as e:
-                    errors.append(MaskLensError(f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})",
-                                                file=src, row=n, fix="make each line one JSON object"))
-                n += 1
-                if limit and n >= limit:
-                    break
-    else:
-        rows, lines, src = read_rows(path, split, limit)
-        lines = lines or [None] * len(rows)
-        indexed = [(i, r, ln) for i, (r, ln) in enumerate(zip(rows, lines))]
+    indexed = list(iter_rows(path, split, limit, on_error=errors.append))  # (row, object, line)
+    src = str(path)
     examples = []
     for i, r, ln in indexed:
         try:
@@ -147,7 +132,44 @@ def load_examples_lenient(path: str | os.PathLike, split: str = "train",
         except MaskLensError as e:
             errors.append(e)
     errors.sort(key=lambda e: e.row if e.row is not None else -1)
+    by_row = {i: r for i, r, _ in indexed}
+    note_schema_nulls(examples, [by_row[e.row] for e in examples], src)
     return examples, errors
+
+
+def note_schema_nulls(examples: list[Example], rows: list[dict], src: str | None) -> None:
+    """Add a schema_nulls_injected finding to each example whose row `datasets` would change (as TRL's users load
+    it: Dataset.from_list / load_dataset unify the Arrow schema, adding null keys that templates render), and a
+    datasets_cannot_load finding to every example when `datasets` cannot load the rows at all. Rows as written are
+    what MaskLens renders. Example: tool calls {"city": "Paris"} and {"city": "Oslo", "unit": "C"} in two rows -> the
+    first gets "messages[1].tool_calls[0].function.arguments.unit"."""
+    from .findings import Finding  # noqa: PLC0415
+    from .schema import SchemaUnion, paths_that_matter  # noqa: PLC0415
+
+    if len(rows) < 2 or any(not isinstance(r, dict) for r in rows):
+        return
+    union = SchemaUnion("from_list")
+    try:
+        for r in rows:
+            union.add(r)
+        conflicts = union.conflicts
+    except Exception:  # noqa: BLE001  (a prediction only: never stop loading over it)
+        return
+    if conflicts:
+        msg = "; ".join(conflicts[:3]) + (f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else "")
+        for ex in examples:
+            ex.notes.append(Finding("datasets_cannot_load", msg))
+        return
+    for ex, r in zip(examples, rows):
+        try:
+            paths = paths_that_matter(union.null_paths(r))
+        except Exception:  # noqa: BLE001
+            continue
+        if paths:
+            shown = ", ".join(paths[:6]) + (f" (and {len(paths) - 6} more)" if len(paths) > 6 else "")
+            ex.notes.append(Finding("schema_nulls_injected",
+                                    f"row {ex.row}: `datasets` adds {len(paths)} key(s) with null here: {shown}",
+                                    location={"paths": paths}))
 
 
 def normalize_row(row: dict, index: int = 0, source: str | None = None, line: int | None = None) -> Example:
