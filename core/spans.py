@@ -426,10 +426,13 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
                 # No text of its own (an assistant message with only tool calls): its header, before the next
                 # message's text.
                 stop = _next_text_at(text, messages, i + 1, cursor, specials, info.headers)
-                for h in _header_forms(hdr, specials):
-                    p = text.find(h, cursor, stop)
-                    if p >= 0:
-                        anchor, body = p, p + len(h)
+                for bound in (stop, len(text)):  # the next text may be a short one found too early ("a")
+                    for h in _header_forms(hdr, specials):
+                        p = text.find(h, cursor, bound)
+                        if p >= 0:
+                            anchor, body = p, p + len(h)
+                            break
+                    if anchor >= 0:
                         break
             if not content:  # the (empty) content sits after the think block, or right after the header
                 start = rz[1] + _prefix_len(text, rz[1], info.think_close) if rz else (body if body >= 0 else cursor)
