@@ -92,7 +92,12 @@ def load_dataset(path: str | Path, name: str | None = None) -> Dataset:
 
 
 def _renamed(e: MaskLensError, name: str) -> MaskLensError:
-    return MaskLensError(e.message, file=name if e.file else None, row=e.row, field=e.field, fix=e.fix)
+    """The error with the file named as the user knows it: the temporary path also goes from message and fix (an
+    `iconv ... PATH` fix shows the name instead)."""
+    def swap(s):
+        return s.replace(str(e.file), name) if s and e.file else s
+
+    return MaskLensError(swap(e.message), file=name if e.file else None, row=e.row, field=e.field, fix=swap(e.fix))
 
 
 def _line_of(e: MaskLensError) -> int | None:

@@ -210,15 +210,24 @@ def _atomic_write_lines(path: Path, lines) -> None:
 
 def _stream(ns):
     """(spec, cfg, tokenizer or None, chunks of raw rows) for render/audit: the file is read as it is rendered. The
-    first chunk is read before the tokenizer loads, so a bad file is reported at once."""
+    first chunk is read before the tokenizer loads, so a bad file is reported at once. A local file is read twice:
+    first for the schema `datasets` would give it (only the schema is kept), so that rows it would pad with nulls get
+    the schema_nulls_injected finding, as with the whole file loaded."""
     import itertools
 
+    from .data import schema_findings, schema_union
     from .parallel import CHUNK, chunks
     from .reader import iter_rows
 
     spec = _spec(ns)
     cfg = _config(ns, spec.register())
-    it = chunks(iter_rows(ns.data, split=ns.split, limit=ns.limit), CHUNK)
+    rows = iter_rows(ns.data, split=ns.split, limit=ns.limit)
+    union = None
+    if Path(ns.data).is_file():  # a hub dataset comes through `datasets`: its nulls are in the rows already
+        union = schema_union(obj for _, obj, _ in iter_rows(ns.data, split=ns.split, limit=ns.limit))
+    if union is not None:  # pass 2 (as load_examples does): the findings travel with each row to the workers
+        rows = ((i, obj, line, schema_findings(union, obj, i)) for i, obj, line in rows)
+    it = chunks(rows, CHUNK)
     first = next(it)  # iter_rows raises for a file without examples
     tok = None
     if ns.num_proc == 1 or cfg.pad_token is not None:  # with workers, only they need it (each loads its own)

@@ -24,13 +24,13 @@ from typing import Any
 
 from .errors import MaskLensError
 from .findings import Finding
-from .schema import format_path
+from .reader import iter_rows
+from .schema import SchemaUnion, format_path, paths_that_matter
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 # ShareGPT's names, as axolotl and LLaMA-Factory map them (TRL keeps them verbatim; we say so in a finding).
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "tool": "tool", "function_call": "assistant",
                   "observation": "tool", "user": "user", "assistant": "assistant"}
-JSON_FIELDS = ("messages", "conversations", "prompt", "completion", "tools", "input_ids", "labels", "chat_template_kwargs")
 
 
 @dataclass
@@ -76,31 +76,11 @@ def read_rows(path: str | os.PathLike, split: str = "train", limit: int | None =
     """Read raw rows from JSONL/JSON/Parquet/CSV or a hub dataset. Returns (rows, line numbers or None, source).
 
     The reading and every bad-file error live in core.reader (which streams; this collects)."""
-    from .reader import iter_rows  # noqa: PLC0415  (core.reader imports this module)
-
     rows, lines = [], []
     for _, obj, line in iter_rows(path, split, limit):
         rows.append(obj)
         lines.append(line)
     return rows, lines, str(path)
-
-
-def _looks_like_hub_id(s: str) -> bool:
-    parts = s.split("/")
-    return len(parts) == 2 and all(parts) and not s.startswith((".", "/")) and "." not in parts[1][-8:]
-
-
-def _read_hub(name: str, split: str, limit: int | None):
-    try:
-        import datasets  # noqa: PLC0415
-
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as e:
-        raise MaskLensError(f"not a local file, and loading it as a hub dataset failed: {e}", file=name,
-                            fix="check the path, or the dataset id, split and your network / HF_TOKEN") from None
-    if limit:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds.to_list()
 
 
 # ---------------------------------------------------------------------------------------------------- normalising
@@ -120,8 +100,6 @@ def load_examples_lenient(path: str | os.PathLike, split: str = "train",
     File-level problems (missing, empty, unsupported) still raise. Example: (examples, errors) for a file with one
     malformed line -> all other rows, and one error naming that line.
     """
-    from .reader import iter_rows  # noqa: PLC0415
-
     errors: list[MaskLensError] = []
     indexed = list(iter_rows(path, split, limit, on_error=errors.append))  # (row, object, line)
     src = str(path)
@@ -143,33 +121,46 @@ def note_schema_nulls(examples: list[Example], rows: list[dict], src: str | None
     datasets_cannot_load finding to every example when `datasets` cannot load the rows at all. Rows as written are
     what MaskLens renders. Example: tool calls {"city": "Paris"} and {"city": "Oslo", "unit": "C"} in two rows -> the
     first gets "messages[1].tool_calls[0].function.arguments.unit"."""
-    from .findings import Finding  # noqa: PLC0415
-    from .schema import SchemaUnion, paths_that_matter  # noqa: PLC0415
-
-    if len(rows) < 2 or any(not isinstance(r, dict) for r in rows):
+    if len(rows) < 2:
         return
+    union = schema_union(rows)
+    if union is None:
+        return
+    for ex, r in zip(examples, rows):
+        ex.notes.extend(schema_findings(union, r, ex.row))
+
+
+def schema_union(rows) -> SchemaUnion | None:
+    """Pass 1 of the schema prediction: the Arrow schema `Dataset.from_list` would infer for these raw rows (any
+    iterable: a file is streamed, only the schema is kept). None when it cannot be predicted (a row is not a dict)."""
     union = SchemaUnion("from_list")
     try:
         for r in rows:
+            if not isinstance(r, dict):
+                return None
             union.add(r)
-        conflicts = union.conflicts
+        union.conflicts  # noqa: B018  (finalises the union; a failure here is a failure to predict)
     except Exception:  # noqa: BLE001  (a prediction only: never stop loading over it)
-        return
+        return None
+    return union if union.rows >= 2 else None
+
+
+def schema_findings(union, row: dict, index: int | None) -> list[Finding]:
+    """Pass 2 for one raw row: [datasets_cannot_load] when the rows cannot be loaded at all, [schema_nulls_injected]
+    naming the null keys `datasets` adds to this row, or []."""
+    conflicts = union.conflicts
     if conflicts:
         msg = "; ".join(conflicts[:3]) + (f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else "")
-        for ex in examples:
-            ex.notes.append(Finding("datasets_cannot_load", msg))
-        return
-    for ex, r in zip(examples, rows):
-        try:
-            paths = paths_that_matter(union.null_paths(r))
-        except Exception:  # noqa: BLE001
-            continue
-        if paths:
-            shown = ", ".join(paths[:6]) + (f" (and {len(paths) - 6} more)" if len(paths) > 6 else "")
-            ex.notes.append(Finding("schema_nulls_injected",
-                                    f"row {ex.row}: `datasets` adds {len(paths)} key(s) with null here: {shown}",
-                                    location={"paths": paths}))
+        return [Finding("datasets_cannot_load", msg)]
+    try:
+        paths = paths_that_matter(union.null_paths(row))
+    except Exception:  # noqa: BLE001
+        return []
+    if not paths:
+        return []
+    shown = ", ".join(paths[:6]) + (f" (and {len(paths) - 6} more)" if len(paths) > 6 else "")
+    return [Finding("schema_nulls_injected", f"row {index}: `datasets` adds {len(paths)} key(s) with null here: {shown}",
+                    location={"paths": paths})]
 
 
 def normalize_row(row: dict, index: int = 0, source: str | None = None, line: int | None = None) -> Example:

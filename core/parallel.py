@@ -79,12 +79,18 @@ def chunks(rows: Iterable, size: int = CHUNK) -> Iterator[list]:
 
 
 # ------------------------------------------------------------------------------------------------------- tasks
-# A task renders one chunk of raw rows [(row, object, line), ...] and returns something small. Module-level functions,
+# A task renders one chunk of raw rows [(row, object, line[, findings]), ...] and returns something small. Module-level functions,
 # so that a worker finds them by name.
 def _examples(chunk: list, source: str | None) -> list:
     from .data import normalize_row  # noqa: PLC0415
 
-    return [normalize_row(obj, row, source=source, line=line) for row, obj, line in chunk]
+    out = []
+    for row, obj, line, *notes in chunk:  # (row, object, line[, findings to attach: see cli._stream])
+        ex = normalize_row(obj, row, source=source, line=line)
+        if notes:
+            ex.notes.extend(notes[0])
+        out.append(ex)
+    return out
 
 
 def render_json_chunk(tokenizer, cfg, chunk: list, source: str | None) -> list[str]:

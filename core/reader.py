@@ -22,8 +22,28 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .data import JSON_FIELDS, _looks_like_hub_id, _read_hub
 from .errors import MaskLensError
+
+JSON_FIELDS = ("messages", "conversations", "prompt", "completion", "tools", "input_ids", "labels", "chat_template_kwargs")
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/")) and "." not in parts[1][-8:]
+
+
+def _read_hub(name: str, split: str, limit: int | None):
+    try:
+        import datasets  # noqa: PLC0415
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        raise MaskLensError(f"not a local file, and loading it as a hub dataset failed: {e}", file=name,
+                            fix="check the path, or the dataset id, split and your network / HF_TOKEN") from None
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds.to_list()
+
 
 MAX_LINE_BYTES = 64 * 2**20  # one JSONL row; 64 MB is ~16M tokens, far past any training example
 MAX_JSON_BYTES = 256 * 2**20  # a .json document is parsed whole; bigger ones should be JSONL
