@@ -1,7 +1,7 @@
 """The masking engine: every example rendered into ``input_ids`` + ``labels`` under a strategy, as TRL 1.16 does it.
 
 Pipeline (fast path for whole datasets): plan every example (render the chat template, locate message parts) ->
-one batch tokenization with offsets -> labels per example (core.labels, the one place they are built) + findings.
+one batch tokenization with offsets (core.encoding: pieces that repeat are tokenized once) -> labels per example (core.labels, the one place they are built) + findings.
 Per-token details for the token view (:meth:`RenderedExample.tokens`) are computed only when asked for.
 
 Where things live: which template renders (core.trl_templates: TRL's own training-twin swap), message parts
@@ -22,26 +22,12 @@ from .labels import (IGNORE, labels_from_char_spans, labels_from_generation, str
 from .rendered import RenderedExample, Segment, TokenInfo  # noqa: F401  (public names)
 from .spans import MessageSpan, TemplateInfo, reasoning_of
 from .strategies import Decider, StrategyContext, get_strategy
+from .encoding import encode_batch, encode_texts  # noqa: F401  (encode_batch: re-exported)
 from .templates import analyze_template, get_template, locate_messages, prerender, prerendered, render, special_regex
 from .trl_templates import SOURCE_CANNOT_PATCH, SOURCE_TRL_TWIN, TrainingTemplate, training_template
 
 
 # ------------------------------------------------------------------------------------------------- tokenization
-def _backend(tokenizer):
-    be = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
-    if be is None or not hasattr(be, "encode_batch"):
-        raise MaskLensError(f"{type(tokenizer).__name__} is not a fast (Rust) tokenizer; MaskLens needs character "
-                            "offsets", fix="load the tokenizer with use_fast=True (tokenizer.json)")
-    return be
-
-
-def encode_batch(tokenizer, texts: list[str], add_special_tokens: bool):
-    """Tokenize many texts at once; identical ids to tokenizer(text, add_special_tokens=...)."""
-    if not texts:
-        return []
-    return _backend(tokenizer).encode_batch(texts, add_special_tokens=add_special_tokens)
-
-
 def common_prefix_length(a: list[int], b: list[int]) -> int:
     """Leading tokens two sequences share (TRL 1.16's completion start). Example: [1,2,3],[1,2,4] -> 2."""
     n = 0
@@ -753,7 +739,7 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors:
                                             turn=ex.turn)
     for add_special in (False, True):
         group = [p for p in plans if p.ex.kind != KIND_TOKENS and p.add_special == add_special]
-        for p, enc in zip(group, encode_batch(tokenizer, [p.text for p in group], add_special)):
+        for p, enc in zip(group, encode_texts(tokenizer, [p.text for p in group], add_special)):
             p.enc = enc
         pgroup = [p for p in plans if p.prompt_text is not None and p.prompt_add_special == add_special]
         for p, enc in zip(pgroup, encode_batch(tokenizer, [p.prompt_text for p in pgroup], add_special)):

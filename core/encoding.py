@@ -1,0 +1,247 @@
+"""Tokenizing rendered conversations, reusing what repeats.
+
+A fast tokenizer cuts its input at added tokens (`<|im_start|>`, `<|im_end|>`, ...) before anything else, and
+tokenizes the pieces between them independently. So a rendered conversation is the concatenation of its pieces'
+encodings, and a piece that recurs across a dataset (a shared system prompt, a tool schema, a role header, every
+history an example of `split_turns` repeats) needs tokenizing once. `SegmentEncoder` does that, for tokenizers where
+the identity holds exactly: it checks the tokenizer's configuration and then proves it on probe texts (ids and
+offsets equal to encoding the whole text) before it is used; any other tokenizer encodes whole texts as before.
+
+Example:
+    enc = SegmentEncoder.for_tokenizer(tok)               # None when the tokenizer does not qualify
+    encodings = encode_texts(tok, texts, add_special_tokens=False)
+    encodings[0].ids, encodings[0].char_to_token(5), encodings[0].offsets   # as tokenizers.Encoding
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import weakref
+from bisect import bisect_right
+
+from .errors import MaskLensError
+
+MAX_CACHED_TOKENS = 1_000_000  # tokens of cached pieces (~80 bytes each with their Encoding): cleared when full
+MAX_UNIQUE_SHARE = 0.6  # at most this share of characters not seen before: reuse pays for the splitting
+SAMPLE = 128  # texts of a batch the share is estimated on before splitting them all
+MODES = ("auto", "always", "never")  # MASKLENS_PIECES: reuse pieces when it pays (default), whenever possible, never
+
+
+def _backend(tokenizer):
+    """The tokenizer's Rust backend; the one place a slow tokenizer is refused."""
+    be = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
+    if be is None or not hasattr(be, "encode_batch"):
+        raise MaskLensError(f"{type(tokenizer).__name__} is not a fast (Rust) tokenizer; MaskLens needs character "
+                            "offsets", fix="load the tokenizer with use_fast=True (tokenizer.json)")
+    return be
+
+
+def encode_batch(tokenizer, texts: list[str], add_special_tokens: bool):
+    """Tokenize many texts at once; identical ids to tokenizer(text, add_special_tokens=...)."""
+    if not texts:
+        return []
+    return _backend(tokenizer).encode_batch(texts, add_special_tokens=add_special_tokens)
+
+
+class Spliced:
+    """The encoding of a text assembled from its pieces' encodings: ids, offsets, char_to_token and token_to_chars
+    give what tokenizers.Encoding gives for the whole text (SegmentEncoder proves it per tokenizer)."""
+
+    __slots__ = ("ids", "_parts", "_char_starts", "_tok_parts", "_tok_starts", "_offsets")
+
+    def __init__(self, ids: list[int], parts: list[tuple[int, int, int, object]]):
+        self.ids = ids
+        self._parts = parts  # (char start, char length, token start, Encoding or None for one added token)
+        self._char_starts = [p[0] for p in parts]
+        self._tok_parts = None
+        self._tok_starts = None
+        self._offsets = None
+
+    def char_to_token(self, c: int) -> int | None:
+        k = bisect_right(self._char_starts, c) - 1
+        if k < 0:
+            return None
+        cs, n, ts, enc = self._parts[k]
+        if c >= cs + n:
+            return None
+        if enc is None:
+            return ts
+        t = enc.char_to_token(c - cs)
+        return None if t is None else ts + t
+
+    def token_to_chars(self, t: int) -> tuple[int, int] | None:
+        if self._tok_starts is None:
+            self._tok_parts = [p for p in self._parts if p[3] is None or len(p[3].ids)]
+            self._tok_starts = [p[2] for p in self._tok_parts]
+        k = bisect_right(self._tok_starts, t) - 1
+        if k < 0 or t >= len(self.ids):
+            return None
+        cs, n, ts, enc = self._tok_parts[k]
+        if enc is None:
+            return (cs, cs + n)
+        span = enc.token_to_chars(t - ts)
+        return None if span is None else (span[0] + cs, span[1] + cs)
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        if self._offsets is None:
+            out = []
+            for cs, n, _, enc in self._parts:
+                if enc is None:
+                    out.append((cs, cs + n))
+                else:
+                    out.extend((s + cs, e + cs) for s, e in enc.offsets)
+            self._offsets = out
+        return self._offsets
+
+
+class SegmentEncoder:
+    """Encodes texts piece by piece with a cache of pieces. Use for_tokenizer(): it returns None for a tokenizer
+    where pieces do not encode independently (added tokens that strip or match whole words or normalised text, a
+    normaliser or pre-tokeniser that treats the first piece differently, truncation or padding set on the backend)."""
+
+    _by_tokenizer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, tokenizer, backend, pattern: re.Pattern, added_ids: dict[str, int]):
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.pattern = pattern
+        self.added_ids = added_ids
+        self.cache: dict[str, tuple[object, list[int]]] = {}  # piece -> (Encoding, its ids)
+        self.cached_tokens = 0
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> SegmentEncoder | None:
+        try:
+            hit = cls._by_tokenizer.get(tokenizer, False)
+        except TypeError:  # not weak-referenceable
+            return None
+        if hit is not False and (hit is None or hit.vocab_size == _backend(tokenizer).get_vocab_size(True)):
+            return hit  # (tokens added since: built again)
+        with cls._lock:
+            enc = cls._build(tokenizer)
+            cls._by_tokenizer[tokenizer] = enc
+        return enc
+
+    @classmethod
+    def _build(cls, tokenizer) -> SegmentEncoder | None:
+        try:
+            be = _backend(tokenizer)
+            if be.truncation is not None or be.padding is not None:
+                return None
+            spec = json.loads(be.to_str())
+        except Exception:  # noqa: BLE001  (anything unusual: encode whole texts)
+            return None
+        added = spec.get("added_tokens") or []
+        if not added:
+            return None
+        if any(a.get("lstrip") or a.get("rstrip") or a.get("single_word") for a in added):
+            return None
+        if spec.get("normalizer") is not None and any(a.get("normalized") for a in added):
+            return None
+        added_ids = {a["content"]: a["id"] for a in added if a.get("content")}
+        contents = sorted(added_ids, key=len, reverse=True)  # longest first: tokenizers matches leftmost-longest
+        pattern = re.compile("|".join(re.escape(c) for c in contents))
+        enc = cls(tokenizer, be, pattern, added_ids)
+        return enc if enc._proves_out(contents) else None
+
+    def _proves_out(self, contents: list[str]) -> bool:
+        """Pieces encode as the whole text does, on texts built to break it: added tokens at the start, the end,
+        back to back, around whitespace, newlines, multi-byte characters and words a prefix space would change."""
+        specials = contents[:8]
+        probes = []
+        for s in specials:
+            probes += [f"{s}user\nHello there{s}\n", f"x{s}y", f" {s} hello ", f"\n\n{s}\n\n{s}{s}  word",
+                       f"héllo 😀{s}日本語 {s}é", f"{s}", f"Hello{s} world\t{s}\t 1234 ,.!", f"  {s}assistant"]
+        try:
+            whole = self.backend.encode_batch(probes, add_special_tokens=False)
+            mine = self.encode(probes, reuse=False)
+        except Exception:  # noqa: BLE001
+            return False
+        return all(w.ids == m.ids and [tuple(o) for o in w.offsets] == m.offsets
+                   and all(w.char_to_token(c) == m.char_to_token(c) for c in range(len(p)))
+                   and all(tuple(w.token_to_chars(t) or ()) == tuple(m.token_to_chars(t) or ())
+                           for t in range(len(w.ids)))
+                   for p, w, m in zip(probes, whole, mine))
+
+    def split(self, text: str) -> list[tuple[int, str, bool]]:
+        """[(char start, piece, is an added token)] covering text."""
+        out, pos = [], 0
+        for m in self.pattern.finditer(text):
+            s, e = m.span()
+            if s > pos:
+                out.append((pos, text[pos:s], False))
+            out.append((s, m.group(), True))
+            pos = e
+        if pos < len(text):
+            out.append((pos, text[pos:], False))
+        return out
+
+    def unique_share(self, splits: list[list[tuple[int, str, bool]]]) -> float:
+        """The share of characters in pieces not seen before (in this batch or the cache): what would be tokenized."""
+        total = new = 0
+        seen = set()
+        for pieces in splits:
+            for _, piece, is_added in pieces:
+                total += len(piece)
+                if not is_added and piece not in seen and piece not in self.cache:
+                    seen.add(piece)
+                    new += len(piece)
+        return new / total if total else 1.0
+
+    def encode(self, texts: list[str], reuse: bool = True, splits: list | None = None) -> list[Spliced]:
+        """Encode texts (add_special_tokens=False) from their pieces; pieces not cached are encoded in one batch.
+        splits: the texts' split(), when already made."""
+        splits = splits if splits is not None else [self.split(t) for t in texts]
+        cache = self.cache if reuse else {}
+        found: dict[str, tuple[object, list[int]] | None] = {}  # this call's view (another thread may clear the cache)
+        for pieces in splits:
+            for _, piece, is_added in pieces:
+                if not is_added and piece not in found:
+                    found[piece] = cache.get(piece)
+        missing = [k for k, v in found.items() if v is None]
+        fresh = {k: (e, e.ids) for k, e in zip(missing, self.backend.encode_batch(missing, add_special_tokens=False))}
+        found.update(fresh)
+        out = []
+        for pieces in splits:
+            ids: list[int] = []
+            parts = []
+            for start, piece, is_added in pieces:
+                if is_added:
+                    parts.append((start, len(piece), len(ids), None))
+                    ids.append(self.added_ids[piece])
+                else:
+                    enc, pids = found[piece]
+                    parts.append((start, len(piece), len(ids), enc))
+                    ids.extend(pids)
+            out.append(Spliced(ids, parts))
+        if reuse and fresh:
+            n = sum(len(v[1]) for v in fresh.values())
+            with self._cache_lock:
+                if self.cached_tokens + n > MAX_CACHED_TOKENS:
+                    self.cache.clear()
+                    self.cached_tokens = 0
+                if n <= MAX_CACHED_TOKENS:
+                    self.cache.update(fresh)
+                    self.cached_tokens += n
+        return out
+
+
+def encode_texts(tokenizer, texts: list[str], add_special_tokens: bool):
+    """Encodings of texts, identical to tokenizer(texts, add_special_tokens=...) in ids and offsets. Pieces that
+    repeat are tokenized once when the tokenizer qualifies (SegmentEncoder) and the batch repeats enough."""
+    if not texts:
+        return []
+    mode = os.environ.get("MASKLENS_PIECES", "auto")
+    if not add_special_tokens and mode != "never":
+        seg = SegmentEncoder.for_tokenizer(tokenizer)
+        if seg is not None and (mode == "always"
+                                or seg.unique_share([seg.split(t) for t in texts[:SAMPLE]]) <= MAX_UNIQUE_SHARE):
+            return seg.encode(texts)
+    return _backend(tokenizer).encode_batch(texts, add_special_tokens=add_special_tokens)
