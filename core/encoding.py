@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -135,17 +134,17 @@ class SegmentEncoder:
             be = _backend(tokenizer)
             if be.truncation is not None or be.padding is not None:
                 return None
-            spec = json.loads(be.to_str())
+            added = be.get_added_tokens_decoder()  # {id: AddedToken}
+            has_normalizer = be.normalizer is not None
         except Exception:  # noqa: BLE001  (anything unusual: encode whole texts)
             return None
-        added = spec.get("added_tokens") or []
         if not added:
             return None
-        if any(a.get("lstrip") or a.get("rstrip") or a.get("single_word") for a in added):
+        if any(a.lstrip or a.rstrip or a.single_word for a in added.values()):
             return None
-        if spec.get("normalizer") is not None and any(a.get("normalized") for a in added):
+        if has_normalizer and any(a.normalized for a in added.values()):
             return None
-        added_ids = {a["content"]: a["id"] for a in added if a.get("content")}
+        added_ids = {a.content: i for i, a in added.items() if a.content}
         contents = sorted(added_ids, key=len, reverse=True)  # longest first: tokenizers matches leftmost-longest
         pattern = re.compile("|".join(re.escape(c) for c in contents))
         enc = cls(tokenizer, be, pattern, added_ids)

@@ -12,6 +12,7 @@ result types (core.rendered).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import compress, count
 
 from .config import EOS_MODES, STRATEGIES, TRUNCATION_MODES, MaskConfig, Strategy  # noqa: F401  (public names)
 from .data import KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, Example
@@ -576,13 +577,8 @@ def _positions(seq: list[int], value: int, start: int) -> list[int]:
 
 
 def _first_trained(labels: list[int]) -> int | None:
-    n = len(labels)
-    if labels.count(IGNORE) == n:
-        return None
-    i = 0
-    while i < n and labels[i] == IGNORE:  # typically a few hundred header tokens; fine
-        i += 1
-    return i
+    """Index of the first trained label, or None. (C iterators: the header before it may be thousands of tokens.)"""
+    return next(compress(count(), map(IGNORE.__ne__, labels)), None)
 
 
 def _check_eos(ids, labels, tokenizer, plan: _Plan, findings, ctx):

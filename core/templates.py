@@ -85,7 +85,7 @@ def trust_template(template: str) -> None:
 
 
 def _sandboxed(template: str) -> bool:
-    return sandbox_enabled() and not trusted_template(template)
+    return not trusted_template(template) and sandbox_enabled()
 
 
 @contextmanager
