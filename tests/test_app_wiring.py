@@ -17,6 +17,7 @@ from app import tab_inspect
 from app.session import DEFAULT_SAMPLE, SAMPLES_DIR, Session, register_startup_strategies
 from core.errors import MaskLensError
 from core.strategies import get_strategy, strategy_names, unregister
+from tests.helpers import trained_text
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -24,7 +25,6 @@ RULES = ASSETS / "rules" / "first_turn.json"  # assistant turn 0: content + eot;
 STRATEGY_FILE = ASSETS / "user_code" / "no_tool_calls.py"
 COLLATOR = ASSETS / "user_code" / "team_collator.py"  # trains only the last assistant answer
 NAMES = ["rules:first_turn", "no_tool_calls", "collator:team_collator"]
-IGNORE = -100
 FIRST = json.loads((SAMPLES_DIR / DEFAULT_SAMPLE).read_text().splitlines()[0])["messages"]
 ANSWERS = [m["content"] for m in FIRST if m["role"] == "assistant"]
 
@@ -38,19 +38,6 @@ def clean_registry():
         unregister(n)
     app_session.STARTUP_RULES.clear()
     app_session.STARTUP_RULES.update(rules_before)
-
-
-def trained_text(tok, ids, labels) -> list[str]:
-    runs, cur = [], []
-    for i, lab in zip(ids, labels):
-        if lab != IGNORE:
-            cur.append(i)
-        elif cur:
-            runs.append(tok.decode(cur))
-            cur = []
-    if cur:
-        runs.append(tok.decode(cur))
-    return runs
 
 
 def test_startup_strategies_are_listed_and_render_in_every_session(smol_tok):

@@ -16,6 +16,7 @@ from app.tab_rules import EXAMPLE_RULES, MAX_APP_RULES, apply, preview, register
 from core.rules import parse_rules
 from core.strategies import get_strategy, strategy_names, unregister
 from tests.test_browser import ARGS, CHROMIUM, shot
+from tests.helpers import trained_text
 
 IGNORE = -100
 FIRST = json.loads((SAMPLES_DIR / DEFAULT_SAMPLE).read_text().splitlines()[0])["messages"]
@@ -30,19 +31,6 @@ def clean_registry():
     yield
     for n in set(strategy_names()) - before:
         unregister(n)
-
-
-def trained_text(tok, ids, labels) -> list[str]:
-    runs, cur = [], []
-    for i, lab in zip(ids, labels):
-        if lab != IGNORE:
-            cur.append(i)
-        elif cur:
-            runs.append(tok.decode(cur))
-            cur = []
-    if cur:
-        runs.append(tok.decode(cur))
-    return runs
 
 
 # ------------------------------------------------------------------------------------------------------ callbacks

@@ -12,6 +12,7 @@ from core.data import normalize_row
 from core.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
 from tests.trl_reference import family_tokenizer
+from tests.helpers import trained_runs
 
 IGNORE = -100
 
@@ -19,19 +20,6 @@ IGNORE = -100
 @pytest.fixture(scope="module")
 def qwen3(smol_tok):
     return family_tokenizer(smol_tok, "qwen3")
-
-
-def trained_runs(tok, r):
-    runs, cur = [], []
-    for i, lab in zip(r.input_ids, r.labels):
-        if lab != IGNORE:
-            cur.append(i)
-        elif cur:
-            runs.append(tok.decode(cur))
-            cur = []
-    if cur:
-        runs.append(tok.decode(cur))
-    return runs
 
 
 def codes(r):

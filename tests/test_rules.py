@@ -16,6 +16,7 @@ from core.errors import MaskLensError
 from core.rules import (DEFAULT_PARTS, Rules, TrainEntry, load_rules, parse_rules, register_rules, rules_config)
 from core.strategies import get_strategy, strategy_names, unregister
 from tests.trl_reference import family_tokenizer, load_conversations
+from tests.helpers import trained_runs
 
 IGNORE = -100
 RULES_DIR = Path(__file__).resolve().parent / "assets" / "rules"
@@ -61,21 +62,6 @@ def clean_registry():
     yield
     for n in set(strategy_names()) - before:
         unregister(n)
-
-
-def trained_runs(tok, r):
-    """The decoded runs of consecutive trained tokens; every trained label must be its own token id."""
-    assert all(lab in (IGNORE, i) for i, lab in zip(r.input_ids, r.labels))
-    runs, cur = [], []
-    for i, lab in zip(r.input_ids, r.labels):
-        if lab != IGNORE:
-            cur.append(i)
-        elif cur:
-            runs.append(tok.decode(cur))
-            cur = []
-    if cur:
-        runs.append(tok.decode(cur))
-    return runs
 
 
 def run(tok, rules, row=CHAT, **kw):

@@ -13,6 +13,7 @@ from core.errors import MaskLensError
 from core.strategies import get_strategy, strategy_names, unregister
 from core.user_code import load_collator_file, load_strategy_file
 from tests.trl_reference import family_tokenizer
+from tests.helpers import trained_runs
 
 IGNORE = -100
 CODE = Path(__file__).resolve().parent / "assets" / "user_code"
@@ -48,19 +49,6 @@ def clean_registry():
 @pytest.fixture(scope="module")
 def qwen3(smol_tok):
     return family_tokenizer(smol_tok, "qwen3")
-
-
-def trained_runs(tok, r):
-    runs, cur = [], []
-    for i, lab in zip(r.input_ids, r.labels):
-        if lab != IGNORE:
-            cur.append(i)
-        elif cur:
-            runs.append(tok.decode(cur))
-            cur = []
-    if cur:
-        runs.append(tok.decode(cur))
-    return runs
 
 
 def direct_collator(path: Path, tokenizer):
