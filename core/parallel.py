@@ -21,6 +21,7 @@ import collections
 import hashlib
 import json
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,8 @@ _POOL: list = []  # in the parent: [(key, executor)], the last pool, kept for th
 
 
 def _init_worker(tokenizer: str | None, trust_remote_code: bool) -> None:
+    # N workers are the parallelism: a tokenizer thread pool in each would put 2N busy threads on N cores.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         _WORKER["tokenizer"] = WorkerSpec(tokenizer, trust_remote_code).load_tokenizer()
     except MaskLensError as e:  # reported with the first chunk (an initializer's exception breaks the whole pool)
