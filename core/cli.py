@@ -212,15 +212,26 @@ def _stream(ns):
     """(spec, cfg, tokenizer or None, chunks of raw rows) for render/audit: the file is read as it is rendered. The
     first chunk is read before the tokenizer loads, so a bad file is reported at once. A local file is read twice:
     first for the schema `datasets` would give it (only the schema is kept), so that rows it would pad with nulls get
-    the schema_nulls_injected finding, as with the whole file loaded."""
+    the schema_nulls_injected finding, as with the whole file loaded. With --num-proc N and a local JSONL file, that
+    first pass also cuts the file into byte ranges that the workers read themselves (parallel.FileRange): the rows
+    are not parsed and pickled a second time here, and the workers start while the first pass runs."""
     import itertools
 
     from .data import schema_findings, schema_union
-    from .parallel import CHUNK, chunks
+    from .parallel import CHUNK, chunks, jsonl_ranges, start_workers
     from .reader import iter_rows
 
     spec = _spec(ns)
     cfg = _config(ns, spec.register())
+    local_jsonl = Path(ns.data).is_file() and Path(ns.data).suffix.lower() == ".jsonl"
+    if ns.num_proc > 1 and local_jsonl:
+        start_workers(spec, ns.num_proc)
+        ranges = jsonl_ranges(ns.data, limit=ns.limit)
+        tok = None
+        if cfg.pad_token is not None:  # checked here, at once, rather than by every worker
+            tok = spec.load_tokenizer()
+            _check_with_tokenizer(cfg, tok)
+        return spec, cfg, tok, iter(ranges)
     rows = iter_rows(ns.data, split=ns.split, limit=ns.limit)
     union = None
     if Path(ns.data).is_file():  # a hub dataset comes through `datasets`: its nulls are in the rows already

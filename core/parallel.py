@@ -79,12 +79,90 @@ def chunks(rows: Iterable, size: int = CHUNK) -> Iterator[list]:
         yield buf
 
 
+@dataclass(frozen=True)
+class FileRange:
+    """A chunk that a worker reads itself: the rows [row, row + rows) of a local JSONL file, on the lines that begin in
+    bytes [start, end), the first of them after line `line`. Only these few numbers (and the schema union, a few
+    hundred bytes) cross the process boundary, not the rows: the parent neither parses nor pickles them again."""
+
+    path: str
+    start: int
+    end: int
+    row: int
+    line: int
+    rows: int
+    union: object = None  # core.schema.SchemaUnion of the whole file, for the schema_nulls_injected finding
+
+    def read(self) -> list:
+        """[(row, object, line, findings), ...], as cli._stream gives them in this process."""
+        from .data import schema_findings  # noqa: PLC0415
+        from .reader import iter_jsonl  # noqa: PLC0415
+
+        span = (self.start, self.end, self.row, self.line)
+        out = [(i, obj, line, schema_findings(self.union, obj, i) if self.union is not None else [])
+               for i, obj, line in iter_jsonl(Path(self.path), span=span)]
+        if len(out) != self.rows:
+            raise MaskLensError(f"the file changed while it was read: rows {self.row}-{self.row + self.rows - 1} are "
+                                "not where the first pass found them", file=self.path, row=self.row,
+                                fix="do not write to the file during the run; run again")
+        return out
+
+
+def jsonl_ranges(path: str | os.PathLike, limit: int | None = None, size: int | None = None) -> list[FileRange]:
+    """Pass 1 over a local JSONL file, in this process: every line is read and checked (a bad line raises its
+    MaskLensError here, before any rendering, as the in-process stream does), the schema `datasets` would give the
+    rows is predicted, and the file is cut into ranges of `size` rows for workers to read (see FileRange).
+
+    Example: jsonl_ranges("big.jsonl")[1] -> FileRange(path="big.jsonl", start=523011, end=1046620, row=512, ...).
+    """
+    from .data import schema_union  # noqa: PLC0415
+    from .reader import iter_jsonl  # noqa: PLC0415
+
+    size = size or CHUNK
+    p = Path(path)
+    cursor = [0]
+    bounds: list[tuple[int, int, int, int, int]] = []  # (start, end, row, line, rows)
+    state = {"start": 0, "row": 0, "line": 0, "error": None}
+
+    def objects():
+        try:
+            for i, obj, line in iter_jsonl(p, limit, cursor=cursor):
+                yield obj
+                if i + 1 - state["row"] == size:
+                    bounds.append((state["start"], cursor[0], state["row"], state["line"], size))
+                    state.update(start=cursor[0], row=i + 1, line=line)
+                last[0] = i + 1
+        except MaskLensError as e:  # raised below: schema_union would take it for a row it cannot predict
+            state["error"] = e
+
+    last = [0]
+    gen = objects()
+    union = schema_union(gen)
+    for _ in gen:  # schema_union may stop early (a row it cannot predict): the ranges still need every row
+        pass
+    if state["error"] is not None:
+        raise state["error"]
+    if last[0] > state["row"]:
+        bounds.append((state["start"], cursor[0], state["row"], state["line"], last[0] - state["row"]))
+    return [FileRange(str(path), a, b, r, ln, n, union) for a, b, r, ln, n in bounds]
+
+
 # ------------------------------------------------------------------------------------------------------- tasks
-# A task renders one chunk of raw rows [(row, object, line[, findings]), ...] and returns something small. Module-level functions,
-# so that a worker finds them by name.
-def _examples(chunk: list, source: str | None) -> list:
+# A task renders one chunk and returns something small. A chunk is a list of raw rows [(row, object, line[,
+# findings]), ...] or a FileRange that the worker reads itself. Module-level functions, so that a worker finds them
+# by name.
+def _row_span(chunk) -> tuple[int, int]:
+    """The first and last row of a chunk, for messages."""
+    if isinstance(chunk, FileRange):
+        return chunk.row, chunk.row + chunk.rows - 1
+    return chunk[0][0], chunk[-1][0]
+
+
+def _examples(chunk, source: str | None) -> list:
     from .data import normalize_row  # noqa: PLC0415
 
+    if isinstance(chunk, FileRange):
+        chunk = chunk.read()
     out = []
     for row, obj, line, *notes in chunk:  # (row, object, line[, findings to attach: see cli._stream])
         ex = normalize_row(obj, row, source=source, line=line)
@@ -106,8 +184,9 @@ def audit_chunk(tokenizer, cfg, chunk: list, source: str | None):
     """The chunk's AuditReport (compact stats; nothing rendered is kept), to merge in input order."""
     from .audit import audit_chunk as audit_examples  # noqa: PLC0415
 
-    rep = audit_examples(_examples(chunk, source), tokenizer, cfg)
-    rep.rows = len(chunk)
+    examples = _examples(chunk, source)
+    rep = audit_examples(examples, tokenizer, cfg)
+    rep.rows = len(examples)
     return rep
 
 
@@ -163,6 +242,18 @@ def _pool(spec: WorkerSpec, num_proc: int) -> ProcessPoolExecutor:
     return ex
 
 
+def _noop() -> None:
+    return None
+
+
+def start_workers(spec: WorkerSpec, num_proc: int) -> None:
+    """Start spec's workers now, without waiting (each imports transformers and loads the tokenizer: seconds), so that
+    they get ready while this process reads the file's first pass; map_chunks then finds them started."""
+    ex = _pool(spec, num_proc)
+    for _ in range(num_proc):  # a submit with no idle worker spawns one
+        ex.submit(_noop)
+
+
 @atexit.register
 def shutdown_pool() -> None:
     """Stop the kept worker processes (at exit, or to free their memory)."""
@@ -201,7 +292,8 @@ def map_chunks(task: Callable, spec: WorkerSpec, cfg, chunk_iter: Iterable[list]
                 ok, value = fut.result()
             except BrokenProcessPool:
                 shutdown_pool()
-                raise MaskLensError(f"a worker process stopped while rendering rows {c[0][0]}-{c[-1][0]} (out of "
+                first, last = _row_span(c)
+                raise MaskLensError(f"a worker process stopped while rendering rows {first}-{last} (out of "
                                     "memory, or killed)", file=source,
                                     fix="run again with fewer --num-proc (or 1), or on a machine with more memory"
                                     ) from None

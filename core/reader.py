@@ -95,16 +95,22 @@ def iter_rows(path: str | os.PathLike, split: str = "train", limit: int | None =
 
 # ------------------------------------------------------------------------------------------------------- JSONL
 def iter_jsonl(p: Path, limit: int | None = None, on_error: Callable[[MaskLensError], None] | None = None,
-               max_line_bytes: int | None = None) -> Iterator[Row]:
-    """Stream a JSONL file: (row, object, line) per non-blank line. See the module docstring for bad files."""
+               max_line_bytes: int | None = None, *, span: tuple[int, int, int, int] | None = None,
+               cursor: list[int] | None = None) -> Iterator[Row]:
+    """Stream a JSONL file: (row, object, line) per non-blank line. See the module docstring for bad files.
+
+    span=(start, end, row, line): read only the lines that begin in bytes [start, end) of the file, numbering rows
+    from `row` and lines from `line` + 1 (a worker reading its own part of a file: core.parallel.jsonl_ranges).
+    cursor: a one-item list that holds, whenever a row is yielded, the byte offset just after that row's line.
+    """
     src = str(p)
     cap = max_line_bytes or MAX_LINE_BYTES
-    row = 0
+    start0, end, row, lineno = span if span is not None else (0, None, 0, 0)
     blank = 0
     with open(p, "rb") as f:
-        offset = 0  # byte offset of the current line's start
-        lineno = 0
-        while True:
+        f.seek(start0)
+        offset = start0  # byte offset of the current line's start
+        while end is None or offset < end:
             raw = f.readline(cap + 1)
             if not raw:
                 break
@@ -132,11 +138,13 @@ def iter_jsonl(p: Path, limit: int | None = None, on_error: Callable[[MaskLensEr
                     raise err
                 on_error(err)
             else:
+                if cursor is not None:
+                    cursor[0] = offset
                 yield row, obj, lineno
             row += 1
             if limit and row >= limit:
                 return
-    if row == 0:
+    if row == 0 and span is None:
         raise MaskLensError("the file has no examples" + (f" (only {blank} blank lines)" if blank else ""), file=src,
                             fix="add at least one example: one JSON object per line")
 

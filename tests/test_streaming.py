@@ -141,3 +141,86 @@ def test_a_tokenizer_the_workers_cannot_load_is_a_clear_error(tmp_path, capsys):
                  "--tokenizer", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nope") in err and "worker process stopped" not in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------- workers read their own ranges
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from core.errors import MaskLensError  # noqa: E402
+from core.parallel import FileRange, jsonl_ranges  # noqa: E402
+
+_LINE = st.one_of(
+    st.builds(lambda t: json.dumps({"text": t}, ensure_ascii=False), st.text(max_size=12)),
+    st.builds(lambda t: json.dumps({"messages": [{"role": "user", "content": t}], "extra": {t[:3]: 1}}),
+              st.text(max_size=8)),
+    st.sampled_from(["", "   ", "\t"]),  # blank lines: no row number, but counted as lines
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_LINE, min_size=1, max_size=25), bom=st.booleans(), final_newline=st.booleans(),
+       size=st.integers(1, 4), limit=st.one_of(st.none(), st.integers(1, 10)))
+def test_ranges_cover_every_row_once_with_its_row_and_line_number(tmp_path, lines, bom, final_newline, size, limit):
+    """The byte ranges the workers read give back exactly the rows, objects and line numbers of the one-pass reader,
+    whatever the blank lines, a BOM, a missing final newline, the chunk size or --limit."""
+    if not any(x.strip() for x in lines):
+        lines = [*lines, '{"text": "x"}']
+    f = tmp_path / "d.jsonl"
+    f.write_bytes((b"\xef\xbb\xbf" if bom else b"") + ("\n".join(lines) + ("\n" if final_newline else "")).encode())
+    want = list(iter_rows(f, limit=limit))
+    ranges = jsonl_ranges(f, limit=limit, size=size)
+    got = [(i, obj, line) for r in ranges for i, obj, line, _ in r.read()]
+    assert got == want
+    assert [r.rows for r in ranges[:-1]] == [size] * (len(ranges) - 1) and 1 <= ranges[-1].rows <= size
+    assert all(a.end == b.start for a, b in zip(ranges, ranges[1:])) and ranges[0].start == 0
+
+
+def test_a_bad_line_is_raised_by_the_first_pass_as_the_reader_raises_it(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(b'{"text": "a"}\n\n{"text": "b"}\n{"text": \xff}\n{"text": "c"}\n')
+    with pytest.raises(MaskLensError) as want:
+        list(iter_rows(f))
+    with pytest.raises(MaskLensError) as got:
+        jsonl_ranges(f, size=1)
+    assert str(got.value) == str(want.value) and "line 4" in str(got.value)
+
+
+def test_ranges_carry_the_schema_findings(tmp_path):
+    """Rows `datasets` would pad with nulls get schema_nulls_injected from a worker's range as from the whole file."""
+    rows = [{"messages": [{"role": "user", "content": "w?"},
+                          {"role": "assistant", "content": "", "tool_calls": [
+                              {"type": "function", "function": {"name": "f", "arguments": args}}]}]}
+            for args in ({"city": "Paris"}, {"unit": "C"})]
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    notes = [n for r in jsonl_ranges(f, size=1) for *_, found in r.read() for n in found]
+    want = [n for ex in load_examples(f) for n in ex.notes if n.code == "schema_nulls_injected"]
+    assert [n.message for n in notes] == [n.message for n in want] and len(want) == 2
+
+
+def test_audit_with_workers_reports_schema_nulls_as_one_process(tmp_path, mixed, capsys):
+    reports = []
+    for n in ("1", "2"):
+        assert main(["audit", "--data", str(mixed), "--strategy", "assistant_only", "--format", "json",
+                     "--num-proc", n]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0] == reports[1]
+    assert "schema_nulls_injected" in json.dumps(reports[0])
+
+
+def test_a_file_range_is_a_few_numbers_not_rows(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps({"text": "x" * 1000}) + "\n" for _ in range(20)))
+    (r, *_) = jsonl_ranges(f, size=10)
+    assert isinstance(r, FileRange) and r.rows == 10 and len(__import__("pickle").dumps(r)) < 1000
+
+
+def test_a_file_changed_between_the_passes_is_an_error_not_missing_rows(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps({"text": str(i)}) + "\n" for i in range(6)))
+    ranges = jsonl_ranges(f, size=3)
+    f.write_text("".join(json.dumps({"text": str(i)}) + "\n" for i in range(4)))
+    assert len(ranges[0].read()) == 3
+    with pytest.raises(MaskLensError, match="changed while it was read"):
+        ranges[1].read()
