@@ -570,7 +570,7 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                     roles = gr.CheckboxGroup(choices=list(ROLES), value=list(s0.train_roles), label="Train roles",
                                              info=config_help("train_roles"))
                 mask_tokens = gr.Textbox(value="", label="Never train these tokens",
-                                         info=config_help("mask_tokens") + "; comma-separated",
+                                         info=config_help("mask_tokens") + "; comma-separated, Enter to apply",
                                          placeholder="</think>", elem_id="mask-tokens")
                 with gr.Group(visible=s0.strategy == "response_template", elem_id="rt-options") as rt_options:
                     resp = gr.Textbox(value=s0.response_template, label="Response template",
@@ -645,9 +645,11 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
     upload.upload(lambda s, p: (*on_upload(s, p), None), [session, upload], outputs + [sample])
     for c in (strategy, eos, roles, as_ids, trunc, gen, source, reasoning, empty_think, split):
         c.input(on_settings, [session, *settings_inputs], outputs)
+    # Enter applies a text box; no blur event: a click on another control blurs the box first, and the blur's pending
+    # render would cover that control (Gradio's progress overlay) and swallow the click. The clicked control's own
+    # event sends every box's current text anyway.
     for c in (resp, instr, max_len, mask_tokens, pad):
         c.submit(on_settings, [session, *settings_inputs], outputs)
-        c.blur(on_settings, [session, *settings_inputs], outputs)
     for c in (underline, shift, inference):
         c.input(on_display, [session, underline, shift, inference], outputs)
     turns.input(on_turn, [session, turns], outputs)

@@ -104,14 +104,15 @@ def test_mask_tokens_reach_the_engine_and_inspect_has_their_control(loaded, smol
     assert all(lab == IGNORE for _, i, lab in tokens_of(masked.view) if i == im_end)
     assert any(lab != IGNORE for _, i, lab in tokens_of(out.view) if i == im_end)  # trained before
     assert masked.mask_tokens["value"] == "<|im_end|>"
-    # the Inspect control: a text box whose submit and blur re-render with the settings
+    # the Inspect control: a text box whose submit (Enter) re-renders with the settings; no blur event, which would
+    # swallow a click on another control (its pending render covers that control)
     from app.main import build_app
 
     demo = build_app()
     box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "mask-tokens")
     events = {ev for f in demo.fns.values() for bid, ev in f.targets
               if bid == box._id and f.fn is tab_inspect.on_settings}
-    assert events == {"submit", "blur"}
+    assert events == {"submit"}
 
 
 def test_navigation_and_jump(loaded):

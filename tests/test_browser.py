@@ -116,6 +116,20 @@ def test_strategy_switch_changes_labels(page):
     shot(page, "inspect_response_template")
 
 
+def test_typing_a_mask_token_then_clicking_a_strategy_applies_both(page):
+    """A click on another control right after typing in a text box is not swallowed (a blur event used to start a
+    render whose progress overlay covered the control), and the click's event carries the typed text too."""
+    page.locator("#mask-tokens textarea, #mask-tokens input").first.click()
+    page.keyboard.type("<|im_end|>")
+    page.get_by_role("radio", name="full", exact=True).click()
+    page.wait_for_function(f"() => document.querySelectorAll({IGNORED!r}).length > 0 && "
+                           f"document.querySelectorAll({TOKENS!r}).length > 0", timeout=20_000)
+    page.wait_for_timeout(1_500)  # nothing may flip it back
+    assert page.get_by_role("radio", name="full", exact=True).is_checked()
+    ignored = {page.locator(IGNORED).nth(i).get_attribute("data-token-id") for i in range(count(page, IGNORED))}
+    assert len(ignored) == 1 and "im_end" in page.locator(IGNORED).first.inner_text()  # full: all but the masked one
+
+
 def test_upload_a_broken_file_lists_bad_rows_and_keeps_the_valid_ones(page, tmp_path):
     page.locator(UPLOAD).set_input_files(str(REPO / "assets" / "samples" / "broken.jsonl"))
     page.wait_for_selector("#data-info:has-text('5 rows could not be read')", timeout=20_000)
