@@ -201,6 +201,9 @@ class Settings:
             max_length = int(self.max_length or 0)
         except (TypeError, ValueError):
             raise MaskLensError(f"{self.max_length!r} is not a number", field="max_length") from None
+        if max_length < 0:
+            raise MaskLensError(f"{max_length} is not a length: use a positive number of tokens, or 0 for no limit",
+                                field="max_length", fix="e.g. 2048 (TRL's SFTConfig default is 1024)")
         rules = STARTUP_RULES.get(self.strategy)  # a --rules strategy trains its own roles (as core.rules does)
         return MaskConfig(
             strategy=self.strategy, eos=self.eos,

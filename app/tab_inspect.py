@@ -436,7 +436,8 @@ def on_next(session: Session) -> InspectOut:
 def on_jump(session: Session, number) -> InspectOut:
     """Jump to example `number` (1-based, as shown)."""
     try:
-        session.index = int(number or 1) - 1
+        n = len(session.data.examples) if session.data is not None else 1
+        session.index = max(0, min(int(number or 1) - 1, n - 1))  # 0, -3 or 99 open the first / last example
         session.turn = None
     except (TypeError, ValueError):
         pass
@@ -586,8 +587,8 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                                      elem_id="pad-token")
                     pad_note = gr.HTML(elem_id="pad-note")
                 with gr.Row():
-                    max_len = gr.Number(value=s0.max_length, label="max_length (0 = none)", precision=0, minimum=0,
-                                        min_width=100)
+                    max_len = gr.Number(value=s0.max_length, label="max_length (0 = none)", precision=0,
+                                        elem_id="inspect-max-length", min_width=100)
                     trunc = gr.Radio(choices=list(TRUNCATION_MODES), value=s0.truncation, label="Truncation",
                                      min_width=120)
                 gen = gr.Checkbox(value=s0.use_generation_markers, label="Use {% generation %} markers",
@@ -601,7 +602,7 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
         with gr.Column(scale=4, min_width=420, elem_classes="viewcol"):
             with gr.Row(elem_classes="nav"):
                 prev_btn = gr.Button("◀ Prev", size="sm", min_width=70, scale=0, elem_id="prev")
-                number = gr.Number(value=1, label="Example", precision=0, minimum=1, min_width=90, scale=0,
+                number = gr.Number(value=1, label="Example", precision=0, min_width=90, scale=0,
                                    elem_id="example-number", show_label=False, container=False)
                 next_btn = gr.Button("Next ▶", size="sm", min_width=70, scale=0, elem_id="next")
                 caption = gr.HTML(elem_id="caption")

@@ -550,3 +550,22 @@ def test_a_row_the_template_cannot_render_does_not_stop_audit_or_export(smol_tok
     assert len(Path(path).read_text().splitlines()) == 1 and "rows 1" in status
     html, _ = tab_audit.on_pack(s, "bfd", 64, 0)
     assert html.count('class="prow"') == 1
+
+
+def test_out_of_range_numbers_open_the_nearest_example_or_an_error_box(loaded):
+    """Example 0, -3 or 99 and a negative max_length never reach Gradio's bounds check (which raised and blanked the
+    tab's panels): the example number is clamped, a bad max_length is the error box."""
+    out, _ = loaded
+    s = out.session
+    n = len(s.data.examples)
+    assert "example <b>1</b> of" in tab_inspect.on_jump(s, 0).caption and s.index == 0
+    assert "example <b>1</b> of" in tab_inspect.on_jump(s, -3).caption and s.index == 0
+    assert f"example <b>{n}</b> of {n}" in tab_inspect.on_jump(s, 99).caption and s.index == n - 1
+    bad = tab_inspect.on_settings(s, *settings_values(max_length=-5))
+    assert "max_length" in bad.error and "positive number of tokens" in bad.error
+    from app.main import build_app
+
+    demo = build_app()
+    for elem_id in ("example-number", "inspect-max-length"):  # Inspect's numbers: bounds are checked here instead
+        box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+        assert box.minimum is None and box.maximum is None
