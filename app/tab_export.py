@@ -63,8 +63,9 @@ def on_snippets(session: Session):
         return _fail(e), "", "", ""
 
 
-def on_export(session: Session, fmt: str, progress=gr.Progress()):
-    """Render every example and write them. Returns (status HTML, file path or None)."""
+def on_export(session: Session, fmt: str, attention_mask: bool = False, progress=gr.Progress()):
+    """Render every example and write them (with an attention_mask column of ones if asked: axolotl's and
+    LLaMA-Factory's pre-tokenized formats need one). Returns (status HTML, file path or None)."""
     if session.data is None or not session.data.examples:
         return render.error_html("No examples to export: choose data in the Inspect tab.", "Nothing to export"), None
     if fmt == SPLIT_ROWS:
@@ -80,7 +81,7 @@ def on_export(session: Session, fmt: str, progress=gr.Progress()):
         failed = [r.row for r in rendered if any(f.code == "render_failed" for f in r.findings)]
         rendered = [r for r in rendered if r.row not in set(failed)]
         path = Path(tempfile.mkdtemp(prefix="masklens-export-")) / export_name(session, fmt)
-        (export_parquet if fmt == "Parquet" else export_jsonl)(rendered, path)
+        (export_parquet if fmt == "Parquet" else export_jsonl)(rendered, path, attention_mask=bool(attention_mask))
     except Exception as e:  # noqa: BLE001
         return _fail(e), None
     n_tok = sum(r.n_tokens for r in rendered)
@@ -88,7 +89,8 @@ def on_export(session: Session, fmt: str, progress=gr.Progress()):
     empty = sum(1 for r in rendered if r.n_trained == 0)
     skipped = len(session.data.errors)
     msg = (f'<div class="ok">Wrote <b>{len(rendered)}</b> examples ({n_tok} tokens, {n_tr} trained) to '
-           f"<code>{render.esc(path.name)}</code>: columns input_ids, labels (-100 = ignored), row."
+           f"<code>{render.esc(path.name)}</code>: columns input_ids, labels (-100 = ignored), "
+           + ("attention_mask, " if attention_mask else "") + "row."
            + (f" {empty} example(s) have no trained token (TRL drops them when it truncates)." if empty else "")
            + (f" {skipped} unreadable row(s) were left out." if skipped else "")
            + (f" Left out because the chat template failed on them: rows {', '.join(map(str, failed[:20]))}"
@@ -121,7 +123,7 @@ def _export_split(session: Session):
 
 def _with_button(status: str, path: str | None):
     return status, gr.DownloadButton(value=path, interactive=path is not None,
-                                     label=f"Download {Path(path).name}" if path else "Download")
+                                     label="Download ⬇" if path else "Download")  # the file's name is in the status
 
 
 def build_export_tab(session: gr.State) -> dict:
@@ -134,6 +136,9 @@ def build_export_tab(session: gr.State) -> dict:
                         elem_id="export-run")
         out = gr.DownloadButton("Download", value=None, size="md", scale=0, min_width=160, interactive=False,
                                 elem_id="export-file")
+        mask = gr.Checkbox(value=False, label="attention_mask column", scale=0, min_width=180,
+                           elem_id="export-attention-mask",
+                           info="axolotl's / LLaMA-Factory's pre-tokenized formats need it; TRL does not")
         gr.HTML('<div class="hint">input_ids and labels (-100 = ignored) per example, ready for SFTTrainer: a '
                 "pre-tokenized dataset with labels is used as is.</div>")
     status = gr.HTML(elem_id="export-status")
@@ -147,5 +152,5 @@ def build_export_tab(session: gr.State) -> dict:
         with gr.Column(min_width=320):
             lf = gr.Code(language="yaml", label="LLaMA-Factory", interactive=False, lines=20, max_lines=60,
                               wrap_lines=True)
-    run.click(lambda s, f: _with_button(*on_export(s, f)), [session, fmt], [status, out])
+    run.click(lambda s, f, m: _with_button(*on_export(s, f, m)), [session, fmt, mask], [status, out])
     return {"refresh": dict(fn=on_snippets, inputs=[session], outputs=[head, sft, axo, lf])}

@@ -379,8 +379,9 @@ def axolotl_snippet(cfg: MaskConfig, data_path: str = "data.jsonl", base_model: 
     """An axolotl config (YAML) with the options closest to ``cfg``; comments say where there is no equivalent."""
     s = cfg.strategy
     head = [f"axolotl equivalent of MaskLens {describe(cfg)}.",
-            "Exactly MaskLens' labels instead: export with attention_mask=True (axolotl's pre-tokenized format needs",
-            "input_ids, attention_mask, labels) and use a dataset with an empty type:",
+            "Exactly MaskLens' labels instead: export with the attention_mask column (Export tab checkbox; Python:",
+            "core.export.export_jsonl(..., attention_mask=True): axolotl's pre-tokenized format needs input_ids,",
+            "attention_mask, labels) and use a dataset with an empty type:",
             "  datasets:", "    - path: masklens_export.jsonl", "      ds_type: json", "      type:"]
     top: list = [("base_model", base_model or "CHANGE_ME", "the model whose tokenizer MaskLens used")]
     if cfg.chat_template:
@@ -432,7 +433,7 @@ def axolotl_snippet(cfg: MaskConfig, data_path: str = "data.jsonl", base_model: 
             if cfg.eos == "none":
                 notes.append("eos=none: no equivalent (that path trains the last end-of-turn marker).")
     else:  # response_template, or a custom strategy
-        ds += [("type", None, "pre-tokenized: the MaskLens export with attention_mask=True")]
+        ds += [("type", None, "pre-tokenized: the MaskLens export with its attention_mask column")]
         what = "response_template" if s == Strategy.RESPONSE_TEMPLATE else s
         notes.append(f"{what}: no axolotl equivalent: the dataset above is MaskLens' pre-tokenized export.")
         ds[0] = ("path", "masklens_export.jsonl")
@@ -458,7 +459,8 @@ def llamafactory_snippet(cfg: MaskConfig, dataset: str = "your_dataset", templat
     tok_cmd = ("python -c \"from datasets import DatasetDict, load_dataset; DatasetDict({'train': load_dataset('json', "
                "data_files='masklens_export.jsonl', split='train')}).save_to_disk('masklens_tokenized')\"")
     lines = _comment(f"LLaMA-Factory equivalent of MaskLens {describe(cfg)}.\n"
-                     "Exactly MaskLens' labels instead: export with attention_mask=True, then\n"
+                     "Exactly MaskLens' labels instead: export with the attention_mask column (Export tab checkbox;\n"
+                     "Python: core.export.export_jsonl(..., attention_mask=True)), then\n"
                      f"  {tok_cmd}\n"
                      "and set tokenized_path: masklens_tokenized (LLaMA-Factory then skips its own preprocessing).")
     items: list = [("model_name_or_path", model or "CHANGE_ME"), ("stage", "sft"), ("do_train", True)]

@@ -569,3 +569,18 @@ def test_out_of_range_numbers_open_the_nearest_example_or_an_error_box(loaded):
     for elem_id in ("example-number", "inspect-max-length"):  # Inspect's numbers: bounds are checked here instead
         box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
         assert box.minimum is None and box.maximum is None
+
+
+@pytest.mark.parametrize("fmt", ["JSONL", "Parquet"])
+def test_export_with_the_attention_mask_column_the_snippets_name(loaded, fmt):
+    """axolotl's and LLaMA-Factory's snippets point at the attention_mask column: the Export tab writes it."""
+    s = loaded[0].session
+    status, path = tab_export.on_export(s, fmt, True, progress=lambda *a, **k: None)
+    import datasets
+
+    ds = datasets.load_dataset("json" if fmt == "JSONL" else "parquet", data_files=path, split="train")
+    assert ds.column_names == ["input_ids", "labels", "attention_mask", "row"] and "attention_mask" in status
+    assert all(m == [1] * len(i) for m, i in zip(ds["attention_mask"], ds["input_ids"]))
+    _, _, axo, lf = tab_export.on_snippets(s)
+    assert "attention_mask column (Export tab checkbox" in axo and "attention_mask column (Export tab" in lf
+    assert "attention_mask=True (" not in axo  # no option that does not exist
