@@ -166,7 +166,7 @@ def template_line_html(rendered: RenderedExample | None) -> str:
     elif rendered.template_swapped:
         extra = " · the tokenizer's own template renders this row identically"
     turn = f" · turn {rendered.turn} (split_turns)" if rendered.turn is not None else ""
-    return (f'<div class="tpl-line" data-swapped="{str(rendered.template_swapped).lower()}">Tokens from '
+    return (f'<div class="tpl-line" data-swapped="{str(rendered.template_swapped).lower()}">Template: '
             f"<b>{esc(rendered.template_label)}</b>{turn}{extra}</div>")
 
 

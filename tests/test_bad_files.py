@@ -202,3 +202,17 @@ def test_200mb_line_is_refused_within_memory_limits(tmp_path):
         assert "Traceback" not in p.stderr and str(f) in p.stderr and "line 2 is longer than 64 MB" in p.stderr
     finally:
         f.unlink()
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_an_unclosed_line_names_the_column_python_names_for_that_line(tmp_path, newline):
+    """The line's own end, not "column 1" of the next line (the newline used to be parsed with the line)."""
+    line = '{"messages": [{"role": "user", "content": "unterminated"}, {"role": "assistant", "content": "oops"}'
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"text": "ok"}' + newline + line + newline + '{"text": "ok"}' + newline, newline="")
+    with pytest.raises(json.JSONDecodeError) as py:
+        json.loads(line)
+    with pytest.raises(MaskLensError, match=rf"line 2 is not valid JSON \(Expecting ',' delimiter: column "
+                                            rf"{py.value.colno}\)"):
+        load_examples(f)
+    assert py.value.colno == len(line) + 1
