@@ -294,6 +294,19 @@ def stats_html(rendered: RenderedExample, infos: list[TokenInfo]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ findings
+def location_text(location: dict, items: int = 3, chars: int = 48) -> str:
+    """A finding's location in one short line: long lists and strings shortened (the message names the details).
+    Example: location_text({"paths": ["a.x", "a.y", "b", "c", "d"]}) -> "paths a.x, a.y, b … (+2)"."""
+    out = []
+    for k, v in location.items():
+        if isinstance(v, (list, tuple)):
+            shown = ", ".join(str(x) for x in v[:items]) + (f" … (+{len(v) - items})" if len(v) > items else "")
+        else:
+            shown = str(v)
+        out.append(f"{k} {shown if len(shown) <= chars else shown[:chars - 1] + '…'}")
+    return ", ".join(out)
+
+
 def findings_html(findings: list[Finding]) -> str:
     if not findings:
         return '<div class="findings"><div class="ok">No findings: nothing suspicious in this example.</div></div>'
@@ -301,7 +314,7 @@ def findings_html(findings: list[Finding]) -> str:
     for f in sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 3)):
         loc = ""
         if f.location:
-            loc = '<span class="loc">' + esc(", ".join(f"{k} {v}" for k, v in f.location.items())) + "</span>"
+            loc = '<span class="loc">' + esc(location_text(f.location)) + "</span>"
         pos = f.location.get("token") if isinstance(f.location.get("token"), int) else \
             next(iter(f.location.get("tokens") or []), None)
         goto = f' data-token="{pos}" title="show token {pos}"' if isinstance(pos, int) else ""

@@ -584,3 +584,20 @@ def test_export_with_the_attention_mask_column_the_snippets_name(loaded, fmt):
     _, _, axo, lf = tab_export.on_snippets(s)
     assert "attention_mask column (Export tab checkbox" in axo and "attention_mask column (Export tab" in lf
     assert "attention_mask=True (" not in axo  # no option that does not exist
+
+
+def test_a_finding_with_many_paths_shows_a_short_location():
+    """schema_nulls_injected on a row with 63 null paths: the card's location line is short (it was one 63-item
+    list that overflowed the findings column); the message keeps naming the first paths."""
+    from app.render import findings_html, location_text
+    from core.findings import Finding
+
+    paths = [f"tools[0].function.parameters.properties.p{i}" for i in range(63)]
+    f = Finding("schema_nulls_injected", "row 3: `datasets` adds 63 key(s) with null here: ...",
+                location={"paths": paths})
+    loc = location_text(f.location)
+    assert loc.startswith("paths tools[0]") and loc.endswith("…") and len(loc) <= 60
+    assert location_text({"paths": ["a.x", "a.y", "b", "c", "d"]}) == "paths a.x, a.y, b … (+2)"
+    assert location_text({"token": 41}) == "token 41"
+    html = findings_html([f])
+    assert "p62" not in html and "p0" in html
