@@ -236,8 +236,28 @@ def _controls(session: Session, rendered: list[RenderedExample] | None = None,
         template_pick=gr.update(value=template_choice(session)),
         legend=render.legend_html(display(session)["underline"], display(session)["shift"]),
         mask_tokens=gr.update(value=s.mask_tokens if isinstance(s.mask_tokens, str) else
-                              ", ".join(escape(t) for t in s.mask_tokens)),
+                              ", ".join(escape(t) for t in s.mask_tokens),
+                              info=mask_tokens_info(session, shown)),
     )
+
+
+MASK_TOKENS_INFO = config_help("mask_tokens") + "; comma-separated, Enter to apply"
+
+
+def mask_tokens_info(session: Session, shown: RenderedExample | None) -> str:
+    """The mask-tokens box's help, plus a warning for strings that can mask nothing here: not one token of this
+    tokenizer and absent from the example shown (a typo masks nothing, silently, otherwise).
+    Example: "... ⚠ not a token of this tokenizer and not in this example: notatoken_xyz"."""
+    try:
+        wanted = session.settings.mask_token_list()
+        tok = session.tokenizer() if wanted else None
+    except Exception:  # noqa: BLE001 - errors are shown in the error box
+        return MASK_TOKENS_INFO
+    text = (shown.text or "") if shown is not None else ""
+    vocab = tok.get_vocab() if tok is not None else {}
+    idle = [t for t in wanted if t not in vocab and t not in text]
+    return MASK_TOKENS_INFO + (" ⚠ not a token of this tokenizer and not in this example: " + ", ".join(idle)
+                               if idle else "")
 
 
 def _decides_parts(name: str) -> bool:
@@ -571,7 +591,7 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                     roles = gr.CheckboxGroup(choices=list(ROLES), value=list(s0.train_roles), label="Train roles",
                                              info=config_help("train_roles"))
                 mask_tokens = gr.Textbox(value="", label="Never train these tokens",
-                                         info=config_help("mask_tokens") + "; comma-separated, Enter to apply",
+                                         info=MASK_TOKENS_INFO,
                                          placeholder="</think>", elem_id="mask-tokens")
                 with gr.Group(visible=s0.strategy == "response_template", elem_id="rt-options") as rt_options:
                     resp = gr.Textbox(value=s0.response_template, label="Response template",

@@ -601,3 +601,15 @@ def test_a_finding_with_many_paths_shows_a_short_location():
     assert location_text({"token": 41}) == "token 41"
     html = findings_html([f])
     assert "p62" not in html and "p0" in html
+
+
+def test_a_mask_token_that_masks_nothing_is_flagged_beside_the_box(loaded):
+    s = loaded[0].session
+    typo = tab_inspect.on_settings(s, *settings_values(mask_tokens="notatoken_xyz, <|im_end|>"))
+    assert "not a token of this tokenizer and not in this example: notatoken_xyz" in typo.mask_tokens["info"]
+    assert "<|im_end|>" not in typo.mask_tokens["info"].split("⚠")[1]
+    ok = tab_inspect.on_settings(s, *settings_values(mask_tokens="<|im_end|>"))
+    assert "⚠" not in ok.mask_tokens["info"]
+    phrase = s.example.raw["messages"][0]["content"][:15]  # several tokens, in the text: it masks something
+    assert phrase in s.render_current().text and phrase not in s.tokenizer().get_vocab()
+    assert "⚠" not in tab_inspect.on_settings(s, *settings_values(mask_tokens=phrase)).mask_tokens["info"]
