@@ -106,8 +106,10 @@ def _run(session: Session, text: str, apply: bool) -> RulesOut:
     try:
         rules = parse_rules(text or "")
     except MaskLensError as e:
-        return RulesOut(session, gr.update(), gr.update(), gr.update(), render.error_html(str(e), "Invalid rules"),
-                        status)
+        stale = ('<div class="hint">The token view below still shows the last valid rules, not these.</div>'
+                 if session.data is not None else "")
+        return RulesOut(session, gr.update(), gr.update(), gr.update(),
+                        render.error_html(str(e), "Invalid rules") + stale, status)
     try:
         _ensure_data(session)
         name = register_for_app(rules)

@@ -229,7 +229,7 @@ def _parse_text(text: str, where: str | None, syntax: str | None):
     json_error = None
     if syntax in (None, "json"):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=lambda pairs: _unique(pairs, where))
         except json.JSONDecodeError as e:
             json_error = MaskLensError(f"line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})", file=where,
                                        fix="fix the JSON (double quotes, no trailing commas), or write YAML")
@@ -237,8 +237,21 @@ def _parse_text(text: str, where: str | None, syntax: str | None):
                 raise json_error from None
     import yaml  # noqa: PLC0415
 
+    class _Loader(yaml.SafeLoader):  # a key written twice is an error, not "the last one wins"
+        def construct_mapping(self, node, deep=False):
+            self.flatten_mapping(node)
+            pairs = [(self.construct_object(k, deep=deep), k) for k, _ in node.value]
+            seen = set()
+            for key, k in pairs:
+                if isinstance(key, str) and key in seen:
+                    raise MaskLensError(f"line {k.start_mark.line + 1}: the key {key!r} is written twice in one "
+                                        "mapping (YAML would keep only the last)", file=where, field=key,
+                                        fix="keep one of them")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        obj = yaml.safe_load(text)
+        obj = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         if json_error is not None and text.lstrip().startswith(("{", "[")):
             raise json_error from None
@@ -248,6 +261,17 @@ def _parse_text(text: str, where: str | None, syntax: str | None):
                             fix="fix the YAML (indent list items under their key, quote values containing ':')") \
             from None
     return obj
+
+
+def _unique(pairs: list, where: str | None) -> dict:
+    """A JSON object whose keys are all different (json keeps only the last of a repeated key, silently)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise MaskLensError(f"the key {k!r} is written twice in one object (JSON would keep only the last)",
+                                file=where, field=k, fix="keep one of them")
+        out[k] = v
+    return out
 
 
 def _err(where: str | None, key: str | None, message: str, fix: str) -> MaskLensError:

@@ -197,3 +197,10 @@ def test_editing_rules_in_the_browser_changes_the_labels(browser, rules_url, smo
     finally:
         ctx.close()
     assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def test_invalid_rules_say_the_preview_is_of_the_last_valid_ones(smol_tok):
+    s = Session()
+    assert preview(s, EXAMPLE_RULES).error == ""
+    bad = preview(s, '{"name": "x", "name": "y", "train": [{}]}')
+    assert "written twice" in bad.error and "still shows the last valid rules" in bad.error

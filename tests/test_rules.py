@@ -373,3 +373,15 @@ def test_yaml_aliases_do_not_explode():
     with pytest.raises(MaskLensError) as e:
         parse_rules(f"train:\n  - parts: [[{chain}]]\n")
     assert e.value.field == "train[0].parts[0]" and len(str(e.value)) < 400
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "a", "name": "b", "train": [{"role": "assistant"}]}',
+    '{"train": [{"role": "assistant", "turns": "first", "turns": "last"}]}',
+    "name: a\nname: b\ntrain:\n  - role: assistant\n",
+    "train:\n  - role: assistant\n    parts: [content]\n    parts: [eot]\n",
+])
+def test_a_key_written_twice_is_an_error_not_the_last_one_wins(text):
+    key = "name" if "name" in text else ("turns" if "turns" in text else "parts")
+    with pytest.raises(MaskLensError, match=rf"the key '{key}' is written twice"):
+        parse_rules(text)
