@@ -420,8 +420,11 @@ def compare_summary_html(names: list[str], rendered: list[RenderedExample], same
                 f'{"s" if n_diff != 1 else ""} labelled differently across the configurations '
                 f"(red top edge in the views below)</div>")
     else:
-        head = ('<div class="cmp-head warn">The configurations tokenize the example differently (different chat '
-                "templates), so labels are not compared position by position; compare counts per role instead.</div>")
+        labels = sorted({r.template_label for r in rendered if r.template_label})
+        why = ("they render with different templates: " + "; ".join(labels)) if len(labels) > 1 else \
+            "different chat templates, or options that change the rendering"
+        head = ('<div class="cmp-head warn">The configurations tokenize the example differently (' + esc(why)
+                + "), so labels are not compared position by position; compare counts per role instead.</div>")
     return (head + '<table class="grid"><thead><tr><th></th><th>configuration</th><th>tokens</th><th>trained</th>'
             '<th>share</th><th>labels differing</th><th>findings</th></tr></thead><tbody>' + "".join(rows)
             + "</tbody></table>")

@@ -20,7 +20,7 @@ from core.errors import MaskLensError
 
 from . import render
 from .session import Session, unescape
-from .tab_inspect import TOKEN_VIEW_JS, strategy_choices
+from .tab_inspect import TOKEN_VIEW_JS, strategy_choices, template_choice
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Cfg(NamedTuple):
     strategy: str
     eos: str = "every_turn"
     response_template: str = ""
-    chat_template: str = TOKENIZER_TEMPLATE  # a template_choices() value
+    chat_template: str = INSPECT_TEMPLATE  # a template_choices() value
     template_source: str = "trl"
     reasoning: str = "train"
     empty_think: str = "train"
@@ -60,16 +60,20 @@ def trl_templates() -> dict[str, Path]:
 
 
 def template_choices() -> list[tuple[str, str]]:
-    return ([("tokenizer's template", TOKENIZER_TEMPLATE), ("Inspect's edited template", INSPECT_TEMPLATE)]
+    return ([("as in Inspect", INSPECT_TEMPLATE), ("tokenizer's own template", TOKENIZER_TEMPLATE)]
             + [(f"TRL {name}", f"trl:{name}") for name in trl_templates()])
 
 
 def resolve_template(session: Session, choice: str) -> tuple[str | None, str]:
-    """(template text or None for the tokenizer's, short name for the summary)."""
-    if not choice or choice == TOKENIZER_TEMPLATE:
-        return None, ""
-    if choice == INSPECT_TEMPLATE:
-        return session.chat_template, "Inspect's template" if session.chat_template else ""
+    """(template text or None for the tokenizer's own, short name for the summary). "as in Inspect" is the template
+    Inspect renders with (one picked or edited there, else the tokenizer's); "tokenizer's own" ignores Inspect's."""
+    if choice == TOKENIZER_TEMPLATE:
+        return None, "tokenizer's template" if session.chat_template else ""
+    if not choice or choice == INSPECT_TEMPLATE:
+        if not session.chat_template:
+            return None, ""
+        picked = template_choice(session)
+        return session.chat_template, picked[4:] if picked.startswith("trl:") else "Inspect's template"
     if choice.startswith("trl:"):
         name = choice[4:]
         path = trl_templates().get(name)
@@ -141,7 +145,7 @@ def on_compare(session: Session, n: int, *values):
                                template_source=c.template_source or "trl", reasoning=c.reasoning or "train",
                                empty_think=c.empty_think or "train", mask_tokens=c.mask_tokens or "",
                                split_turns=bool(c.split_turns) and c.strategy == "assistant_only")
-            cfg = settings.to_config(template or session.chat_template)
+            cfg = settings.to_config(template)
             r = _pick(render_examples([ex], tok, cfg), session.turn)
         except MaskLensError as e:
             views[i] = render.error_html(str(e), f"Configuration {chr(65 + i)}")

@@ -613,3 +613,21 @@ def test_a_mask_token_that_masks_nothing_is_flagged_beside_the_box(loaded):
     phrase = s.example.raw["messages"][0]["content"][:15]  # several tokens, in the text: it masks something
     assert phrase in s.render_current().text and phrase not in s.tokenizer().get_vocab()
     assert "⚠" not in tab_inspect.on_settings(s, *settings_values(mask_tokens=phrase)).mask_tokens["info"]
+
+
+def test_compare_follows_inspects_template_and_says_which_it_renders(smol_tok):
+    """A template picked in Inspect (qwen3) is what Compare's default 'as in Inspect' renders and names; 'tokenizer's
+    own template' really is the tokenizer's; different renderings are explained by the templates used."""
+    s = Session(data=load_sample("reasoning.jsonl"))
+    qwen3 = tab_compare.resolve_template(s, "trl:qwen3.jinja")[0]
+    s.chat_template = qwen3
+    Cfg = tab_compare.Cfg
+    assert Cfg("full").chat_template == tab_compare.INSPECT_TEMPLATE
+    assert tab_compare.resolve_template(s, tab_compare.INSPECT_TEMPLATE) == (qwen3, "qwen3")
+    summary, views = compare(s, 2, Cfg("full"), Cfg("full", chat_template=tab_compare.TOKENIZER_TEMPLATE))
+    want = [render_examples([s.example], smol_tok, MaskConfig("full", chat_template=t))[0] for t in (qwen3, None)]
+    assert [[i for _, i, _ in tokens_of(v)] for v in views[:2]] == [r.input_ids for r in want]
+    assert "full · qwen3" in summary or "qwen3" in summary.split("<tbody>")[1]
+    s.index = 1  # two turns with reasoning: the twin keeps the first turn's, the inference template drops it
+    summary, _ = compare(s, 2, Cfg("full"), Cfg("assistant_only"))  # assistant_only: TRL's qwen3 training twin
+    assert "they render with different templates" in summary and "training template" in summary
