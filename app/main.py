@@ -202,7 +202,7 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
         # Templates -> Inspect: use the generated {% generation %} twin.
         tpl_code = inspect.controls["chat_template"]
         templates["use"].click(tab_inspect.on_use_template, [session, templates["marked"]],
-                               inspect.outputs + [tpl_code, tabs])
+                               inspect.outputs + [tpl_code, tabs, templates["proof"]])
         demo.load(tab_inspect.make_loader(default_data, default_tokenizer), [], inspect.load_outputs)
     queue_as_heavy(demo, HEAVY_TRIGGERS)
     demo.queue(default_concurrency_limit=8)

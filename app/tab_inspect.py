@@ -515,12 +515,12 @@ def on_pick_template(session: Session, choice: str):
 
 def on_use_template(session: Session, text: str):
     """Use a template from another tab (Templates' marked twin) and switch to Inspect.
-    Returns InspectOut + (template text, Tabs update)."""
+    Returns InspectOut + (template text, Tabs update, the Templates tab's message)."""
     if not (text or "").strip():
-        return (*view(session, render.error_html("Generate a marked template first.", "No template")), gr.update(),
-                gr.Tabs())
+        msg = render.error_html("Generate a marked template first (the button on the left).", "No template")
+        return (*view(session), gr.update(), gr.Tabs(), msg)
     session.chat_template = text
-    return (*view(session), text, gr.Tabs(selected="inspect"))
+    return (*view(session), text, gr.Tabs(selected="inspect"), gr.update())
 
 
 def on_reset_template(session: Session):

@@ -19,6 +19,7 @@ from core.checks import (PROBE_CONVERSATION, add_generation_markers, derive_temp
 from core.data import normalize_row
 from core.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
+from core.trl_templates import SOURCE_TRL_TWIN, training_template, trl_version
 
 from . import render
 from .session import Session, unescape
@@ -41,14 +42,38 @@ def _fail(e: Exception) -> str:
     return render.error_html(str(e))
 
 
+def template_source_text(session: Session) -> str:
+    """Which template the tab checks: the tokenizer's, one of TRL's picked in Inspect, or one edited there."""
+    if not session.chat_template:
+        return f"the chat template of tokenizer <code>{render.esc(session.tokenizer_name)}</code>"
+    from .tab_inspect import template_choice  # noqa: PLC0415 - tab_inspect builds on this module's neighbours
+
+    picked = template_choice(session)
+    if picked.startswith("trl:"):
+        return f"TRL's <code>{render.esc(picked[4:])}</code>, picked in Inspect"
+    return "the template edited in Inspect"
+
+
+def _twin_note(tok, template: str) -> str:
+    """A line when TRL swaps in its own training twin for this template (no markers of the user's needed)."""
+    try:
+        tt = training_template(tok, template)
+    except Exception:  # noqa: BLE001 - the checks below report a template that fails
+        return ""
+    if tt.source != SOURCE_TRL_TWIN:
+        return ""
+    return (f'<div class="hint">TRL {trl_version()} knows this template: under <code>assistant_only_loss=True</code> '
+            f"it swaps in its own <code>{render.esc(tt.name or '')}</code> training template "
+            "(<code>{% generation %}</code>-marked), so the missing markers below do not stop TRL; Inspect's "
+            "assistant strategies render with that twin.</div>")
+
+
 def on_templates(session: Session):
     """(source line, checks, spans of the current example and of the probe, derived templates)."""
     try:
         tok = session.tokenizer()
         template = _template(session)
-        source = ("the template edited in Inspect" if session.chat_template else
-                  f"the chat template of tokenizer <code>{render.esc(session.tokenizer_name)}</code>")
-        head = f'<div class="caption">Checking {source}.</div>'
+        head = f'<div class="caption">Checking {template_source_text(session)}.</div>' + _twin_note(tok, template)
         checks = render.checks_html(template_checks(tok, template))
         spans = []
         ex = session.example
@@ -98,6 +123,15 @@ def on_generate(session: Session):
     try:
         tok = session.tokenizer()
         original = _template(session)
+        tt = training_template(tok, original)
+        if tt.source == SOURCE_TRL_TWIN:  # TRL's own twin: shown, not re-derived (it is not render-identical)
+            path = Path(tempfile.mkdtemp(prefix="masklens-")) / f"{tt.name or 'chat_template'}_training.jinja"
+            path.write_text(tt.template, encoding="utf-8")
+            return (f'<div class="ok">TRL {trl_version()} ships a <code>{{% generation %}}</code>-marked training '
+                    f"template for this one (<code>{render.esc(tt.name or '')}</code>) and swaps it in by itself under "
+                    "<code>assistant_only_loss=True</code>: here it is, to read, download or use in Inspect. It "
+                    "is prefix-preserving rather than identical to the inference template (e.g. earlier turns keep "
+                    "their reasoning), so no render-identity proof applies.</div>", tt.template, str(path))
         marked = add_generation_markers(tok, original)
         examples = [e for e in (session.data.examples if session.data else []) if e.kind == "messages"]
         session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
@@ -154,4 +188,4 @@ def build_templates_tab(session: gr.State) -> dict:
     usage_btn.click(on_usage, [session, usage_in], [usage])
     usage_in.submit(on_usage, [session, usage_in], [usage])
     gen_btn.click(lambda s: _with_button(*on_generate(s)), [session], [proof, marked, download])
-    return {"refresh": refresh, "marked": marked, "use": use_btn}
+    return {"refresh": refresh, "marked": marked, "use": use_btn, "proof": proof}

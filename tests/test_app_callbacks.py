@@ -631,3 +631,19 @@ def test_compare_follows_inspects_template_and_says_which_it_renders(smol_tok):
     s.index = 1  # two turns with reasoning: the twin keeps the first turn's, the inference template drops it
     summary, _ = compare(s, 2, Cfg("full"), Cfg("assistant_only"))  # assistant_only: TRL's qwen3 training twin
     assert "they render with different templates" in summary and "training template" in summary
+
+
+def test_templates_tab_with_a_trl_template_says_trl_swaps_in_its_twin(smol_tok):
+    """qwen3 picked in Inspect: the Templates tab names it, says TRL swaps in its training template, 'Generate'
+    hands over TRL's own twin (not an error), and 'Use it in Inspect' with nothing generated says so in the tab."""
+    from core.trl_templates import training_template
+
+    s = Session(data=load_sample("reasoning.jsonl"))
+    s.chat_template = tab_compare.resolve_template(s, "trl:qwen3.jinja")[0]
+    head, checks, _, _ = tab_templates.on_templates(s)
+    assert "TRL's <code>qwen3</code>, picked in Inspect" in head and "swaps in its own <code>qwen3</code>" in head
+    proof, marked, path = tab_templates.on_generate(s)
+    assert "ships a" in proof and marked == training_template(smol_tok, s.chat_template).template
+    assert "{% generation %}" in marked and Path(path).read_text() == marked
+    empty = tab_inspect.on_use_template(s, "")
+    assert "Generate a marked template first" in empty[-1] and s.chat_template != ""
