@@ -16,7 +16,7 @@ import gradio as gr
 
 from core.config import TEMPLATE_SOURCES, TRAIN_MASK
 from core.data import ROLES
-from core.engine import EOS_MODES, TRUNCATION_MODES, MaskConfig, RenderedExample
+from core.engine import EOS_MODES, TRUNCATION_MODES, MaskConfig, RenderedExample, vocab_id
 from core.errors import MaskLensError
 from core.strategies import get_strategy, strategy_names
 
@@ -254,8 +254,7 @@ def mask_tokens_info(session: Session, shown: RenderedExample | None) -> str:
     except Exception:  # noqa: BLE001 - errors are shown in the error box
         return MASK_TOKENS_INFO
     text = (shown.text or "") if shown is not None else ""
-    vocab = tok.get_vocab() if tok is not None else {}
-    idle = [t for t in wanted if t not in vocab and t not in text]
+    idle = [t for t in wanted if vocab_id(tok, t) is None and t not in text]
     return MASK_TOKENS_INFO + (" ⚠ not a token of this tokenizer and not in this example: " + ", ".join(idle)
                                if idle else "")
 

@@ -23,6 +23,7 @@ from core.trl_templates import SOURCE_TRL_TWIN, training_template, trl_version
 
 from . import render
 from .session import Session, unescape
+from .tab_inspect import template_choice
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ def template_source_text(session: Session) -> str:
     """Which template the tab checks: the tokenizer's, one of TRL's picked in Inspect, or one edited there."""
     if not session.chat_template:
         return f"the chat template of tokenizer <code>{render.esc(session.tokenizer_name)}</code>"
-    from .tab_inspect import template_choice  # noqa: PLC0415 - tab_inspect builds on this module's neighbours
-
     picked = template_choice(session)
     if picked.startswith("trl:"):
         return f"TRL's <code>{render.esc(picked[4:])}</code>, picked in Inspect"

@@ -650,12 +650,22 @@ def _run_collator(spec, tokenizer, plans: list[_Plan]) -> dict[int, list[int]]:
 _collators: dict = {}
 
 
+def vocab_id(tokenizer, token: str) -> int | None:
+    """The id of a token string in the tokenizer's vocabulary (added tokens included), or None: a string that is not
+    one token maps to the unk id (or None), which only the unk token itself may. Example: vocab_id(tok, "<|im_end|>")
+    -> 2; vocab_id(tok, "notatoken_xyz") -> None."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(tid, int) or (tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        return None
+    return tid
+
+
 def pad_id_for(tokenizer, pad_token: str | None = None) -> int | None:
     """The pad id the old collator masks: the one asked for, else the tokenizer's, else its EOS (TRL 0.19.1's
     SFTTrainer set pad = eos when the tokenizer had none, which masks every EOS)."""
     if pad_token:
-        tid = tokenizer.convert_tokens_to_ids(pad_token)
-        if not isinstance(tid, int) or (tid == tokenizer.unk_token_id and pad_token != tokenizer.unk_token):
+        tid = vocab_id(tokenizer, pad_token)
+        if tid is None:
             raise MaskLensError(f"pad token {pad_token!r} is not in the tokenizer's vocabulary", field="pad_token",
                                 fix="name a token the tokenizer has (e.g. <|pad|>, or its unk token)")
         return tid

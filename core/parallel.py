@@ -122,28 +122,27 @@ def jsonl_ranges(path: str | os.PathLike, limit: int | None = None, size: int | 
     p = Path(path)
     cursor = [0]
     bounds: list[tuple[int, int, int, int, int]] = []  # (start, end, row, line, rows)
-    state = {"start": 0, "row": 0, "line": 0, "error": None}
+    state = {"start": 0, "row": 0, "line": 0, "rows": 0, "error": None}  # the open range; rows read in all
 
     def objects():
         try:
             for i, obj, line in iter_jsonl(p, limit, cursor=cursor):
                 yield obj
-                if i + 1 - state["row"] == size:
+                state["rows"] = i + 1
+                if state["rows"] - state["row"] == size:
                     bounds.append((state["start"], cursor[0], state["row"], state["line"], size))
                     state.update(start=cursor[0], row=i + 1, line=line)
-                last[0] = i + 1
         except MaskLensError as e:  # raised below: schema_union would take it for a row it cannot predict
             state["error"] = e
 
-    last = [0]
     gen = objects()
     union = schema_union(gen)
     for _ in gen:  # schema_union may stop early (a row it cannot predict): the ranges still need every row
         pass
     if state["error"] is not None:
         raise state["error"]
-    if last[0] > state["row"]:
-        bounds.append((state["start"], cursor[0], state["row"], state["line"], last[0] - state["row"]))
+    if state["rows"] > state["row"]:
+        bounds.append((state["start"], cursor[0], state["row"], state["line"], state["rows"] - state["row"]))
     return [FileRange(str(path), a, b, r, ln, n, union) for a, b, r, ln, n in bounds]
 
 

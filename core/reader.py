@@ -235,7 +235,7 @@ def _json_rows(p: Path, limit: int | None) -> Iterator[Row]:
         le = raw.find(b"\n", at)
         raise _not_utf8(raw[ls:le if le >= 0 else len(raw)], at - ls, raw.count(b"\n", 0, at) + 1, ls, src, None,
                         e.reason) from None
-    text = text.rstrip("\r\n")  # so that an error at the line's end gets this line's column, not "line 2 column 1"
+    text = text.rstrip("\r\n")  # an error at the document's end is on its last line, not one line further
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
