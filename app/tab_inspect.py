@@ -14,11 +14,11 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from core.config import TEMPLATE_SOURCES, TRAIN_MASK
-from core.data import ROLES
-from core.engine import EOS_MODES, TRUNCATION_MODES, MaskConfig, RenderedExample, vocab_id
+from core.masking.options import TEMPLATE_SOURCES, TRAIN_MASK
+from core.data.formats import ROLES
+from core.masking.engine import EOS_MODES, TRUNCATION_MODES, MaskConfig, RenderedExample, vocab_id
 from core.errors import MaskLensError
-from core.strategies import get_strategy, strategy_names
+from core.masking.strategies import get_strategy, strategy_names
 
 from . import render
 from .session import (DEFAULT_SAMPLE, EMBEDDED, Session, Settings, escape, get_tokenizer, load_dataset,
@@ -117,7 +117,7 @@ def strategy_info(name: str) -> str:
 
 
 def template_source_choices() -> list[tuple[str, str]]:
-    from core.trl_templates import trl_version  # noqa: PLC0415
+    from core.masking.trl_templates import trl_version  # noqa: PLC0415
 
     labels = {"trl": f"as TRL {trl_version()} (training template swap)",
               "own": "MaskLens's own masking on the inference template"}
@@ -133,9 +133,9 @@ _VLM_TEMPLATES = {"idefics3", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm",
 
 def trl_inference_templates() -> dict[str, Path]:
     """TRL's shipped chat templates that a model's tokenizer carries (not the *_training twins), by stem."""
-    from .tab_compare import trl_templates  # noqa: PLC0415
+    from core.masking.trl_templates import shipped_templates  # noqa: PLC0415
 
-    return {name[:-len(".jinja")]: path for name, path in trl_templates().items()
+    return {name[:-len(".jinja")]: path for name, path in shipped_templates().items()
             if not name.endswith("_training.jinja") and name[:-len(".jinja")] not in _VLM_TEMPLATES}
 
 
@@ -353,7 +353,7 @@ def _template_text(session: Session) -> str:
 
 def _default_response_template(session: Session) -> str:
     """The chat template's generation prompt (e.g. '<|im_start|>assistant\\n'), escaped for the one-line box."""
-    from core.templates import analyze_template  # noqa: PLC0415
+    from core.masking.templates import analyze_template  # noqa: PLC0415
 
     tpl = session.template()
     if not tpl:

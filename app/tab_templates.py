@@ -14,12 +14,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.checks import (PROBE_CONVERSATION, add_generation_markers, derive_templates, render_spans,
+from core.masking.checks import (PROBE_CONVERSATION, add_generation_markers, derive_templates, render_spans,
                          template_checks, template_usage, verify_generation_template)
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
-from core.trl_templates import SOURCE_TRL_TWIN, training_template, trl_version
+from core.masking.trl_templates import SOURCE_TRL_TWIN, training_template, trl_version
 
 from . import render
 from .session import Session, unescape

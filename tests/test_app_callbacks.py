@@ -10,10 +10,10 @@ import pytest
 from app import render, tab_audit, tab_compare, tab_export, tab_inspect, tab_templates
 from app.session import SAMPLES_DIR, Session, Settings, load_sample, parse_ids, sample_choices, unescape
 from core.audit import audit
-from core.data import normalize_row
-from core.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
 from core.errors import MaskLensError
-from core.strategies import strategy_names
+from core.masking.strategies import strategy_names
 
 TOKEN_RE = re.compile(r'<span class="([^"]*)" data-token-id="(-?\d+)" data-label="(-?\d+)" data-k="(\d+)">')
 SETTING_NAMES = tab_inspect.SETTING_FIELDS
@@ -636,7 +636,7 @@ def test_compare_follows_inspects_template_and_says_which_it_renders(smol_tok):
 def test_templates_tab_with_a_trl_template_says_trl_swaps_in_its_twin(smol_tok):
     """qwen3 picked in Inspect: the Templates tab names it, says TRL swaps in its training template, 'Generate'
     hands over TRL's own twin (not an error), and 'Use it in Inspect' with nothing generated says so in the tab."""
-    from core.trl_templates import training_template
+    from core.masking.trl_templates import training_template
 
     s = Session(data=load_sample("reasoning.jsonl"))
     s.chat_template = tab_compare.resolve_template(s, "trl:qwen3.jinja")[0]

@@ -17,8 +17,8 @@ import pytest
 from app import tab_train
 from app import train_view as tv
 from app.session import Session, load_sample
-from core import runs
-from core.train import TrainConfig
+from core.training import runs
+from core.training.train import TrainConfig
 
 from .conftest import tiny_llama
 
