@@ -353,7 +353,7 @@ def _template_text(session: Session) -> str:
 
 def _default_response_template(session: Session) -> str:
     """The chat template's generation prompt (e.g. '<|im_start|>assistant\\n'), escaped for the one-line box."""
-    from core.masking.templates import analyze_template  # noqa: PLC0415
+    from core.masking.template_info import analyze_template  # noqa: PLC0415
 
     tpl = session.template()
     if not tpl:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import MaskLensError
@@ -32,12 +30,6 @@ def _ids(s: str) -> list[int]:
 def _help(text: str) -> str:
     """argparse %-formats help strings: a literal % (e.g. {% generation %}) must be doubled."""
     return text.replace("%", "%%")
-
-
-def _cfg_help(name: str) -> str:
-    from .masking.options import MaskConfig
-
-    return _help(MaskConfig.__dataclass_fields__[name].metadata["help"])
 
 
 def _tokens(s: str) -> list[str]:
@@ -65,18 +57,75 @@ def _add_num_proc(p: argparse.ArgumentParser) -> None:
                         "identical to --num-proc 1 (default: 1)")
 
 
+# ------------------------------------------------------------------------------------------ MaskConfig as flags
+# One flag per MaskConfig option, generated from its metadata (core.masking.options): help, choices and default are
+# defined there once. `kind` says how a value is typed on the command line.
+def _add_option(p: argparse.ArgumentParser, o) -> None:
+    h = _help(o.help)
+    if o.name == "strategy":  # checked against the registry after --rules/--strategy-file/--collator load
+        p.add_argument(o.flag, default=None, metavar="NAME", help=h + "; or one registered by --rules / "
+                       "--strategy-file / --collator (default: the one strategy those files register)")
+    elif o.kind == "choice":
+        p.add_argument(o.flag, default=o.default, choices=o.choices, help=f"{h} (default: {o.default})")
+    elif o.kind == "bool" and o.default:
+        p.add_argument("--no-" + o.flag[2:], dest=o.name, action="store_false", help=f"turn off: {h}")
+    elif o.kind == "bool":
+        p.add_argument(o.flag, action="store_true", help=h)
+    elif o.kind in ("int", "float"):
+        p.add_argument(o.flag, type=int if o.kind == "int" else float, default=o.default, metavar="N" if
+                       o.kind == "int" else "W", help=h + (f" (default: {o.default})" if o.default is not None else ""))
+    elif o.kind == "text":
+        p.add_argument(o.flag, default=None, metavar="TOKEN", help=h)
+    elif o.kind == "tokens":
+        p.add_argument(o.flag, action="append", default=[], type=_tokens, metavar="TOKEN",
+                       help=h + "; repeat the flag or separate with commas")
+    elif o.kind == "roles":
+        p.add_argument(o.flag, default=None, metavar="ROLES", help=h + "; comma-separated (default: assistant; with "
+                       "--rules: the roles the rules train)")
+    elif o.kind == "template_file":
+        p.add_argument(o.flag, type=Path, default=None, metavar="FILE", help=h + " (a jinja file)")
+    elif o.kind == "text_or_ids":
+        g = p.add_mutually_exclusive_group()
+        g.add_argument(o.flag, default=None, metavar="TEXT", help=h + " (literal text)")
+        g.add_argument(o.flag + "-ids", dest=o.name + "_ids", type=_ids, default=None, metavar="1,2,3",
+                       help="the same as token ids")
+    else:  # a new kind must say how it is typed
+        raise AssertionError(f"MaskConfig option {o.name}: no flag for kind {o.kind!r}")
+
+
+def _option_value(ns, o):
+    """The MaskConfig value a flag gave (None: not given, the default applies)."""
+    v = getattr(ns, o.name)
+    if o.kind == "tokens":
+        return tuple(dict.fromkeys(t for group in v for t in group))
+    if o.kind == "roles":
+        return None if v is None else tuple(r.strip() for r in v.split(",") if r.strip())
+    if o.kind == "text_or_ids":
+        return getattr(ns, o.name + "_ids") or v
+    if o.kind == "template_file" and v is not None:
+        return _read_template(v)
+    return v
+
+
+def _read_template(path: Path) -> str:
+    try:
+        tpl = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MaskLensError(f"cannot be read ({getattr(e, 'strerror', None) or e})", file=str(path),
+                            fix="give a readable UTF-8 jinja template file") from None
+    if not tpl.strip():
+        raise MaskLensError("is empty", file=str(path), fix="give a jinja chat template")
+    return tpl
+
+
 def _add_render_options(p: argparse.ArgumentParser) -> None:
-    from .masking.options import EOS_MODES, TEMPLATE_SOURCES, TRAIN_MASK, TRUNCATION_MODES
+    from .masking.options import options
 
     p.add_argument("--data", required=True, help="JSONL/JSON/Parquet/CSV file, or a hub dataset id")
     p.add_argument("--split", default="train", help="split, for hub datasets")
-    p.add_argument("--tokenizer", default=None, help="hub id or local directory (default: the embedded SmolLM2; for train: --model's own tokenizer)")
+    p.add_argument("--tokenizer", default=None, help="hub id or local directory (default: the embedded SmolLM2; for "
+                                                     "train: --model's own tokenizer)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code (off by default)")
-    p.add_argument("--chat-template", type=Path, default=None, help="a jinja chat template file replacing the tokenizer's")
-    p.add_argument("--strategy", default=None, metavar="NAME",
-                   help="which tokens are trained: a built-in (full, completion_only, assistant_only, last_assistant, "
-                        "response_template) or one registered by --rules / --strategy-file / --collator (default: "
-                        "the one strategy those files register)")
     p.add_argument("--rules", action="append", default=[], type=Path, metavar="FILE",
                    help="declarative masking rules (.json/.yaml), registered as strategy rules:<name> (repeatable)")
     p.add_argument("--strategy-file", action="append", default=[], type=Path, metavar="FILE.py",
@@ -84,32 +133,8 @@ def _add_render_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collator", action="append", default=[], type=Path, metavar="FILE.py",
                    help="a Python file defining make_collator(tokenizer): its labels, as strategy collator:<stem> "
                         "(runs its code; repeatable)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--response-template", default=None, help="text after which the old collator trains (literal)")
-    g.add_argument("--response-template-ids", type=_ids, default=None, help="the same as token ids: 1,2,3")
-    g2 = p.add_mutually_exclusive_group()
-    g2.add_argument("--instruction-template", default=None, help="text starting a human turn (literal)")
-    g2.add_argument("--instruction-template-ids", type=_ids, default=None, help="the same as token ids")
-    p.add_argument("--pad-token", default=None, metavar="TOKEN", help=_cfg_help("pad_token"))
-    p.add_argument("--eos", default="every_turn", choices=EOS_MODES,
-                   help="assistant strategies: train end-of-turn markers on every turn, the last, or none "
-                        "(default: every_turn, as TRL)")
-    p.add_argument("--train-roles", default=None,
-                   help="assistant strategies: comma-separated roles to train (default: assistant; with --rules: "
-                        "the roles the rules train)")
-    p.add_argument("--template-source", default="trl", choices=TEMPLATE_SOURCES,
-                   help=_cfg_help("template_source") + " (default: trl)")
-    p.add_argument("--reasoning", default="train", choices=TRAIN_MASK, help=_cfg_help("reasoning") + " (default: train)")
-    p.add_argument("--empty-think", default="train", choices=TRAIN_MASK,
-                   help=_cfg_help("empty_think") + " (default: train)")
-    p.add_argument("--mask-tokens", action="append", default=[], type=_tokens, metavar="TOKEN",
-                   help=_cfg_help("mask_tokens") + "; repeat the flag or separate with commas")
-    p.add_argument("--split-turns", action="store_true", help=_cfg_help("split_turns"))
-    p.add_argument("--no-generation-markers", action="store_true",
-                   help=_help("assistant_only: ignore {% generation %} markers and locate messages instead"))
-    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (TRL's max_length)")
-    p.add_argument("--truncation", default="keep_start", choices=TRUNCATION_MODES,
-                   help="which end to keep when truncating (TRL's truncation_mode; default: keep_start)")
+    for o in options():
+        _add_option(p, o)
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
 
 
@@ -124,7 +149,7 @@ def _spec(ns):
 def _config(ns, registered: dict | None = None):
     """The MaskConfig the flags describe. `registered`: {name: Rules | file} from WorkerSpec.register() (the user
     files are loaded there, before the strategy name is checked against the registry)."""
-    from .masking.options import MaskConfig
+    from .masking.options import MaskConfig, options
     from .masking.rules import Rules
     from .masking.strategies import strategy_names
 
@@ -132,119 +157,42 @@ def _config(ns, registered: dict | None = None):
     strategy = ns.strategy
     if strategy is None:
         if len(registered) != 1:
-            names = ", ".join(strategy_names())
             raise MaskLensError("--strategy is required" + (f" ({len(registered)} strategies were registered)"
                                                            if registered else ""),
-                                fix=f"choose one: --strategy NAME, with NAME one of {names}")
+                                fix=f"choose one: --strategy NAME, with NAME one of {', '.join(strategy_names())}")
         strategy = next(iter(registered))
     if strategy not in strategy_names():
         raise MaskLensError(f"--strategy {strategy!r} is not a registered strategy",
                             fix=f"use one of {', '.join(strategy_names())} (or register yours with --rules FILE, "
                                 "--strategy-file FILE.py or --collator FILE.py)")
-    tpl = None
-    if ns.chat_template is not None:
-        try:
-            tpl = ns.chat_template.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise MaskLensError(f"cannot be read ({getattr(e, 'strerror', None) or e})", file=str(ns.chat_template),
-                                fix="give a readable UTF-8 jinja template file") from None
-        if not tpl.strip():
-            raise MaskLensError("is empty", file=str(ns.chat_template), fix="give a jinja chat template")
+    given = {o.name: v for o in options() if o.name != "strategy" and (v := _option_value(ns, o)) is not None}
     rules = registered.get(strategy)
-    rules = rules if isinstance(rules, Rules) else None
-    if ns.train_roles is not None:
-        roles = tuple(r.strip() for r in ns.train_roles.split(",") if r.strip())
-    else:
-        roles = rules.roles if rules else ("assistant",)
-    mask_tokens = [t for group in ns.mask_tokens for t in group] + list(rules.mask_tokens if rules else ())
     try:
-        return MaskConfig(
-            strategy=strategy, eos=ns.eos, train_roles=roles,
-            response_template=ns.response_template_ids or ns.response_template,
-            instruction_template=ns.instruction_template_ids or ns.instruction_template,
-            max_length=ns.max_length, truncation=ns.truncation, chat_template=tpl,
-            use_generation_markers=not ns.no_generation_markers, template_source=ns.template_source,
-            reasoning=ns.reasoning, empty_think=ns.empty_think, mask_tokens=tuple(dict.fromkeys(mask_tokens)),
-            split_turns=ns.split_turns, pad_token=ns.pad_token,
-        )
+        cfg = MaskConfig(strategy=strategy, **given)
+        return cfg.with_rules(rules, strategy, roles_given="train_roles" in given) if isinstance(rules, Rules) else cfg
     except MaskLensError as e:  # name the flag, not the dataclass field
         if e.field is None:
             raise
         raise MaskLensError(f"--{e.field.replace('_', '-')}: {e.message}", fix=e.fix) from None
 
 
-def _check_with_tokenizer(cfg, tok) -> None:
-    """Options that only the tokenizer can check, before any row is read."""
-    from .masking.engine import pad_id_for
-
-    if cfg.pad_token is not None:
-        try:
-            pad_id_for(tok, cfg.pad_token)
-        except MaskLensError as e:
-            raise MaskLensError(f"--pad-token: {e.message}", fix=e.fix) from None
-
-
 def _load(ns):
     from .data.formats import load_examples
+    from .pipeline import Job, Source, check_options
 
     spec = _spec(ns)
     cfg = _config(ns, spec.register())
     examples = load_examples(ns.data, split=ns.split, limit=ns.limit)
     tok = spec.load_tokenizer()
-    _check_with_tokenizer(cfg, tok)
+    check_options(Job(Source(ns.data), cfg, spec), tok)
     return cfg, examples, tok
 
 
-def _atomic_write_lines(path: Path, lines) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _stream(ns):
-    """(spec, cfg, tokenizer or None, chunks of raw rows) for render/audit: the file is read as it is rendered. The
-    first chunk is read before the tokenizer loads, so a bad file is reported at once. A local file is read twice:
-    first for the schema `datasets` would give it (only the schema is kept), so that rows it would pad with nulls get
-    the schema_nulls_injected finding, as with the whole file loaded. With --num-proc N and a local JSONL file, that
-    first pass also cuts the file into byte ranges that the workers read themselves (parallel.FileRange): the rows
-    are not parsed and pickled a second time here, and the workers start while the first pass runs."""
-    import itertools
-
-    from .data.formats import schema_findings, schema_union
-    from .parallel import CHUNK, chunks, jsonl_ranges, start_workers
-    from .data.reader import iter_rows
+def _job(ns):
+    from .pipeline import Job, Source
 
     spec = _spec(ns)
-    cfg = _config(ns, spec.register())
-    local_jsonl = Path(ns.data).is_file() and Path(ns.data).suffix.lower() == ".jsonl"
-    if ns.num_proc > 1 and local_jsonl:
-        start_workers(spec, ns.num_proc)
-        ranges = jsonl_ranges(ns.data, limit=ns.limit)
-        tok = None
-        if cfg.pad_token is not None:  # checked here, at once, rather than by every worker
-            tok = spec.load_tokenizer()
-            _check_with_tokenizer(cfg, tok)
-        return spec, cfg, tok, iter(ranges)
-    rows = iter_rows(ns.data, split=ns.split, limit=ns.limit)
-    union = None
-    if Path(ns.data).is_file():  # a hub dataset comes through `datasets`: its nulls are in the rows already
-        union = schema_union(obj for _, obj, _ in iter_rows(ns.data, split=ns.split, limit=ns.limit))
-    if union is not None:  # pass 2 (as load_examples does): the findings travel with each row to the workers
-        rows = ((i, obj, line, schema_findings(union, obj, i)) for i, obj, line in rows)
-    it = chunks(rows, CHUNK)
-    first = next(it)  # iter_rows raises for a file without examples
-    tok = None
-    if ns.num_proc == 1 or cfg.pad_token is not None:  # with workers, only they need it (each loads its own)
-        tok = spec.load_tokenizer()
-        _check_with_tokenizer(cfg, tok)
-    return spec, cfg, tok, itertools.chain([first], it)
+    return Job(Source(str(ns.data), ns.split, ns.limit), _config(ns, spec.register()), spec, ns.num_proc)
 
 
 def _progress(done: int) -> None:
@@ -253,39 +201,20 @@ def _progress(done: int) -> None:
 
 
 def cmd_render(ns) -> int:
-    from .parallel import map_chunks, render_json_chunk
+    from .pipeline import render_to_file
 
-    spec, cfg, tok, chunk_iter = _stream(ns)
-    n = 0
-
-    def records():
-        nonlocal n
-        for lines in map_chunks(render_json_chunk, spec, cfg, chunk_iter, ns.num_proc, tokenizer=tok,
-                                source=str(ns.data)):
-            n += len(lines)
-            yield from lines
-
-    _atomic_write_lines(ns.output, records())
+    n = render_to_file(_job(ns), ns.output)
     print(f"wrote {n} examples to {ns.output}", file=sys.stderr)
     return 0
 
 
 def cmd_audit(ns) -> int:
-    from .audit import AuditReport
-    from .parallel import audit_chunk, map_chunks
+    from .pipeline import audit
 
-    spec, cfg, tok, chunk_iter = _stream(ns)
-    report = AuditReport(max_length=cfg.max_length)
-    for part in map_chunks(audit_chunk, spec, cfg, chunk_iter, ns.num_proc, tokenizer=tok,
-                               source=str(ns.data)):
-        report.merge(part)
-        _progress(report.rows)
+    report = audit(_job(ns), on_rows=_progress)
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    if ns.format == "json":
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(report.to_text())
+    print(json.dumps(report.to_json(), indent=2) if ns.format == "json" else report.to_text())
     return 0
 
 
@@ -353,11 +282,7 @@ def cmd_train(ns) -> int:
 
 
 def _mask_dict(cfg) -> dict:
-    from dataclasses import asdict
-
-    d = asdict(cfg)
-    d["train_roles"] = list(d["train_roles"])
-    return d
+    return cfg.to_dict()
 
 
 def cmd_checks(ns) -> int:

@@ -12,7 +12,9 @@ import pytest
 
 from core.data.formats import normalize_row
 from core.masking.engine import MaskConfig, render_examples
-from core.masking.templates import analyze_template, locate_messages, render
+from core.masking.spans import locate_messages
+from core.masking.template_info import analyze_template
+from core.masking.templates import render
 from tests.trl_reference import FAMILIES, TEMPLATES, family_tokenizer
 
 CONVERSATIONS = [

@@ -108,9 +108,8 @@ def test_generation_spans_identical_on_a_marked_template(smol_tok):
         assert all(text[a:b].endswith("<|im_end|>") for a, b in spans)
 
 
-def test_render_sandboxed_is_a_drop_in_for_render(smol_tok):
-    from core.masking import spans
-    from core.masking.templates import analyze_template
+def test_render_sandboxed_is_a_drop_in_for_render(smol_tok, monkeypatch):
+    from core.masking import template_info
 
     msgs = _rows("plain.jsonl")[0]["messages"]
     assert sandbox.render_sandboxed(smol_tok, msgs, smol_tok.chat_template, add_generation_prompt=True) == render(
@@ -120,9 +119,10 @@ def test_render_sandboxed_is_a_drop_in_for_render(smol_tok):
     with pytest.raises(MaskLensError) as ref:
         render(smol_tok, msgs, "{{ raise_exception('no') }}")
     assert str(err.value) == str(ref.value)
+    want = template_info.analyze_template(smol_tok, smol_tok.chat_template)
     fresh = copy.deepcopy(smol_tok)  # template analysis is cached per tokenizer object: analyse afresh
-    assert spans.analyze_template(fresh, fresh.chat_template, sandbox.render_sandboxed) == analyze_template(
-        smol_tok, smol_tok.chat_template)
+    monkeypatch.setattr(template_info, "render", sandbox.render_sandboxed)  # every probe through the sandbox
+    assert template_info.analyze_template(fresh, fresh.chat_template) == want
 
 
 def test_none_values_dropped_and_kwargs_passed(smol_tok):

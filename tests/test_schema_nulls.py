@@ -287,7 +287,7 @@ _ROWS = _rows(_STRINGS + ["2024-01-01", "2024-01-01 10:00"], [0.5, -2.25, 2 ** 6
 _JSON_ROWS = _rows(_STRINGS, [0.5, -2.25, 2 ** 60])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(_ROWS)
 def test_from_list_property(rows):
     """On generated rows: datasets fails exactly when conflicts are predicted, and otherwise changes every row exactly
@@ -302,7 +302,8 @@ def test_from_list_property(rows):
     assert_exact(rows, back, preds)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=_JSON_ROWS)
 def test_json_loader_property(rows, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("j")

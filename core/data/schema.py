@@ -235,7 +235,7 @@ class SchemaUnion:
             return
         self._final = True
         if self.loader == "json":
-            self._mark_json(self.root, True)
+            self._mark_json(self.root, True, [])
         else:
             self._conflicts.clear()
             self._type_from_list(self.root, [])
@@ -271,7 +271,7 @@ class SchemaUnion:
             self._conflicts[key] = (f"an integer above 2**53 in row {node.big_int} in a float column (row "
                                     f"{kinds['float']}): Arrow cannot turn it into a float exactly")
 
-    def _mark_json(self, node: _Node, is_root: bool) -> None:
+    def _mark_json(self, node: _Node, is_root: bool, parts: list) -> None:
         # datasets.utils.json.find_mixed_struct_types_field_paths, then the fields Arrow's JSON reader refuses
         # ("changed from int64 to string"), which datasets also turns into Json (an int beside floats is promoted).
         kinds = set(node.kinds)
@@ -281,11 +281,15 @@ class SchemaUnion:
             if not is_root and (node.keys_differ or not node.keyset):
                 node.json = True
                 return
-            for child in node.keys.values():
-                self._mark_json(child, False)
+            for k, child in node.keys.items():
+                self._mark_json(child, False, parts + [k])
         elif kinds == {"list"}:
             if node.item is not None:
-                self._mark_json(node.item, False)
+                self._mark_json(node.item, False, parts + [EACH])
+        elif kinds == {"int", "float"} and node.big_int is not None and node.huge_int is None:
+            # Arrow's JSON reader promotes the ints to doubles and refuses one it cannot hold exactly
+            self._conflicts[format_path(parts)] = (f"an integer above 2**53 in row {node.big_int} beside floats: Arrow "
+                                                   "cannot turn it into a float exactly")
         elif kinds & {"struct", "list"} or not kinds <= {"int", "float"} and len(kinds) > 1:
             node.json = True
         elif kinds == {"str"} and node.ts_strings:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from ..data.formats import normalize_row
 from .engine import MaskConfig, encode_batch, render_examples
 from ..errors import MaskLensError
-from .templates import analyze_template, get_template, has_generation_markers, locate_messages, render
+from .spans import locate_messages
+from .template_info import analyze_template
+from .templates import get_template, has_generation_markers, render
 
 PROBE_CONVERSATION = [
     {"role": "system", "content": "You are a concise assistant."},

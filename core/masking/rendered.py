@@ -86,13 +86,15 @@ class RenderedExample:
 
     @property
     def n_trained(self) -> int:
-        """Tokens with a label (weight > 0)."""
-        return len(self.labels) - self.labels.count(IGNORE)
+        """Tokens trained with full weight (with loss weights: weight 1; otherwise every labelled token)."""
+        if self.weights is None:
+            return len(self.labels) - self.labels.count(IGNORE)
+        return self.weights.count(1.0)
 
     @property
     def n_weighted(self) -> int:
         """Tokens trained with a weight strictly between 0 and 1."""
-        return 0 if self.weights is None else sum(1 for w in self.weights if 0.0 < w < 1.0)
+        return 0 if self.weights is None else len(self.weights) - self.weights.count(0.0) - self.weights.count(1.0)
 
     @property
     def weight_sum(self) -> float:

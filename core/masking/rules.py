@@ -364,16 +364,12 @@ def register_rules(rules: Rules, unique: bool = False) -> str:
 
 
 def rules_config(rules: Rules, unique: bool = False, **mask_config_kwargs) -> MaskConfig:
-    """A MaskConfig using the rules (registered on the way): strategy = the registered name, mask_tokens = the
-    given ones + the rules', train_roles = the rules' roles unless given (for the message_not_trained finding).
+    """A MaskConfig using the rules (registered on the way): MaskConfig.with_rules joins their mask_tokens and roles.
 
     Example: rules_config(load_rules("r.yaml"), max_length=2048).strategy == "rules:first_turn".
     """
     if "strategy" in mask_config_kwargs:
         raise TypeError("rules_config sets the strategy itself; do not pass strategy=")
-    given = mask_config_kwargs.pop("mask_tokens", ()) or ()
-    if isinstance(given, str):
-        given = tuple(t for t in given.split(",") if t)
-    mask_config_kwargs.setdefault("train_roles", rules.roles)
-    return MaskConfig(strategy=register_rules(rules, unique=unique),
-                      mask_tokens=tuple(dict.fromkeys((*given, *rules.mask_tokens))), **mask_config_kwargs)
+    name = register_rules(rules, unique=unique)
+    return MaskConfig(strategy=name, **mask_config_kwargs).with_rules(
+        rules, name, roles_given="train_roles" in mask_config_kwargs)

@@ -636,7 +636,7 @@ def render_sandboxed(tokenizer, messages: list[dict], template: str, tools=None,
                      max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB,
                      **kwargs) -> tuple[str, list[tuple[int, int]]]:
     """A drop-in for core.templates.render (same arguments, same result, MaskLensError raised), rendered in the
-    sandbox: e.g. analyze_template(tokenizer, template, render_sandboxed). One call costs ~0.4 ms more than in-process;
+    sandbox. One call costs ~0.4 ms more than in-process;
     send many conversations through render_batch."""
     base = special_map if special_map is not None else tokenizer.special_tokens_map
     job = {"messages": messages, "tools": tools, "add_generation_prompt": add_generation_prompt,

@@ -1,35 +1,47 @@
-"""The registry of masking strategies. A strategy decides, per message part, trained or not and the rule that says why.
+"""The one registry of masking strategies. A strategy decides, per message part, trained or not, why, and how much.
 
-Labels are never built here (see core.labels): a strategy only answers questions about parts of messages.
+Labels are never built here (core.masking.labels builds them): a strategy only answers questions about parts of
+messages. The CLI, the app, Compare and exports list what this registry holds.
 
-Kinds:
-- "parts": ``fn(ctx) -> Decider``; the decider answers ``decide(message_index, part) -> (trained, rule)`` for
-  parts header / reasoning / content / tool_calls / eot / scaffold (see core.spans) and "template" (index None).
-- "full", "completion", "collator": the built-ins that work on whole sequences or token ids (TRL's default,
-  TRL's completion_only_loss, the old DataCollatorForCompletionOnlyLM).
-- "collator_fn": ``fn(tokenizer) -> collate`` where ``collate([{"input_ids": [...]}, ...])`` returns a dict with
-  ``labels`` (one list or tensor per example): a team's own collator (``--collator FILE.py``). The sequences are
-  tokenized exactly as TRL does for ``full`` (the tokenizer's template, no swap); the collator decides the labels.
+How to add a strategy (``--strategy-file FILE.py``, or in code)::
 
-Register your own (``--strategy-file``, or in code)::
-
-    from .strategies import register, Decider
+    from core.masking.strategies import Decider, register
 
     @register("first_turn", help="only the first assistant turn")
-    def first_turn(ctx):
+    def first_turn(ctx):                                   # ctx: StrategyContext (messages, cfg, n_prompt)
         first = next(i for i, m in enumerate(ctx.messages) if m["role"] == "assistant")
         return Decider(lambda i, part: (i == first and part in ("content", "eot"), "first assistant turn"))
+
+``decide(message_index, part)`` returns ``(trained, rule)`` or ``(trained, rule, weight)`` with weight in (0, 1]
+(a trained part's share of the loss; 1 when omitted). Parts are core.masking.spans.PARTS; ``message_index`` is None
+for template text outside every message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
-from ..data.formats import is_trained_flag_off
+
+class StrategyKind(str, Enum):
+    """How a strategy decides. Values are what ``register(kind=...)`` takes."""
+
+    PARTS = "parts"  # fn(ctx) -> Decider: per message part (the assistant strategies, rules, strategy files)
+    FULL = "full"  # every token (TRL's default)
+    COMPLETION = "completion"  # prompt/completion rows: what follows the prompt (TRL completion_only_loss)
+    OLD_COLLATOR = "collator"  # per token ids, TRL <= 0.19.1's DataCollatorForCompletionOnlyLM
+    USER_COLLATOR = "collator_fn"  # fn(tokenizer) -> collate([{"input_ids": [...]}]) -> {"labels": [...]}
 
 
-TRAINABLE_PARTS = ("reasoning", "content", "tool_calls", "eot", "scaffold")
+class Strategy(str, Enum):
+    """The built-in strategies' names (registered below like any other)."""
+
+    FULL = "full"
+    COMPLETION_ONLY = "completion_only"
+    ASSISTANT_ONLY = "assistant_only"
+    LAST_ASSISTANT = "last_assistant"
+    RESPONSE_TEMPLATE = "response_template"
 
 
 @dataclass
@@ -41,11 +53,11 @@ class StrategyContext:
     n_prompt: int = 0  # prompt/completion rows: how many messages are the prompt
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decider:
-    """decide(message_index, part) -> (trained, rule). `trainable`: messages the strategy trains at all."""
+    """decide(message_index, part) -> (trained, rule[, weight]). `trainable`: messages the strategy trains at all."""
 
-    decide: Callable[[int | None, str], tuple[bool, str]]
+    decide: Callable[[int | None, str], tuple]
     trainable: set = field(default_factory=set)
 
     def __call__(self, idx, part):
@@ -56,7 +68,7 @@ class Decider:
 class StrategySpec:
     name: str
     help: str
-    kind: str  # "parts" | "full" | "completion" | "collator" | "collator_fn"
+    kind: StrategyKind
     fn: Callable | None = None
     # Render as TRL 1.16 does under assistant_only_loss (its {% generation %}-marked training twin) and keep its mask.
     trl_generation: bool = False
@@ -66,14 +78,17 @@ class StrategySpec:
 _REGISTRY: dict[str, StrategySpec] = {}
 
 
-def register(name: str, help: str = "", kind: str = "parts", trl_generation: bool = False, builtin: bool = False):
+def register(name: str, help: str = "", kind: StrategyKind | str = StrategyKind.PARTS, trl_generation: bool = False,
+             builtin: bool = False):
     """Decorator: register a strategy under a name (the CLI, the app, Compare and exports list what is here)."""
-    if kind not in ("parts", "full", "completion", "collator", "collator_fn"):
-        raise ValueError(f"unknown strategy kind {kind!r}")
+    try:
+        kind = StrategyKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown strategy kind {kind!r}; one of {', '.join(k.value for k in StrategyKind)}") from None
 
     def deco(fn):
-        _REGISTRY[name] = StrategySpec(name, help or (fn.__doc__ or "").strip().split("\n")[0], kind, fn,
-                                       trl_generation, builtin)
+        _REGISTRY[str(name)] = StrategySpec(str(name), help or (fn.__doc__ or "").strip().split("\n")[0], kind, fn,
+                                            trl_generation, builtin)
         return fn
 
     return deco
@@ -92,6 +107,16 @@ def unregister(name: str) -> None:
     spec = _REGISTRY.get(name)
     if spec is not None and not spec.builtin:
         del _REGISTRY[name]
+
+
+# ------------------------------------------------------------------------------------------------ message weights
+def message_weight(message: dict) -> float:
+    """A message's share of the loss from the data: `weight` (OpenAI format, 0..1; LLaMA-Factory's `loss_weight` is
+    converted to it) or `train: false` (axolotl) = 0. Example: {"weight": 0.5} -> 0.5; {} -> 1.0."""
+    if message.get("train", True) is False:
+        return 0.0
+    w = message.get("weight", 1)
+    return 0.0 if w is False else (1.0 if w is True else float(w))
 
 
 # ------------------------------------------------------------------------------------------------ built-in deciders
@@ -119,10 +144,13 @@ def _part_rule(role: str, part: str, cfg, idx: int, last: int | None) -> tuple[b
 
 
 def assistant_decider(ctx: StrategyContext, only_last: bool) -> Decider:
+    """assistant_only / last_assistant: every (or the last) message of cfg.train_roles, options applied; a message's
+    data weight (0 < w < 1) scales its trained parts."""
     msgs, cfg = ctx.messages, ctx.cfg
     roles = set(cfg.train_roles)
     in_role = [i for i, m in enumerate(msgs) if m.get("role") in roles]
-    trainable = [i for i in in_role if not is_trained_flag_off(msgs[i])]
+    weights = {i: message_weight(msgs[i]) for i in in_role}
+    trainable = [i for i in in_role if weights[i] > 0]
     if only_last:
         trainable = [i for i in trainable if i == (in_role[-1] if in_role else None)]
     tset = set(trainable)
@@ -132,26 +160,31 @@ def assistant_decider(ctx: StrategyContext, only_last: bool) -> Decider:
     def decide(idx, part):
         if idx is None:
             return False, "not trained: template text outside any message"
-        m = msgs[idx]
-        role = m.get("role")
+        role = msgs[idx].get("role")
         if idx not in tset:
-            if role in roles and is_trained_flag_off(m):
-                return False, f"not trained: message {idx} is flagged off ({'weight 0' if 'weight' in m else 'train false'})"
+            if role in roles and weights[idx] == 0:
+                return False, f"not trained: message {idx} is flagged off ({_flag(msgs[idx])})"
             if role in roles and only_last:
                 return False, f"not trained: {name} trains only the last {role} turn"
             return False, f"not trained: {role} message"
-        return _part_rule(role, part, cfg, idx, last)
+        trained, rule = _part_rule(role, part, cfg, idx, last)
+        w = weights[idx]
+        return (trained, f"{rule} (message weight {w:g})", w) if trained and w < 1 else (trained, rule)
 
     return Decider(decide, tset)
 
 
-@register("full", "every token (TRL's default)", kind="full", builtin=True)
+def _flag(message: dict) -> str:
+    return "weight 0" if "weight" in message else "train false"
+
+
+@register(Strategy.FULL.value, "every token (TRL's default)", kind=StrategyKind.FULL, builtin=True)
 def _full(ctx):
     return Decider(lambda idx, part: (True, "trained: full trains every token"), set(range(len(ctx.messages))))
 
 
-@register("completion_only", "the completion of prompt/completion rows (TRL completion_only_loss)", kind="completion",
-          builtin=True)
+@register(Strategy.COMPLETION_ONLY.value, "the completion of prompt/completion rows (TRL completion_only_loss)",
+          kind=StrategyKind.COMPLETION, builtin=True)
 def _completion_only(ctx):
     n = ctx.n_prompt
 
@@ -163,19 +196,21 @@ def _completion_only(ctx):
     return Decider(decide, set(range(n, len(ctx.messages))))
 
 
-@register("assistant_only", "every assistant turn: reasoning, content, tool calls, end-of-turn (TRL assistant_only_loss)",
+@register(Strategy.ASSISTANT_ONLY.value,
+          "every assistant turn: reasoning, content, tool calls, end-of-turn (TRL assistant_only_loss)",
           trl_generation=True, builtin=True)
 def _assistant_only(ctx):
     return assistant_decider(ctx, only_last=False)
 
 
-@register("last_assistant", "only the final assistant turn (torchtune train_on_last, LLaMA-Factory mask_history)",
+@register(Strategy.LAST_ASSISTANT.value,
+          "only the final assistant turn (torchtune train_on_last, LLaMA-Factory mask_history)",
           trl_generation=True, builtin=True)
 def _last_assistant(ctx):
     return assistant_decider(ctx, only_last=True)
 
 
-@register("response_template", "exactly TRL <= 0.19.1's DataCollatorForCompletionOnlyLM", kind="collator", builtin=True)
+@register(Strategy.RESPONSE_TEMPLATE.value, "exactly TRL <= 0.19.1's DataCollatorForCompletionOnlyLM",
+          kind=StrategyKind.OLD_COLLATOR, builtin=True)
 def _response_template(ctx):
     return Decider(lambda idx, part: (False, "decided per token by the old collator"), set())
-

@@ -2,7 +2,8 @@
 
 Rendering goes through transformers' own ``render_jinja_template`` (a sandboxed jinja environment with the
 ``{% generation %}`` extension), so the text is byte-identical to what ``apply_chat_template`` and TRL 1.16 tokenize.
-Finding each message and its parts in a rendering lives in :mod:`core.spans` (re-exported here).
+What a template does (headers, end-of-turn markers) is learnt in core.masking.template_info; where each message
+lies in a rendering, in core.masking.spans.
 """
 
 from __future__ import annotations
@@ -10,16 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
-from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
-from ..masking import spans as _spans
 from ..errors import MaskLensError
-from .spans import (MessageSpan, TemplateInfo, locate_messages, special_regex,  # noqa: F401  (re-exported)
-                    special_tokens)
-
-from .spans import PROBE  # noqa: F401  (re-exported)
 
 _GEN_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -54,7 +49,6 @@ def template_hash(template: str) -> str:
 # the app) renders in core.sandbox's worker processes, bounded in time, memory and output. MASKLENS_SANDBOX=0 turns
 # that off for a trusted pipeline.
 _TRUSTED: set[str] | None = None
-_local = threading.local()
 
 
 def sandbox_enabled() -> bool:
@@ -88,41 +82,85 @@ def _sandboxed(template: str) -> bool:
     return not trusted_template(template) and sandbox_enabled()
 
 
-@contextmanager
-def prerendered(results: dict):
-    """Within this block, render() answers from `results` first: {(id(messages), template, add_generation_prompt,
-    return_generation): (text, spans) or MaskLensError}, filled by prerender() in one bounded batch."""
-    old = getattr(_local, "cache", None)
-    _local.cache = results
-    try:
-        yield
-    finally:
-        _local.cache = old
+class RenderJob(NamedTuple):
+    """One conversation to render: what apply_chat_template(tokenize=False) takes."""
+
+    messages: list
+    template: str
+    tools: list | None = None
+    add_generation_prompt: bool = False
+    return_generation: bool = False
+    kwargs: dict = {}
 
 
-def prerender(tokenizer, jobs: list[tuple], template_name: str = "the chat template",
-              special_map: dict | None = None) -> dict:
-    """Render many conversations of untrusted templates in the sandbox, a batch per template.
+def render_many(tokenizer, jobs: list[RenderJob], special_map: dict | None = None,
+                template_name: str = "the chat template") -> list:
+    """Render many conversations at once: per job (text, generation char spans) or the MaskLensError it raised.
 
-    jobs: (messages, template, tools, add_generation_prompt, return_generation, kwargs). Returns the dict prerendered()
-    takes; jobs whose template is trusted (or with the sandbox off) are left to render in-process.
+    Untrusted templates render in the sandbox (core.masking.sandbox), one bounded batch per template; a template past
+    the sandbox's bounds on tiny probes raises at once. Trusted ones render in-process, the plain jobs (no tools, no
+    template kwargs) of a template in one jinja call, as transformers renders a batch: that is most of a dataset.
+    Example: render_many(tok, [RenderJob([{"role": "user", "content": "Hi"}], tpl)]) -> [("<|im_start|>user...", [])]
     """
-    from .sandbox import render_batch  # noqa: PLC0415
-
-    base = special_map if special_map is not None else tokenizer.special_tokens_map
-    by_template: dict[str, list[tuple]] = {}
-    for job in jobs:
-        if _sandboxed(job[1]):
-            by_template.setdefault(job[1], []).append(job)
-    out: dict = {}
-    for template, group in by_template.items():
+    base = special_map if special_map is not None else dict(tokenizer.special_tokens_map)
+    out: list = [None] * len(jobs)
+    sandboxed: dict[str, list[int]] = {}
+    batches: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if _sandboxed(job.template):
+            sandboxed.setdefault(job.template, []).append(i)
+        elif job.tools is None and not job.kwargs:
+            batches.setdefault((job.template, job.add_generation_prompt, job.return_generation), []).append(i)
+        else:
+            out[i] = _render_one(jobs[i], base)
+    for template, idx in sandboxed.items():
         check_template(template, base, template_name)
-        payload = [{"messages": [{k: v for k, v in m.items() if v is not None} for m in msgs], "tools": tools,
-                    "add_generation_prompt": agp, "return_generation": rg and has_generation_markers(template),
-                    "kwargs": {**base, **kw}} for msgs, _, tools, agp, rg, kw in group]
-        for job, res in zip(group, render_batch(template, payload, template_name=template_name)):
-            out[(id(job[0]), template, job[3], job[4])] = res
+        from .sandbox import render_batch  # noqa: PLC0415
+
+        payload = [{"messages": _clean(jobs[i].messages), "tools": jobs[i].tools,
+                    "add_generation_prompt": jobs[i].add_generation_prompt,
+                    "return_generation": jobs[i].return_generation and has_generation_markers(template),
+                    "kwargs": {**base, **jobs[i].kwargs}} for i in idx]
+        for i, res in zip(idx, render_batch(template, payload, template_name=template_name)):
+            out[i] = res
+    for (template, agp, rg), idx in batches.items():
+        try:
+            texts, gens = _jinja(template, [_clean(jobs[i].messages) for i in idx], None, agp, rg, base)
+        except MaskLensError:  # one conversation fails the call: render one by one to tell which
+            for i in idx:
+                out[i] = _render_one(jobs[i], base)
+            continue
+        for k, i in enumerate(idx):
+            out[i] = (texts[k], gens[k] if gens else [])
     return out
+
+
+def _clean(messages: list[dict]) -> list[dict]:
+    # transformers' apply_chat_template drops keys whose value is None before rendering
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+
+
+def _render_one(job: RenderJob, base: dict):
+    try:
+        texts, gens = _jinja(job.template, [_clean(job.messages)], job.tools, job.add_generation_prompt,
+                             job.return_generation, {**base, **job.kwargs})
+    except MaskLensError as e:
+        return e
+    return texts[0], (gens[0] if gens else [])
+
+
+def _jinja(template: str, convos: list, tools, agp: bool, rg: bool, kwargs: dict):
+    from transformers.utils.chat_template_utils import render_jinja_template  # noqa: PLC0415
+
+    try:
+        return render_jinja_template(conversations=convos, tools=tools, chat_template=template,
+                                     return_assistant_tokens_mask=rg and has_generation_markers(template),
+                                     add_generation_prompt=agp, **kwargs)
+    except MaskLensError:
+        raise
+    except Exception as e:  # jinja TemplateError, raise_exception(...) from the template, TypeError...
+        raise MaskLensError(f"the chat template failed to render: {type(e).__name__}: {e}",
+                            fix="check the template (and that the messages alternate as it requires)") from None
 
 
 _CHECKED: dict[str, MaskLensError | None] = {}
@@ -152,42 +190,11 @@ def render(tokenizer, messages: list[dict], template: str, tools=None, add_gener
            **kwargs) -> tuple[str, list[tuple[int, int]]]:
     """Render one conversation as apply_chat_template(tokenize=False) does. Returns (text, generation char spans).
 
-    special_map: the tokenizer's special_tokens_map, precomputed by callers rendering many conversations.
-    Untrusted templates render in the sandbox (bounded); within prerendered(), from its batch results.
+    special_map: the tokenizer's special_tokens_map, precomputed by callers rendering many conversations (better:
+    render_many). Untrusted templates render in the sandbox (bounded).
     """
-    cache = getattr(_local, "cache", None)
-    if cache is not None:
-        hit = cache.get((id(messages), template, add_generation_prompt, return_generation))
-        if hit is not None:
-            if isinstance(hit, Exception):
-                raise hit
-            return hit[0], list(hit[1])
-    if _sandboxed(template):
-        from .sandbox import render_sandboxed  # noqa: PLC0415
-
-        base = special_map if special_map is not None else tokenizer.special_tokens_map
-        check_template(template, base)
-        return render_sandboxed(tokenizer, messages, template, tools=tools, add_generation_prompt=add_generation_prompt,
-                                return_generation=return_generation, special_map=base, **kwargs)
-    from transformers.utils.chat_template_utils import render_jinja_template  # noqa: PLC0415
-
-    convo = [{k: v for k, v in m.items() if v is not None} for m in messages]
-    base = special_map if special_map is not None else tokenizer.special_tokens_map
-    template_kwargs = {**base, **kwargs}
-    try:
-        texts, gen = render_jinja_template(
-            conversations=[convo], tools=tools, chat_template=template,
-            return_assistant_tokens_mask=return_generation and has_generation_markers(template),
-            add_generation_prompt=add_generation_prompt, **template_kwargs,
-        )
-    except MaskLensError:
-        raise
-    except Exception as e:  # jinja TemplateError, raise_exception(...) from the template, TypeError...
-        raise MaskLensError(f"the chat template failed to render: {type(e).__name__}: {e}",
-                            fix="check the template (and that the messages alternate as it requires)") from None
-    return texts[0], (gen[0] if gen else [])
-
-
-def analyze_template(tokenizer, template: str) -> TemplateInfo:
-    """Learn the end-of-turn markers, role headers and reasoning wrapping of a template (cached). See core.spans."""
-    return _spans.analyze_template(tokenizer, template, render)
+    (res,) = render_many(tokenizer, [RenderJob(messages, template, tools, add_generation_prompt, return_generation,
+                                               kwargs)], special_map)
+    if isinstance(res, Exception):
+        raise res
+    return res[0], list(res[1])

@@ -204,3 +204,31 @@ def _checked(collate, p: Path):
         return out
 
     return call
+
+
+# ------------------------------------------------------------------------------------------------------ running
+_COLLATORS: dict = {}  # (strategy name, tokenizer id) -> the collate function make_collator returned
+
+
+def collator_labels(spec, tokenizer, sequences: list[list[int]], rows: list[int]) -> list[list[int]]:
+    """Call a user's collator (--collator FILE.py: make_collator(tokenizer)) on each sequence, as a DataLoader would:
+    one example per call (a collator pads a batch, and padding would change the sequence shown). Errors name the row.
+    """
+    key = (spec.name, id(tokenizer))
+    collate = _COLLATORS.get(key)
+    if collate is None:
+        collate = _COLLATORS[key] = spec.fn(tokenizer)
+    out = []
+    for ids, row in zip(sequences, rows):
+        try:
+            labels = collate([{"input_ids": list(ids)}])["labels"][0]
+            labels = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+        except Exception as e:  # user code: any failure is reported with the row
+            raise MaskLensError(f"the collator {spec.name!r} failed: {type(e).__name__}: {e}", row=row,
+                                fix="make_collator(tokenizer) must return a callable taking [{'input_ids': [...]}] "
+                                    "and returning a dict with 'labels'") from None
+        if len(labels) < len(ids):
+            raise MaskLensError(f"the collator {spec.name!r} returned {len(labels)} labels for {len(ids)} tokens",
+                                row=row, fix="return one label per input token (-100 for ignored)")
+        out.append([int(x) for x in labels[: len(ids)]])
+    return out
