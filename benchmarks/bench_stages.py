@@ -1,0 +1,187 @@
+"""`core render` end to end, and the time of each stage, next to the floor (render + tokenize) and TRL's preparation.
+
+    .venv/bin/python benchmarks/bench_stages.py [--n 20000] [--data varied|shared] [--repeat 2]
+
+Data: N synthetic multi-turn conversations (benchmarks/bench_engine.py's generator) written as JSONL; the embedded
+SmolLM2 tokenizer; `assistant_only` (SmolLM2's template is not one TRL can patch: MaskLens's own masking).
+- end to end: core.pipeline.render_to_file (read, schema pass, normalise, render, locate, decide, tokenize, labels,
+  findings, JSON lines written), in this process, the tokenizer loaded beforehand;
+- stages: the same work done stage by stage with a timer around each (core.masking's stage functions called as the
+  engine calls them, chunks of 512);
+- floor: jinja render of every conversation in one call + one encode_batch of all texts (nothing else);
+- TRL: SFTTrainer._prepare_dataset with assistant_only_loss on the {% generation %}-marked twin of the same template
+  (the labels are checked equal to MaskLens's first).
+Targets (issue #16): end to end <= 1.2x the floor and <= 0.5x TRL on varied data; <= 1.0x the floor where prompts
+repeat (--data shared). Ratios are measured in the same run (the machine is shared: absolute times move).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_engine import conversations, shared_conversations  # noqa: E402
+
+
+def best(fn, repeat):
+    out, times = None, []
+    for _ in range(repeat):
+        gc.collect()
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def cold(tok):
+    from core.masking.encoding import SegmentEncoder
+
+    seg = SegmentEncoder.for_tokenizer(tok)
+    if seg is not None:
+        seg.cache.clear()
+        seg.cached_tokens = 0
+
+
+def stages(path: Path, tok, cfg) -> dict[str, float]:
+    """The pipeline's work, stage by stage, each timed (seconds summed over chunks)."""
+    import orjson
+
+    from core.data.formats import normalize_row, schema_findings, schema_union
+    from core.data.reader import iter_rows
+    from core.masking import engine as E
+    from core.masking.decide import decide
+    from core.masking.diagnose import diagnose
+    from core.masking.labels import build_labels
+    from core.masking.layout import locate
+    from core.masking.rendering import render_batch
+    from core.masking.strategies import get_strategy
+
+    t = defaultdict(float)
+    cold(tok)
+
+    def timed(name, fn, *a):
+        s = time.perf_counter()
+        r = fn(*a)
+        t[name] += time.perf_counter() - s
+        return r
+
+    union = timed("read + schema pass (pass 1)", lambda: schema_union(o for _, o, _ in iter_rows(str(path))))
+    rows = timed("read (pass 2)", lambda: list(iter_rows(str(path))))
+    spec = get_strategy(cfg.strategy)
+    for k in range(0, len(rows), 512):
+        part = rows[k:k + 512]
+        notes = timed("schema findings", lambda: [schema_findings(union, o, i) for i, o, _ in part])
+        exs = timed("normalise rows", lambda: [normalize_row(o, i, source=str(path), line=ln) for i, o, ln in part])
+        for ex, n in zip(exs, notes):
+            ex.notes.extend(n)
+        batch = timed("  (batch set-up)", E._Batch.start, exs, tok, cfg, spec)
+        rend = timed("1 render (jinja)", render_batch, exs, tok, batch.plan)
+        staged = []
+        for ex, r in zip(exs, rend):
+            lay = timed("2 locate (spans)", locate, ex, r, batch.info_for, batch.eos)
+            staged.append(E._Staged(ex, r, lay, timed("3 decide", decide, ex, r, lay, cfg, spec)))
+        timed("  encode (tokenize)", E._encode, tok, staged)
+        lctx = batch.label_context(tok, staged)
+        recs = []
+        for s in staged:
+            lab = timed("4 labels", build_labels, s.ex, s.rendering, s.decision, s.enc, s.prompt_enc, lctx, id(s))
+            found = [*s.rendering.findings, *s.layout.findings, *s.decision.findings, *lab.findings]
+            found += timed("5 findings", diagnose, s.ex, s.rendering.text, s.layout, s.decision, lab, s.enc,
+                           batch.diagnose, found)
+            recs.append(timed("  result objects", lambda: E._finish(s, 0, lctx, batch)))
+        timed("JSON lines", lambda: [orjson.dumps(r.to_json()) for r in recs])
+    return dict(t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--data", choices=("varied", "shared"), default="varied")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--no-trl", action="store_true", help="skip TRL's preparation (slow)")
+    ns = ap.parse_args()
+
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from core.masking import MaskConfig
+    from core.masking.encoding import encode_batch
+    from core.models import load_tokenizer
+    from core.parallel import WorkerSpec
+    from core.pipeline import Job, Source, render_to_file
+
+    tok = load_tokenizer()
+    rows = (conversations if ns.data == "varied" else shared_conversations)(ns.n)
+    cfg = MaskConfig("assistant_only")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "data.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out = Path(d) / "out.jsonl"
+        job = Job(Source(str(path)), cfg, WorkerSpec(), tokenizer=tok)
+
+        def e2e():
+            cold(tok)
+            return render_to_file(job, out)
+
+        e2e_s, _ = best(e2e, ns.repeat)
+        special = dict(tok.special_tokens_map)
+
+        def floor():
+            texts, _ = render_jinja_template(conversations=[r["messages"] for r in rows],
+                                             chat_template=tok.chat_template, **special)
+            return encode_batch(tok, texts, False)
+
+        floor_s, encs = best(floor, ns.repeat)
+        parts = stages(path, tok, cfg)
+        ours = [json.loads(line)["labels"] for line in out.read_text().splitlines()]
+    trl_s = None
+    if not ns.no_trl:
+        trl_s, trl_labels = trl_prep(tok, rows)
+        assert trl_labels == ours, "labels differ from TRL's"
+    n_tok = sum(len(e.ids) for e in encs)
+    print(f"\n[{ns.data}] {ns.n} conversations, {n_tok:,} tokens, SmolLM2 tokenizer, assistant_only; best of "
+          f"{ns.repeat}")
+    print(f"{'':44} {'seconds':>8} {'x floor':>8}")
+    print(f"{'core render, end to end':44} {e2e_s:8.2f} {e2e_s / floor_s:8.2f}")
+    print(f"{'floor: jinja render + encode_batch':44} {floor_s:8.2f} {1:8.2f}")
+    if trl_s is not None:
+        print(f"{'TRL 1.16 preparation (assistant_only_loss)':44} {trl_s:8.2f} {trl_s / floor_s:8.2f}")
+    print("stages (one pass, timed separately):")
+    for name, s in parts.items():
+        print(f"  {name:42} {s:8.2f} {s / floor_s:8.2f}")
+    print(f"  {'sum of stages':42} {sum(parts.values()):8.2f} {sum(parts.values()) / floor_s:8.2f}")
+    if trl_s is not None:
+        print(f"end to end = {e2e_s / floor_s:.2f}x the floor (target <= {1.2 if ns.data == 'varied' else 1.0}), "
+              f"{e2e_s / trl_s:.2f}x TRL's preparation (target <= 0.5); labels identical to TRL's")
+
+
+def trl_prep(tok, rows):
+    """TRL's own preparation, timed alone (the trainer is built on 2 rows first)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from core.masking.checks import add_generation_markers
+    from tests.conftest import tiny_llama
+
+    tok_m = copy.deepcopy(tok)
+    tok_m.chat_template = add_generation_markers(tok)
+    with tempfile.TemporaryDirectory() as d:
+        args = SFTConfig(output_dir=d, report_to=[], bf16=False, use_cpu=True, assistant_only_loss=True,
+                         max_length=None, dataset_num_proc=None)
+        trainer = SFTTrainer(model=tiny_llama(tok_m), args=args, train_dataset=Dataset.from_list(rows[:2]),
+                             processing_class=tok_m)
+        ds = Dataset.from_list(rows)
+        s, out = best(lambda: trainer._prepare_dataset(ds, tok_m, args, False, None, "bench"), 1)
+    return s, out["labels"]
+
+
+if __name__ == "__main__":
+    main()
