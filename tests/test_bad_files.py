@@ -106,7 +106,7 @@ def test_line_that_is_not_an_object(tmp_path, capsys):
 def test_long_line_limit_reads_no_further(tmp_path, monkeypatch, capsys):
     import core.data.reader
 
-    monkeypatch.setattr(core.reader, "MAX_LINE_BYTES", 2**20)
+    monkeypatch.setattr(core.data.reader, "MAX_LINE_BYTES", 2**20)
     f = tmp_path / "long.jsonl"
     big = json.dumps({"text": "x" * (2 * 2**20)}).encode()
     f.write_bytes(LINE + b"\n" + big + b"\n" + LINE + b"\n")
