@@ -213,7 +213,8 @@ def wrap_tools(tools) -> tuple[object, str]:
             out.append(t)
     what = []
     if was_string:
-        what.append(f"the tools JSON string was parsed ({len(out)} tool(s))")
+        what.append(f"the tools JSON string was parsed ({len(out)} tool(s))" if out else
+                    "the tools JSON string was parsed (an empty list: no tools)")
     if n_flat:
         what.append(f'{n_flat} flat tool schema(s) wrapped as {{"type": "function", "function": {{...}}}} '
                     "(the form chat templates read)")
@@ -298,6 +299,7 @@ def _typed(row: dict, err, done: list[str]) -> dict:
     out["messages"] = msgs
     if counts["image_url"]:
         out["images"] = images
+        out["messages"] = as_parts(msgs)
     what = []
     if counts["text"]:
         what.append(f"{counts['text']} text part(s) -> content (joined with nothing between them"
@@ -350,7 +352,16 @@ def _image_tags(row: dict, err, done: list[str]) -> dict:
                         parts.append({"type": "text", "text": piece})
                 m = {**m, "content": parts}
             msgs.append(m)
-        out[k] = msgs
+        out[k] = as_parts(msgs)
     done.append(f"{n_tags} {IMAGE_TAG} tag(s) -> image parts where they stand (as LLaMA-Factory reads them; TRL given "
-                "the row as is would put every image before the first user text and keep the literal tag)")
+                "the row as is would put every image before the first user text and keep the literal tag); the other "
+                "messages' text -> text parts")
     return out
+
+
+def as_parts(msgs: list) -> list:
+    """Every string content as one text part. A row with image parts needs it: TRL 1.16's prepare_multimodal_messages
+    puts placeholders for ALL the row's images before the first user message whose content is still a string (and
+    wraps every string in a text part, so the rendering is the same)."""
+    return [{**m, "content": [{"type": "text", "text": m["content"]}]}
+            if isinstance(m, dict) and isinstance(m.get("content"), str) else m for m in msgs]
