@@ -114,6 +114,39 @@ def renders_part_list(text: str, messages: list[dict]) -> bool:
     return False
 
 
+def parts_not_rendered(text: str, messages: list[dict]) -> list[int]:
+    """Indices of the messages whose part list a rendering lost: some text part (whitespace at its edges aside: Gemma 3
+    trims each part) is not found, in order, and the list is not printed either. Qwen3's template does this: content
+    that is not a string becomes ''. The same fix applies (content_parts=join).
+
+    Example: parts_not_rendered("<|im_start|>user\\n<|im_end|>\\n", [{"role": "user", "content": [{"type": "text",
+    "text": "Hi"}]}]) -> [0]
+    """
+    out = []
+    pos = 0
+    for i, m in enumerate(messages):
+        c = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(c, list):
+            if isinstance(c, str) and c:
+                k = text.find(c, pos)
+                pos = k + len(c) if k >= 0 else pos
+            continue
+        if any(r in text for r in part_list_reprs(c)):
+            continue
+        start = pos
+        for t in text_parts(c):
+            t = t.strip()
+            if not t:
+                continue
+            k = text.find(t, pos)
+            if k < 0:
+                out.append(i)
+                pos = start
+                break
+            pos = k + len(t)
+    return out
+
+
 def _json(value) -> str:
     try:
         return json.dumps(value, ensure_ascii=False)

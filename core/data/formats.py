@@ -7,7 +7,7 @@ LLaMA-Factory's formats (core.data.convert), one row -> one Example (core.data.n
 
 from __future__ import annotations
 
-from .content import content_text, join_text_parts, renders_part_list
+from .content import content_text, join_text_parts, parts_not_rendered, renders_part_list
 from .example import (KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, KINDS, ROLES, SHAREGPT_ROLES,
                       Example, is_trained_flag_off, message_weight)
 from .load import (base_dir_of, load_examples, load_examples_lenient, note_schema_nulls, read_rows, schema_findings,
@@ -19,5 +19,5 @@ __all__ = [
     "KINDS", "KIND_MESSAGES", "KIND_PC_CONV", "KIND_PC_TEXT", "KIND_TEXT", "KIND_TOKENS", "KNOWN_FIELDS", "MAX_DEPTH",
     "REASONING_FIELDS", "RESERVED_TEMPLATE_KWARGS", "ROLES", "SHAREGPT_ROLES", "Example", "base_dir_of", "content_text",
     "is_trained_flag_off", "join_text_parts", "load_examples", "load_examples_lenient", "message_weight",
-    "normalize_row", "note_schema_nulls", "read_rows", "renders_part_list", "schema_findings", "schema_union",
+    "normalize_row", "note_schema_nulls", "parts_not_rendered", "read_rows", "renders_part_list", "schema_findings", "schema_union",
 ]
