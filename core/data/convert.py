@@ -127,7 +127,9 @@ def _sharegpt(row: dict, err, done: list[str]) -> dict:
         value = m.pop("value")
         if frm == "function_call":
             calls = parse_calls(value, f"conversations[{j}].value", err)
-            m.update(role="assistant", content=None, tool_calls=calls)
+            # content "" as LLaMA-Factory v1 gives a call-only turn (format.py: text = ""): templates that read
+            # message['content'] unguarded (SmolLM2's, most ChatML ones) render it instead of failing
+            m.update(role="assistant", content="", tool_calls=calls)
             n_calls += len(calls)
         else:
             if frm == "observation":

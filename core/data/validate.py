@@ -97,9 +97,10 @@ def check_parts(parts: list, where: str, err) -> None:
     for k, part in enumerate(parts):
         w = f"{where}[{k}]"
         if not isinstance(part, dict):
-            raise err(f"a content part must be an object, got {type(part).__name__} {_short(part)}", w,
-                      f"give parts as objects, e.g. {_PART_EXAMPLE}" + (" (or give the content as one string)"
-                                                                         if isinstance(part, str) else ""))
+            raise err(f"content must be a string or a list of typed parts; a content part must be an object, got "
+                      f"{type(part).__name__} {_short(part)}", w,
+                      "give the message text as one string" + (" (join the strings)" if isinstance(part, str) else "")
+                      + f", or typed parts such as {_PART_EXAMPLE}")
         kind = part.get("type")
         if kind is None:
             raise err("a content part has no 'type'", w + ".type",
