@@ -19,5 +19,6 @@ __all__ = [
     "KINDS", "KIND_MESSAGES", "KIND_PC_CONV", "KIND_PC_TEXT", "KIND_TEXT", "KIND_TOKENS", "KNOWN_FIELDS", "MAX_DEPTH",
     "REASONING_FIELDS", "RESERVED_TEMPLATE_KWARGS", "ROLES", "SHAREGPT_ROLES", "Example", "base_dir_of", "content_text",
     "is_trained_flag_off", "join_text_parts", "load_examples", "load_examples_lenient", "message_weight",
-    "normalize_row", "note_schema_nulls", "parts_not_rendered", "read_rows", "renders_part_list", "schema_findings", "schema_union",
+    "normalize_row", "note_schema_nulls", "parts_not_rendered", "read_rows", "renders_part_list", "schema_findings",
+    "schema_union",
 ]

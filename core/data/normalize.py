@@ -57,7 +57,9 @@ def normalize_row(row: dict, index: int = 0, source: str | None = None, line: in
     check_json_values(row, err)  # lone surrogates, non-string keys, depth: before anything else reads the row
     raw = _displayable(row)
     notes: list[Finding] = []
-    unknown = sorted(k for k in row if k not in KNOWN_FIELDS and not (k in ALPACA_FIELDS and is_alpaca(row))
+    # a null field holds nothing to lose (a `datasets` column other rows fill comes back as None here)
+    unknown = sorted(k for k in row if row[k] is not None and k not in KNOWN_FIELDS
+                     and not (k in ALPACA_FIELDS and is_alpaca(row))
                      and not (k == "system" and "conversations" in row and "messages" not in row))
     mapped = _sharegpt_roles_mapped(row)
     row, converted = convert_row(row, err)
