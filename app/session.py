@@ -74,7 +74,7 @@ class Dataset:
     examples: list[Example]
     errors: list[RowError] = field(default_factory=list)
     n_rows: int = 0  # rows in the file, valid or not
-    root: str | None = None  # images must lie inside this folder (an upload's own); None: the path policy decides
+    root: str | None = None  # images must lie inside this folder: the dataset's own (an upload's, an unpacked zip's)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -88,7 +88,9 @@ def load_dataset(path: str | Path, name: str | None = None) -> Dataset:
     """
     p = Path(path)
     name = name or p.name
-    root = None
+    # Images must lie inside the dataset's own folder (an upload's folder is its own: Gradio gives each upload one),
+    # so a row cannot point the server at other files: core.masking.vision.open_image(root=Dataset.root).
+    root = p.resolve() if p.is_dir() else p.resolve().parent
     shown = p  # the path whose text errors show as `name`
     if p.suffix.lower() == ".zip" and p.is_file():
         p, root = unpack_upload(p, name)
@@ -103,7 +105,7 @@ def load_dataset(path: str | Path, name: str | None = None) -> Dataset:
         ex.source = _shown_name(ex.source, name, shown)
     errs = [RowError(e.row, _line_of(e), str(_renamed(e, name, shown))) for e in errors]
     errs.sort(key=lambda e: (e.row is None, e.row or 0))
-    return Dataset(name, examples, errs, len(examples) + len(errors), root=str(root) if root else None)
+    return Dataset(name, examples, errs, len(examples) + len(errors), root=str(root))
 
 
 def _shown_name(source: str | None, name: str, shown: Path) -> str:

@@ -84,6 +84,21 @@ def test_llamafactory_samples_in_the_data_picker_show_the_conversion(smol_tok):
     assert "LLaMA-Factory alpaca row -&gt; messages" in res.findings or "LLaMA-Factory alpaca row" in res.findings
 
 
+def test_a_single_uploaded_file_confines_its_images_to_its_folder(tmp_path):
+    (tmp_path / "up").mkdir()
+    f = tmp_path / "up" / "d.jsonl"
+    f.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>x"}, {"role": "assistant",
+                                                                                   "content": "y"}],
+                             "images": ["../../secret.png"]}) + "\n")
+    d = load_dataset(f, "d.jsonl")
+    assert d.root == str((tmp_path / "up").resolve())
+    from core.masking.vision import open_image
+
+    (tmp_path / "secret.png").write_bytes(png())
+    with pytest.raises(MaskLensError, match="outside the allowed folders"):
+        open_image(d.examples[0].images[0], d.examples[0].base_dir, root=d.root)
+
+
 def test_typed_server_paths_are_still_refused(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps(chat(0)) + "\n")
     for name in (str(tmp_path), str(tmp_path / "d.jsonl"), "org/name:cfg:train"):

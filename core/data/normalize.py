@@ -21,6 +21,8 @@ Every problem raises :class:`MaskLensError` naming the file, the line or row, th
 
 from __future__ import annotations
 
+import os
+
 from ..errors import MaskLensError
 from ..findings import Finding
 from .content import image_placeholders, images_trl_expects
@@ -79,6 +81,8 @@ def normalize_row(row: dict, index: int = 0, source: str | None = None, line: in
     if row.get("images") is not None or row.get("image") is not None:
         fld = "images" if row.get("images") is not None else "image"
         images = check_images(row[fld], fld, err)
+        if base_dir is None and source and os.path.isfile(source):  # streamed rows (core.parallel) name only the file
+            base_dir = os.path.dirname(os.path.abspath(source))
     common = dict(row=index, raw=raw, source=source, line=line, tools=tools or None, chat_template_kwargs=ctk,
                   images=images, base_dir=base_dir)
 
