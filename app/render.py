@@ -519,3 +519,60 @@ def proof_html(proof) -> str:
             f"rendering byte-identical to the original: {yn(proof.byte_identical)}<br>"
             f"{{% generation %}} mask (TRL assistant_only_loss) == MaskLens assistant_only on the original: "
             f"{yn(proof.masks_equal)}" + (f"<ul>{diffs}</ul>" if diffs else "") + "</div>")
+
+
+# ------------------------------------------------------------------------------------------------------ image runs
+class ImageRun:
+    """A run of one repeated image token (e.g. ``<|image_pad|>`` ×256) with one label state, shown collapsed."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, tokens: list[TokenInfo]):
+        self.tokens = tokens
+
+    @property
+    def count(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def trained(self) -> bool:
+        return self.tokens[0].label != IGNORE
+
+    @property
+    def summary(self) -> str:
+        """Example: "<|image_pad|> ×256"."""
+        return f"{self.tokens[0].text} ×{self.count}"
+
+
+def collapse_image_runs(infos: list[TokenInfo], image_ids: Iterable[int], min_run: int = 2) -> list:
+    """The token list with each run of at least ``min_run`` identical image tokens that share a label state replaced
+    by one ImageRun (a run whose labels change part-way is split there, so a collapsed run never hides a label
+    difference). Other tokens come back as they are. Example: [a, pad, pad, pad, b] -> [a, ImageRun(pad ×3), b]."""
+    ids = set(image_ids)
+    out: list = []
+    i, n = 0, len(infos)
+    while i < n:
+        t = infos[i]
+        j = i + 1
+        if t.id in ids:
+            trained = t.label != IGNORE
+            while j < n and infos[j].id == t.id and (infos[j].label != IGNORE) == trained:
+                j += 1
+        if j - i >= min_run:
+            out.append(ImageRun(infos[i:j]))
+        else:
+            out.extend(infos[i:j])
+        i = j
+    return out
+
+
+def image_run_html(run: ImageRun, inner: str = "") -> str:
+    """One collapsed run: a ``<details>`` whose summary shows "<|image_pad|> ×256" with the run's label state (the
+    same ``data-label`` the token spans carry) and whose body holds the tokens' own spans (``inner``), expanded on
+    click. Example: image_run_html(run, "<span ...>...</span>" * 256)."""
+    first = run.tokens[0]
+    state = "trained" if run.trained else "not trained"
+    title = f"{run.count} image tokens, {state}: {first.rule}" if first.rule else f"{run.count} image tokens, {state}"
+    return (f'<details class="imgrun{" tr" if run.trained else ""}" data-label="{first.label}" data-n="{run.count}" '
+            f'data-pos="{first.position}"><summary class="x" title="{esc(title)}">{esc(run.summary)}</summary>'
+            f"{inner}</details>")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -36,8 +37,16 @@ SAMPLES = {
     "prompt_completion_chat.jsonl": "prompt/completion message lists",
     "text.jsonl": "plain text (language modelling)",
     "sharegpt.jsonl": "ShareGPT conversations (from/value)",
+    "alpaca.jsonl": "LLaMA-Factory alpaca rows (instruction/input/output, system, history), converted",
+    "toolcall_sharegpt.jsonl": "LLaMA-Factory ShareGPT tool calls (function_call/observation, tools string), converted",
+    "typed_parts.jsonl": "LLaMA-Factory typed parts (text/reasoning/tool_call, loss_weight), converted",
     "broken.jsonl": "deliberately broken rows",
 }
+# What the Upload button takes: one data file, or a .zip of a dataset folder (a data file with its images, a folder
+# of shards, a save_to_disk folder), unpacked into the cache (core.data.sources.unpack_zip). Typed server paths are not
+# taken from the page (tests/test_security.py): a folder on the server is opened with `python -m app --data PATH`.
+UPLOAD_TYPES = [".jsonl", ".json", ".parquet", ".csv", ".zip"]
+MAX_UNPACKED_UPLOADS = 16  # unpacked zips kept in the cache (the oldest go first)
 
 
 def sample_choices() -> list[tuple[str, str]]:
@@ -65,6 +74,7 @@ class Dataset:
     examples: list[Example]
     errors: list[RowError] = field(default_factory=list)
     n_rows: int = 0  # rows in the file, valid or not
+    root: str | None = None  # images must lie inside this folder: the dataset's own (an upload's, an unpacked zip's)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -78,26 +88,91 @@ def load_dataset(path: str | Path, name: str | None = None) -> Dataset:
     """
     p = Path(path)
     name = name or p.name
+    # Images must lie inside the dataset's own folder (an upload's folder is its own: Gradio gives each upload one),
+    # so a row cannot point the server at other files: core.masking.vision.open_image(root=Dataset.root).
+    root = p.resolve() if p.is_dir() else p.resolve().parent
+    shown = p  # the path whose text errors show as `name`
+    if p.suffix.lower() == ".zip" and p.is_file():
+        p, root = unpack_upload(p, name)
+        shown = Path(root)
     try:
         examples, errors = load_examples_lenient(p)
     except MaskLensError as e:
-        raise _renamed(e, name) from None
+        raise _renamed(e, name, shown) from None
     except UnicodeDecodeError as e:
         raise MaskLensError(f"is not UTF-8 text ({e.reason})", file=name, fix="save the file as UTF-8") from None
     for ex in examples:
-        ex.source = name
-    errs = [RowError(e.row, _line_of(e), str(_renamed(e, name))) for e in errors]
+        ex.source = _shown_name(ex.source, name, shown)
+    errs = [RowError(e.row, _line_of(e), str(_renamed(e, name, shown))) for e in errors]
     errs.sort(key=lambda e: (e.row is None, e.row or 0))
-    return Dataset(name, examples, errs, len(examples) + len(errors))
+    return Dataset(name, examples, errs, len(examples) + len(errors), root=str(root))
 
 
-def _renamed(e: MaskLensError, name: str) -> MaskLensError:
+def _shown_name(source: str | None, name: str, shown: Path) -> str:
+    """A row's file as the user knows it: `name` for the file itself, `name/shard` for a shard of a folder or zip."""
+    if not source or source == str(shown):
+        return name
+    try:
+        return f"{name}/{Path(source).relative_to(shown).as_posix()}"
+    except ValueError:
+        return name
+
+
+def _renamed(e: MaskLensError, name: str, shown: Path | None = None) -> MaskLensError:
     """The error with the file named as the user knows it: the temporary path also goes from message and fix (an
-    `iconv ... PATH` fix shows the name instead)."""
-    def swap(s):
-        return s.replace(str(e.file), name) if s and e.file else s
+    `iconv ... PATH` fix shows the name instead); a shard of a folder or zip is `name/shard`."""
+    file = _shown_name(e.file, name, shown) if e.file and shown is not None else name
 
-    return MaskLensError(swap(e.message), file=name if e.file else None, row=e.row, field=e.field, fix=swap(e.fix))
+    def swap(s):
+        if not s:
+            return s
+        if e.file:
+            s = s.replace(str(e.file), file)
+        return s.replace(str(shown), name) if shown is not None else s
+
+    return MaskLensError(swap(e.message), file=file if e.file else None, row=e.row, field=e.field, fix=swap(e.fix))
+
+
+def unpack_upload(path: Path, name: str) -> tuple[Path, Path]:
+    """An uploaded .zip unpacked into the cache (cache_dir()/uploads/<sha256>, reused when the same zip comes again;
+    the MAX_UNPACKED_UPLOADS newest kept): (the folder to read, the folder its images must lie in). The only place
+    upload bytes (images included) are written. Raises MaskLensError naming the zip by `name`."""
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from core.data.sources import unpack_zip  # noqa: PLC0415
+    from core.models import cache_dir  # noqa: PLC0415
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    base = cache_dir() / "uploads"
+    base.mkdir(parents=True, exist_ok=True)
+    dest = base / h.hexdigest()[:32]
+    if not dest.is_dir():
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".unpack-"))
+        try:
+            unpack_zip(path, tmp / "x")
+            os.replace(tmp / "x", dest)
+        except MaskLensError as e:
+            raise MaskLensError(e.message.replace(str(path), name), file=name, fix=e.fix) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    os.utime(dest)
+    _prune_uploads(base)
+    entries = [e for e in dest.iterdir() if not e.name.startswith((".", "__MACOSX"))]
+    folder = entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+    return folder, dest
+
+
+def _prune_uploads(base: Path) -> None:
+    import shutil  # noqa: PLC0415
+
+    dirs = sorted((d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                  key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in dirs[MAX_UNPACKED_UPLOADS:]:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _line_of(e: MaskLensError) -> int | None:

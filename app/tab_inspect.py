@@ -21,8 +21,8 @@ from core.errors import MaskLensError
 from core.masking.strategies import get_strategy, strategy_names
 
 from . import render
-from .session import (DEFAULT_SAMPLE, EMBEDDED, Session, Settings, escape, get_tokenizer, load_dataset,
-                      load_sample, parse_example_json, sample_choices)
+from .session import (DEFAULT_SAMPLE, EMBEDDED, UPLOAD_TYPES, Session, Settings, escape, get_tokenizer,
+                      load_dataset, load_sample, parse_example_json, sample_choices)
 
 log = logging.getLogger(__name__)
 
@@ -567,7 +567,7 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
                 sample = gr.Dropdown(choices=sample_choices(), value=DEFAULT_SAMPLE, label="Data", scale=4,
                                      elem_id="sample")
                 upload = gr.UploadButton("Upload…", type="filepath", size="md", scale=0, min_width=80,
-                                         file_types=[".jsonl", ".json", ".parquet", ".csv"], elem_id="upload")
+                                         file_types=UPLOAD_TYPES, elem_id="upload")
             data_info = gr.HTML(elem_id="data-info")
             strategy = gr.Radio(choices=strategy_choices(s0.strategy), value=s0.strategy, label="Strategy",
                                 info=strategy_info(s0.strategy), elem_id="strategy")

@@ -29,7 +29,8 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-from .data.formats import Example
+from .data.formats import KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, Example
+from .errors import MaskLensError
 from .masking.engine import MaskConfig, RenderedExample, Strategy
 from .masking.strategies import get_strategy
 
@@ -84,6 +85,67 @@ def export_split_rows(examples: list[Example], cfg: MaskConfig, path: str | os.P
     """Write :func:`split_turn_rows` as JSONL (load_dataset("json") reads it; see schema_nulls_injected for rows
     whose tool calls or tools differ in keys)."""
     records = split_turn_rows(examples, cfg)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_write(path, write)
+
+
+def trl_rows(examples: list[Example], *, tools_as_json: bool = True, row: bool = False) -> list[dict]:
+    """The examples as TRL 1.16 rows, as MaskLens reads them: converted rows (LLaMA-Factory's alpaca, ShareGPT with
+    function calls, typed parts, <image> tags: the format_converted finding) become ``messages`` rows that SFTTrainer
+    trains as MaskLens shows them; rows already in TRL's format come back as normalised (ShareGPT roles mapped).
+
+    - ``tools_as_json``: the tool schemas as one JSON string (SFTTrainer json.loads it), so that `datasets` does not
+      unify their keys across rows (schema_nulls_injected). Tool-call arguments stay objects (templates differ on
+      string arguments); rows whose calls differ in keys still get that finding when loaded.
+    - images stay as written: paths (relative to the data file, as they were) or, for images given as bytes, an error
+      (image bytes are never written outside MaskLens's run/cache folders: save such data with `datasets` instead).
+    - ``row``: add each example's row number (TRL carries an extra column along and never renders it).
+
+    Example: alpaca {"instruction": "Add", "input": "2+2", "output": "4"} ->
+    {"messages": [{"role": "user", "content": "Add\\n2+2"}, {"role": "assistant", "content": "4"}]}
+    """
+    out = []
+    for ex in examples:
+        if ex.kind == KIND_TOKENS:
+            rec: dict = {"input_ids": list(ex.input_ids)}
+            if ex.labels is not None:
+                rec["labels"] = list(ex.labels)
+        elif ex.kind == KIND_TEXT:
+            rec = {"text": ex.text}
+        elif ex.kind == KIND_PC_TEXT:
+            rec = {"prompt": ex.prompt, "completion": ex.completion}
+        elif ex.kind == KIND_PC_CONV:
+            rec = {"prompt": _messages(ex.prompt), "completion": _messages(ex.completion)}
+        else:
+            rec = {"messages": _messages(ex.messages)}
+        if ex.tools and ex.kind not in (KIND_TOKENS, KIND_TEXT, KIND_PC_TEXT):
+            rec["tools"] = json.dumps(ex.tools, ensure_ascii=False) if tools_as_json else ex.tools
+        if ex.chat_template_kwargs:
+            rec["chat_template_kwargs"] = ex.chat_template_kwargs
+        if ex.images:
+            for k, im in enumerate(ex.images):
+                if not isinstance(im, str) and not (isinstance(im, dict) and im.get("bytes") is None and im.get("path")):
+                    raise MaskLensError(f"image {k} is stored as bytes, not a path: MaskLens does not write image bytes "
+                                        "into an exported file", file=ex.source, row=ex.row, field=f"images[{k}]",
+                                        fix="export rows whose images are files, or save the data with `datasets` "
+                                            "(Dataset.save_to_disk / push_to_hub keep the image bytes)")
+            rec["images"] = [im if isinstance(im, str) else im["path"] for im in ex.images]
+        if row:
+            rec["row"] = ex.row
+        out.append(rec)
+    return out
+
+
+def export_trl_rows(examples: list[Example], path: str | os.PathLike, **kwargs) -> Path:
+    """Write :func:`trl_rows` as JSONL: TRL's `messages` data (load_dataset("json", data_files=path))."""
+    records = trl_rows(examples, **kwargs)
 
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:

@@ -143,6 +143,37 @@ CODES: dict[str, tuple[str, str, str]] = {
         "Give that field one type in every row (e.g. every `arguments` as a JSON string); the message names the field "
         "and the rows.",
     ),
+    "format_converted": (
+        "info",
+        "This row is in one of LLaMA-Factory's formats (alpaca, ShareGPT with function_call/observation turns and a "
+        "tools string, typed parts with loss_weight, <image> tags), which TRL's SFTTrainer does not read as such. "
+        "MaskLens converted it into TRL's messages format as LLaMA-Factory reads it (the message says what became "
+        "what) and shows the converted conversation.",
+        "Train TRL on the converted rows (export them as TRL messages data), or keep training with LLaMA-Factory.",
+    ),
+    "unknown_fields": (
+        "info",
+        "The row has fields that neither TRL's formats nor MaskLens's conversions read. TRL carries extra columns "
+        "along and never renders them, so whatever they hold is not trained.",
+        "Nothing to fix if they are metadata (ids, sources); if one holds training text, move it into the messages "
+        "(or rename it to the field it is meant to be).",
+    ),
+    "content_parts_printed": (
+        "warning",
+        "Message content is a list of typed parts ({'type': 'text', 'text': ...}), and this chat template prints the "
+        "list itself (its Python text, \"[{'type': 'text', ...}]\") instead of reading the parts: the model is "
+        "trained on that text. TRL 1.16 passes the parts to the template as they are, so it trains on it too.",
+        "Join the text parts into one string (option content_parts=join: parts joined with nothing between them, as "
+        "templates that read parts print them), store content as strings, or use a template that reads parts.",
+    ),
+    "image_tokens_trained": (
+        "warning",
+        "Image placeholder tokens (e.g. <|image_pad|>) are trained: TRL 1.16's vision collator (DataCollatorFor"
+        "VisionLanguageModeling) only masks padding unless assistant_only_loss or completion_only_loss is set, so the "
+        "loss includes predicting the image tokens, which the model never has to generate.",
+        "Set assistant_only_loss=True (a template with {% generation %} markers, e.g. TRL's training twin), or give "
+        "prompt/completion rows (completion_only_loss); or mask the image token ids in a custom collator.",
+    ),
 }
 
 

@@ -130,7 +130,7 @@ def test_navigation_and_jump(loaded):
 def test_bundled_samples_all_load(smol_tok):
     choices = sample_choices()
     names = [n for _, n in choices]
-    assert names[:3] == ["chat_multiturn.jsonl", "agent_traces.jsonl", "reasoning.jsonl"] and len(names) == 10
+    assert names[:3] == ["chat_multiturn.jsonl", "agent_traces.jsonl", "reasoning.jsonl"] and len(names) == 13
     assert all(label.startswith(n + " — ") for label, n in choices)  # a one-line description beside each file
     for name in names:
         d = load_sample(name)

@@ -62,14 +62,17 @@ def test_weight_and_train_flags_are_not_trained(smol_tok):
 
 @pytest.mark.parametrize("row,pattern", [
     ({"messages": [{"role": "wizard", "content": "x"}]}, r"field 'messages\[0\]\.role'.*unknown role"),
-    ({"messages": [{"role": "user", "content": ["a"]}]}, r"messages\[0\]\.content.*must be a string"),
+    ({"messages": [{"role": "user", "content": ["a"]}]}, r"messages\[0\]\.content\[0\].*part must be an object"),
+    ({"messages": [{"role": "user", "content": 3}]}, r"messages\[0\]\.content.*must be a string or a list of parts"),
     ({"messages": [{"role": "user"}]}, r"messages\[0\]\.content.*no 'content'"),
     ({"messages": []}, r"empty list"),
     ({"prompt": "x"}, r"field 'completion'.*missing"),
     ({"prompt": "x", "completion": [{"role": "assistant", "content": "y"}]}, r"both as strings"),
     ({"input_ids": [1, 2], "labels": [1]}, r"field 'labels'.*has 1 entries"),
     ({"messages": [{"role": "user", "content": "x", "weight": 0}]}, r"only assistant messages"),
-    ({"messages": [{"role": "assistant", "content": "x", "weight": 2}]}, r"weight must be 0 or 1"),
+    ({"messages": [{"role": "assistant", "content": "x", "weight": 2}]}, r"weight must be a number from 0 to 1, got 2"),
+    ({"messages": [{"role": "assistant", "content": "x", "weight": -0.5}]}, r"weight must be a number from 0 to 1"),
+    ({"messages": [{"role": "assistant", "content": "x", "weight": "1"}]}, r"weight must be a number from 0 to 1"),
     ({"foo": 1}, r"no known field"),
 ])
 def test_bad_rows(row, pattern):

@@ -1,14 +1,7 @@
-"""Reading datasets: TRL's formats (and the ones other tools write) as normalised Examples, with errors naming file,
-row, field and fix. `formats` (Example, kinds, normalize_row, load_examples), `reader` (files, streamed line by line),
-`schema` (what `datasets` does to rows).
+"""The data layer: datasets read row by row, checked, and normalised into Examples (never imports masking/training).
 
-Example: load_examples("chat.jsonl")[0].kind -> "messages"
+Public names are those of core.data.formats; see it for where each lives.
 """
 
-from .formats import (KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, KINDS, ROLES, Example,
-                      is_trained_flag_off, load_examples, load_examples_lenient, normalize_row, read_rows,
-                      schema_findings, schema_union)
-
-__all__ = ["KINDS", "KIND_MESSAGES", "KIND_PC_CONV", "KIND_PC_TEXT", "KIND_TEXT", "KIND_TOKENS", "ROLES", "Example",
-           "is_trained_flag_off", "load_examples", "load_examples_lenient", "normalize_row", "read_rows",
-           "schema_findings", "schema_union"]
+from .formats import *  # noqa: F401,F403
+from .formats import __all__  # noqa: F401

@@ -27,24 +27,6 @@ from ..errors import MaskLensError
 JSON_FIELDS = ("messages", "conversations", "prompt", "completion", "tools", "input_ids", "labels", "chat_template_kwargs")
 
 
-def _looks_like_hub_id(s: str) -> bool:
-    parts = s.split("/")
-    return len(parts) == 2 and all(parts) and not s.startswith((".", "/")) and "." not in parts[1][-8:]
-
-
-def _read_hub(name: str, split: str, limit: int | None):
-    try:
-        import datasets  # noqa: PLC0415
-
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as e:
-        raise MaskLensError(f"not a local file, and loading it as a hub dataset failed: {e}", file=name,
-                            fix="check the path, or the dataset id, split and your network / HF_TOKEN") from None
-    if limit:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds.to_list()
-
-
 MAX_LINE_BYTES = 64 * 2**20  # one JSONL row; 64 MB is ~16M tokens, far past any training example
 MAX_JSON_BYTES = 256 * 2**20  # a .json document is parsed whole; bigger ones should be JSONL
 BOM = b"\xef\xbb\xbf"
@@ -55,32 +37,59 @@ Row = tuple[int, dict, "int | None"]  # (0-based row index, the raw row, 1-based
 
 
 def iter_rows(path: str | os.PathLike, split: str = "train", limit: int | None = None,
-              on_error: Callable[[MaskLensError], None] | None = None) -> Iterator[Row]:
-    """Yield (row, object, line) for each example of a JSONL/JSON/Parquet/CSV file or hub dataset id.
+              on_error: Callable[[MaskLensError], None] | None = None, config: str | None = None) -> Iterator[Row]:
+    """Yield (row, object, line) for each example of a JSONL/JSON/Parquet/CSV file, a folder (a save_to_disk
+    folder, or shards: core.data.sources) or a hub dataset (``org/name``, ``org/name:config:split``).
 
     File-level problems (missing, empty, unsupported type, no examples) always raise MaskLensError. A bad JSONL line
     raises too, unless `on_error` is given: then it receives the error, the line keeps its row number, and reading
     goes on (the app's lenient loading).
     """
+    for i, obj, line, _ in iter_located_rows(path, split, limit, on_error, config):
+        yield i, obj, line
+
+
+def iter_located_rows(path: str | os.PathLike, split: str = "train", limit: int | None = None,
+                      on_error: Callable[[MaskLensError], None] | None = None,
+                      config: str | None = None) -> Iterator[tuple[int, dict, "int | None", str]]:
+    """iter_rows, with the file each row comes from (a folder's shard; the path itself for one file)."""
+    from .sources import hub_rows, iter_dir_rows, parse_hub_spec  # noqa: PLC0415
+
     p = Path(path)
     src = str(path)
     if not p.exists():
-        if _looks_like_hub_id(src):
-            yield from _hub_rows(src, split, limit)
+        spec = parse_hub_spec(src) if not src.startswith(("/", ".", "~")) else None
+        if spec is not None:
+            name, cfg, spl = spec
+            yield from hub_rows(name, spl or split, cfg if cfg is not None else config, limit)
             return
-        raise MaskLensError("no such file", file=src,
-                            fix="give a path to a .jsonl/.json/.parquet/.csv file or a hub dataset id")
+        raise MaskLensError("no such file or folder", file=src,
+                            fix="give a path to a .jsonl/.json/.parquet/.csv file, a dataset folder (save_to_disk, "
+                                "or shards), or a hub dataset id (org/name, org/name:config:split)")
     if p.is_dir():
-        raise MaskLensError("is a directory, not a data file", file=src,
-                            fix="point --data at a .jsonl/.json/.parquet/.csv file")
+        yield from iter_dir_rows(p, split, limit, on_error, iter_file_rows)
+        return
+    for i, obj, line in iter_file_rows(p, limit, on_error):
+        yield i, obj, line, src
+
+
+def iter_file_rows(p: Path, limit: int | None = None, on_error: Callable[[MaskLensError], None] | None = None,
+                   empty_ok: bool = False) -> Iterator[Row]:
+    """One data file's rows. empty_ok: a file without rows yields nothing (a folder's shard) instead of raising."""
+    src = str(p)
     suffix = p.suffix.lower()
+    if suffix == ".zip":
+        raise MaskLensError("is a zip file", file=src,
+                            fix="unzip it and point at the folder (the app unpacks uploaded zips itself)")
     if suffix not in SUFFIXES:
         raise MaskLensError(f"unsupported file type {suffix or '(none)'!r}", file=src,
-                            fix="use .jsonl, .json, .parquet or .csv")
+                            fix="use .jsonl, .json, .parquet or .csv (or a dataset folder)")
     if p.stat().st_size == 0:
+        if empty_ok:
+            return
         raise MaskLensError("the file is empty", file=src, fix="add at least one example")
     if suffix == ".jsonl":
-        rows = iter_jsonl(p, limit, on_error)
+        rows = iter_jsonl(p, limit, on_error, span=(0, None, 0, 0) if empty_ok else None)
     elif suffix == ".json":
         rows = _json_rows(p, limit)
     else:
@@ -89,7 +98,7 @@ def iter_rows(path: str | os.PathLike, split: str = "train", limit: int | None =
     for r in rows:
         n += 1
         yield r
-    if n == 0 and suffix != ".jsonl":  # iter_jsonl says it itself, naming blank lines
+    if n == 0 and suffix != ".jsonl" and not empty_ok:  # iter_jsonl says it itself, naming blank lines
         raise MaskLensError("the file has no examples", file=src, fix="add at least one example")
 
 
@@ -305,9 +314,3 @@ def _decode_json_cells(r: dict, src: str, i: int) -> dict:
                 raise MaskLensError("holds JSON nested too deeply to read", file=src, row=i, field=k,
                                     fix="the cell is damaged or generated wrongly: remove the row") from None
     return r
-
-
-# ----------------------------------------------------------------------------------------------------------- hub
-def _hub_rows(name: str, split: str, limit: int | None) -> Iterator[Row]:
-    for i, r in enumerate(_read_hub(name, split, limit)):
-        yield i, r, None

@@ -17,7 +17,8 @@ from .labels import IGNORE, LabelSource
 from .layout import Layout
 from .rendering import Rendering
 from .spans import MessageSpan
-from .strategies import Decider, StrategyContext, StrategyKind, StrategySpec, message_weight
+from ..data.example import message_weight
+from .strategies import Decider, StrategyContext, StrategyKind, StrategySpec
 
 
 _NOT_APPLICABLE = Decider(lambda idx, part: (False, "not trained: the strategy does not apply to this row"))

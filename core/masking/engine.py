@@ -35,7 +35,8 @@ from .rendered import RenderedExample, Segment, TokenInfo  # noqa: F401  (public
 from .rendering import Rendering, TemplatePlan, render_batch
 from .response_template import OldCollator
 from .spans import TemplateInfo
-from .strategies import Strategy, StrategyKind, get_strategy, message_weight  # noqa: F401  (Strategy: public)
+from ..data.example import message_weight
+from .strategies import Strategy, StrategyKind, get_strategy  # noqa: F401  (Strategy: public)
 from .template_info import analyze_template
 from .user_code import collator_labels
 from .vocab import marker_ids, pad_id_for, token_ids, vocab_id  # noqa: F401  (public names)

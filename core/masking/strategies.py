@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
+from ..data.example import message_weight
+
 
 class StrategyKind(str, Enum):
     """How a strategy decides. Values are what ``register(kind=...)`` takes."""
@@ -107,16 +109,6 @@ def unregister(name: str) -> None:
     spec = _REGISTRY.get(name)
     if spec is not None and not spec.builtin:
         del _REGISTRY[name]
-
-
-# ------------------------------------------------------------------------------------------------ message weights
-def message_weight(message: dict) -> float:
-    """A message's share of the loss from the data: `weight` (OpenAI format, 0..1; LLaMA-Factory's `loss_weight` is
-    converted to it) or `train: false` (axolotl) = 0. Example: {"weight": 0.5} -> 0.5; {} -> 1.0."""
-    if message.get("train", True) is False:
-        return 0.0
-    w = message.get("weight", 1)
-    return 0.0 if w is False else (1.0 if w is True else float(w))
 
 
 # ------------------------------------------------------------------------------------------------ built-in deciders
