@@ -161,11 +161,15 @@ def _encode(tokenizer, live: list[_Staged]) -> None:
 
 def _finish(s: _Staged, k: int, lctx: LabelContext, batch: _Batch) -> RenderedExample:
     """Stages 4 and 5 for one example, and the result."""
+    labels = build_labels(s.ex, s.rendering, s.decision, s.enc, s.prompt_enc, lctx, id(s))
+    findings = [*s.rendering.findings, *s.layout.findings, *s.decision.findings, *labels.findings]
+    findings += diagnose(s.ex, s.rendering.text, s.layout, s.decision, labels, s.enc, batch.diagnose, findings)
+    return result(s, labels, findings, batch.cfg.strategy)
+
+
+def result(s: _Staged, labels, findings: list[Finding], strategy: str) -> RenderedExample:
+    """The RenderedExample of a finished example (why each token trains is explained only when asked)."""
     ex, rendering, layout, decision = s.ex, s.rendering, s.layout, s.decision
-    labels = build_labels(ex, rendering, decision, s.enc, s.prompt_enc, lctx, id(s))
-    findings = [*rendering.findings, *layout.findings, *decision.findings, *labels.findings]
-    findings += diagnose(ex, rendering.text, layout, decision, labels, s.enc, batch.diagnose, findings)
-    strategy = batch.cfg.strategy
     return RenderedExample(
         row=ex.row, kind=ex.kind, input_ids=labels.input_ids, labels=labels.train_labels, weights=labels.weights,
         text=rendering.text, findings=findings, messages=ex.messages, token_rules=labels.token_rules,

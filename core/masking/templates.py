@@ -136,8 +136,8 @@ def render_many(tokenizer, jobs: list[RenderJob], special_map: dict | None = Non
 
 
 def _clean(messages: list[dict]) -> list[dict]:
-    # transformers' apply_chat_template drops keys whose value is None before rendering
-    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+    # transformers' apply_chat_template drops keys whose value is None before rendering (most messages have none)
+    return [{k: v for k, v in m.items() if v is not None} if None in m.values() else m for m in messages]
 
 
 def _render_one(job: RenderJob, base: dict):
