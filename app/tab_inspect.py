@@ -27,27 +27,20 @@ from .session import (DEFAULT_SAMPLE, EMBEDDED, Session, Settings, escape, get_t
 log = logging.getLogger(__name__)
 
 # The token view's tooltip: one listener on the component, reading data-k from the hovered token and the view's
-# data-info table (no per-token markup beyond id, label and key). Survives value updates: gradio swaps innerHTML
-# below `element`, and the listener sits on `element` itself.
+# data-info table (no per-token markup beyond id, label and key). Survives value updates: the listener sits on
+# `element` itself. Nothing is remembered between hovers: Gradio patches a new value into the same elements (the
+# .tv div and the spans stay, their attributes and children change), so a cache keyed on an element would describe
+# an earlier view. Reading the table and the token list per hover costs well under a millisecond at 4,000 tokens.
 TOKEN_VIEW_JS = r"""
 const tip = document.getElementById('ml-tip') || Object.assign(document.createElement('div'), {id: 'ml-tip'});
 if (!tip.parentNode) document.body.appendChild(tip);
-const cache = new WeakMap();
-const info = (tv) => {
-  let v = cache.get(tv);
-  if (!v) {
-    v = {t: JSON.parse(tv.dataset.info || '[]'), toks: tv.querySelectorAll('[data-token-id]')};
-    cache.set(tv, v);
-  }
-  return v;
-};
 element.addEventListener('mouseover', (e) => {
   const s = e.target.closest && e.target.closest('[data-token-id]');
   if (!s) { tip.style.display = 'none'; return; }
   const tv = s.closest('.tv'); if (!tv) return;
-  const v = info(tv);
-  const pos = Array.prototype.indexOf.call(v.toks, s);
-  const [msg, role, part, rule] = v.t[+s.dataset.k] || [null, '', '', ''];
+  const toks = tv.querySelectorAll('[data-token-id]');
+  const pos = Array.prototype.indexOf.call(toks, s);
+  const [msg, role, part, rule] = JSON.parse(tv.dataset.info || '[]')[+s.dataset.k] || [null, '', '', ''];
   const lab = s.dataset.label;
   const where = msg === null ? 'template text (no message)' : role ? `message ${msg} (${role})` : `example #${msg + 1}`;
   tip.className = lab === '-100' ? 'tip-n' : 'tip-y';
@@ -56,9 +49,9 @@ element.addEventListener('mouseover', (e) => {
   const lit = (el) => '`' + JSON.stringify(raw(el)).slice(1, -1) + '`';
   // The label shift: labels are unshifted; the model predicts token i from position i-1 (it shifts them itself).
   let shift = '';
-  if (lab !== '-100') shift = pos > 0 ? `\npredicted from ${lit(v.toks[pos - 1])} at ${pos - 1}` :
+  if (lab !== '-100') shift = pos > 0 ? `\npredicted from ${lit(toks[pos - 1])} at ${pos - 1}` :
     '\nnever predicted: no token precedes position 0 (its label is dropped by the shift)';
-  const nxt = v.toks[pos + 1];
+  const nxt = toks[pos + 1];
   if (nxt && nxt.dataset.label !== '-100') shift += `\nthe output here is trained: it predicts #${pos + 1}`;
   tip.textContent = `#${pos}  id ${s.dataset.tokenId}  label ${lab}${lab === '-100' ? ' (ignored)' : ''}` +
     `${s.classList.contains('x') ? '  special' : ''}\n${where} · part: ${part}\n${rule}${shift}\n` +
