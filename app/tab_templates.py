@@ -23,7 +23,7 @@ from core.trl_templates import SOURCE_TRL_TWIN, training_template, trl_version
 
 from . import render
 from .session import Session, unescape
-from .tab_inspect import template_choice
+from .tab_inspect import MARKED_TEMPLATE, template_choice
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def template_source_text(session: Session) -> str:
     picked = template_choice(session)
     if picked.startswith("trl:"):
         return f"TRL's <code>{render.esc(picked[4:])}</code>, picked in Inspect"
+    if picked == MARKED_TEMPLATE:
+        return "the tokenizer's own chat template with the {% generation %} markers picked in Inspect"
     return "the template edited in Inspect"
 
 
@@ -131,16 +133,25 @@ def on_generate(session: Session):
                     "<code>assistant_only_loss=True</code>: here it is, to read, download or use in Inspect. It "
                     "is prefix-preserving rather than identical to the inference template (e.g. earlier turns keep "
                     "their reasoning), so no render-identity proof applies.</div>", tt.template, str(path))
-        marked = add_generation_markers(tok, original)
-        examples = [e for e in (session.data.examples if session.data else []) if e.kind == "messages"]
-        session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
-        examples.append(normalize_row({"messages": PROBE_CONVERSATION}, len(examples)))
-        proof = verify_generation_template(tok, original, marked, examples)
+        marked, proof = marked_twin(session)
     except Exception as e:  # noqa: BLE001
         return _fail(e), "", None
     path = Path(tempfile.mkdtemp(prefix="masklens-")) / "chat_template_training.jinja"
     path.write_text(marked, encoding="utf-8")
     return render.proof_html(proof), marked, str(path)
+
+
+def marked_twin(session: Session, limit: int | None = None):
+    """(marked template, proof): the template in use with {% generation %} markers added (core.checks), proven on the
+    dataset's conversations (the first `limit` of them) plus a probe. Raises MaskLensError when markers cannot be
+    added to this template."""
+    tok = session.tokenizer()
+    original = _template(session)
+    marked = add_generation_markers(tok, original)
+    examples = [e for e in (session.data.examples if session.data else []) if e.kind == "messages"][:limit]
+    session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
+    examples.append(normalize_row({"messages": PROBE_CONVERSATION}, len(examples)))
+    return marked, verify_generation_template(tok, original, marked, examples)
 
 
 def _with_button(proof: str, marked: str, path: str | None):

@@ -24,6 +24,11 @@ def tokens_of(html: str) -> list[tuple[str, int, int]]:
     return [(c, int(i), int(lab)) for c, i, lab, _ in TOKEN_RE.findall(html)]
 
 
+def inspect_out(res) -> "tab_inspect.InspectOut":
+    """The InspectOut part of a callback that also returns other outputs (on_sample, on_upload: the template text)."""
+    return tab_inspect.InspectOut(*res[:len(tab_inspect.InspectOut._fields)])
+
+
 def settings_values(**overrides) -> list:
     s = Settings(**overrides)
     return [getattr(s, n) for n in SETTING_NAMES]
@@ -142,7 +147,7 @@ def test_bundled_samples_all_load(smol_tok):
 
 def test_upload_broken_file_lists_bad_rows_and_shows_valid_ones(loaded):
     out, _ = loaded
-    res = tab_inspect.on_upload(out.session, str(SAMPLES_DIR / "broken.jsonl"))
+    res = inspect_out(tab_inspect.on_upload(out.session, str(SAMPLES_DIR / "broken.jsonl")))
     assert res.error == ""
     assert "2 examples" in res.data_info and "5 rows could not be read" in res.data_info
     for needle in ("unknown role", "content must be a string", "has no &#x27;content&#x27;", "not valid JSON",
@@ -161,7 +166,7 @@ def test_upload_unreadable_file_is_an_error_message_not_an_exception(loaded, tmp
     out, _ = loaded
     p = tmp_path / name
     p.write_bytes(content if isinstance(content, bytes) else content.encode())
-    res = tab_inspect.on_upload(out.session, str(p))
+    res = inspect_out(tab_inspect.on_upload(out.session, str(p)))
     shown = res.error + res.data_info
     assert needle in shown
     assert name in shown  # the user's file name, not the temporary path
@@ -381,7 +386,8 @@ def test_compare_new_options_equal_the_engine(smol_tok):
 def test_audit_counts_match_core_and_open_in_inspect(loaded, smol_tok):
     out, _ = loaded
     s = out.session
-    tab_inspect.on_sample(s, "text.jsonl")  # assistant_only on plain text: nothing trained anywhere
+    tab_inspect.on_sample(s, "text.jsonl")  # the strategy follows the data: full
+    s.settings.strategy = "assistant_only"  # assistant_only on plain text: nothing trained anywhere
     head, fig_share, fig_len, counts, problems = tab_audit.on_audit(s, progress=lambda *a, **k: None)
     rep, _ = audit(s.data.examples, smol_tok, s.config())
     assert len(problems) == len(rep.problems) == 3
