@@ -172,11 +172,10 @@ def template_line_html(rendered: RenderedExample | None, label: str | None = Non
 
 def cannot_patch_line_html(template: str, trl_version: str) -> str:
     """The line above the tokens where TRL has no training template for the chat template in use: what is in
-    effect, and why, in plain words (the button under it offers the marked template)."""
-    return (f'<div class="tpl-line" data-source="own">Template: <b>{esc(template)}</b>, masked by MaskLens. '
-            f"TRL {esc(trl_version)} has no training template for this chat template, so its "
-            "<code>assistant_only_loss</code> would stop with an error: these labels are MaskLens's own reading of "
-            "the turns. A copy with <code>{% generation %}</code> markers trains the same way in TRL.</div>")
+    effect, and why, in one plain sentence (the button under it offers the marked template)."""
+    return (f'<div class="tpl-line" data-source="own">Template: <b>{esc(template)}</b>, masked by MaskLens: TRL '
+            f"{esc(trl_version)} has no training template for this model's chat template (its "
+            "<code>assistant_only_loss</code> would stop with an error).</div>")
 
 
 def notice_html(notice: str) -> str:
@@ -326,7 +325,7 @@ def location_text(location: dict, items: int = 3, chars: int = 48) -> str:
 APP_FIXES = {
     "template_ambiguous": "Tick 'Templates are token ids' under Options and give the in-context ids from the message, "
                           "or use assistant_only.",
-    "trl_cannot_patch": "Click 'Use a proven {% generation %}-marked template' above the tokens (Templates → "
+    "trl_cannot_patch": "Click 'Use a proven {% generation %}-marked copy' above the tokens (Templates → "
                         "Generate shows and downloads it), pick a chat template TRL knows under Chat template, or "
                         "export these labels pre-tokenized (Export tab): TRL trains on a labels column as it is.",
     "template_swapped": "Nothing to fix if intended; to train on what inference shows, tick split_turns under Options "

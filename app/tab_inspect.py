@@ -139,7 +139,7 @@ def source_update(session: Session) -> dict:
         return gr.update(value="own", interactive=False,
                          info=f"In effect: MaskLens's own masking. TRL {trl_version()} has no training template for "
                               "this chat template (its assistant_only_loss would stop with an error); 'Use a proven "
-                              "marked template' above the tokens gives it the {% generation %} markers TRL needs.")
+                              "{% generation %}-marked copy' above the tokens gives it the markers TRL needs.")
     return gr.update(value=session.settings.template_source, interactive=True, info=config_help("template_source"))
 
 
@@ -581,6 +581,8 @@ def on_tokenizer(session: Session, name: str):
 def on_sample(session: Session, choice: str):
     """The Data picker: a bundled sample, or the session's uploaded file again. The strategy and the chat template
     follow the data (fit_strategy, fit_template). Returns InspectOut + (chat template text)."""
+    if choice == data_value(session) and session.index == 0 and session.turn is None:
+        return _unchanged()  # Gradio's dropdown sends a pick twice: the second must not wipe the first's notice
     previous = data_kind(session.data)
     try:
         up = session.uploaded
@@ -593,6 +595,11 @@ def on_sample(session: Session, choice: str):
         return (*view(session, _err(e)), _template_text(session))
     notice = _fit(session, previous)
     return (*view(session, notice=notice), _template_text(session))
+
+
+def _unchanged() -> tuple:
+    """Nothing to update: InspectOut's outputs and the template text, all skipped."""
+    return tuple(gr.skip() for _ in range(len(InspectOut._fields) + 1))
 
 
 def on_upload(session: Session, path: str | None):
@@ -723,6 +730,8 @@ def on_pick_template(session: Session, choice: str):
     """The chat template picker: the tokenizer's own, or one of TRL's shipped templates (as a model's tokenizer
     carries it, so TRL's training-template swap shows), or the tokenizer's own with proven {% generation %} markers
     (on_use_marked). Returns InspectOut + (template text for the code box)."""
+    if choice == template_choice(session) and choice != EDITED_TEMPLATE:
+        return _unchanged()  # a pick sent twice (see on_sample)
     session.auto_template = None
     if choice == MARKED_TEMPLATE:
         return on_use_marked(session)
@@ -877,9 +886,9 @@ def build_inspect_tab(session: gr.State) -> InspectTab:
             error = gr.HTML(elem_id="inspect-error")
             notice = gr.HTML(elem_id="inspect-notice")
             template_line = gr.HTML(elem_id="template-line")
-            use_marked = gr.Button("Use a proven {% generation %}-marked template", visible=False, size="sm",
-                                   variant="primary", elem_id="use-marked")
-            with gr.Row(elem_classes="tv-tools"):
+            use_marked = gr.Button("Use a proven {% generation %}-marked copy: TRL trains on it the same way",
+                                   visible=False, size="sm", variant="primary", elem_id="use-marked")
+            with gr.Row(elem_classes="tv-tools", elem_id="tv-tools"):
                 gr.HTML('<span class="tools-label">bar under each token:</span>', padding=False)
                 underline = gr.Radio(choices=list(render.UNDERLINES), value=DISPLAY_DEFAULTS["underline"],
                                      label="bar under tokens", container=False, scale=0, min_width=160,

@@ -113,3 +113,65 @@ def test_the_tooltip_names_the_hovered_token_after_every_kind_of_re_render(page,
     wait_render(page, before)
     check_tooltips(page, "upload")
     shot(page, "tooltip_after_upload")
+
+
+def labels(pg) -> list[str]:
+    return pg.eval_on_selector_all(TOKENS, "els => els.map(e => e.dataset.label)")
+
+
+def test_the_first_view_says_what_is_in_effect_and_offers_the_marked_template_in_one_click(page):
+    line = page.locator("#template-line").inner_text()
+    assert "masked by MaskLens" in line and "no training template for this model's chat template" in line
+    assert "raises" not in line and "Error" not in line  # one plain sentence, no exception text
+    own = page.locator("#template-source input[value='own']")
+    assert own.is_checked() and own.is_disabled()  # the source in effect, not a choice here
+    finding = page.locator("#findings [data-code='trl_cannot_patch']")
+    assert "ValueError" not in finding.locator(".fm").inner_text()  # TRL's message is folded away
+    assert not finding.locator("details").evaluate("d => d.open")
+    before = labels(page)
+    shot(page, "first_view")
+
+    page.locator("#use-marked").click()
+    page.wait_for_selector("#inspect-notice:has-text('proven on')", timeout=30_000)
+    assert "{% generation %} markers" in page.locator("#template-line").inner_text()
+    trl = page.locator("#template-source input[value='trl']")
+    assert trl.is_checked() and trl.is_enabled()
+    assert "generation" in page.locator("#template-pick input").input_value()
+    assert page.locator("#findings [data-code='trl_cannot_patch']").count() == 0
+    assert not page.locator("#use-marked").is_visible()
+    assert labels(page) == before  # proven: the same labels, now as TRL computes them
+    shot(page, "first_view_marked")
+
+
+@pytest.mark.parametrize("sample, n, part", [("reasoning.jsonl", 8, "pr"), ("tools.jsonl", 3, "pt"),
+                                             ("agent_traces.jsonl", 8, "pt")])
+def test_samples_show_their_feature(page, sample, n, part):
+    """The tokenizer's own (SmolLM2) template renders neither reasoning nor tool calls: the app switches to TRL's
+    qwen3 with this vocabulary and says so; the feature's tokens are there and trained."""
+    from tests.test_browser import choose_sample
+
+    choose_sample(page, sample, n)
+    page.wait_for_selector("#inspect-notice:has-text('qwen3.jinja')", timeout=30_000)
+    assert "qwen3" in page.locator("#template-pick input").input_value()
+    trained = f'#token-view span.{part}:not([data-label="-100"])'
+    page.wait_for_function(f"() => document.querySelectorAll({trained!r}).length > 0", timeout=20_000)
+    assert page.locator("#findings [data-code='tool_call_not_trained']").count() == 0
+    assert page.locator("#findings [data-code='reasoning_not_rendered']").count() == 0
+    if part == "pr":  # the Reasoning option now does something: think blocks rendered, not trained
+        page.locator("#reasoning").get_by_role("radio", name="mask").check()
+        page.wait_for_function(f"() => document.querySelectorAll({trained!r}).length === 0 && "
+                               "document.querySelectorAll('#token-view span.pr').length > 0", timeout=20_000)
+    shot(page, f"sample_{sample.split('.')[0]}")
+
+
+def test_the_strategy_follows_the_data(page):
+    from tests.test_browser import choose_sample
+
+    choose_sample(page, "prompt_completion.jsonl", 4)
+    page.wait_for_selector("#inspect-notice:has-text('Strategy set to completion_only')", timeout=20_000)
+    assert page.get_by_role("radio", name="completion_only", exact=True).is_checked()
+    assert page.locator('#token-view [data-token-id]:not([data-label="-100"])').count() > 0
+    assert page.locator("#findings .sev-error").count() == 0
+    choose_sample(page, "chat_multiturn.jsonl", 6)
+    page.wait_for_selector("#inspect-notice:has-text('Strategy set to assistant_only')", timeout=20_000)
+    assert page.get_by_role("radio", name="assistant_only", exact=True).is_checked()
