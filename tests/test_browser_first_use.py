@@ -175,3 +175,120 @@ def test_the_strategy_follows_the_data(page):
     choose_sample(page, "chat_multiturn.jsonl", 6)
     page.wait_for_selector("#inspect-notice:has-text('Strategy set to assistant_only')", timeout=20_000)
     assert page.get_by_role("radio", name="assistant_only", exact=True).is_checked()
+
+
+SIZES = [(1600, 1000), (1280, 800), (390, 844)]
+
+
+@pytest.mark.parametrize("width, height", SIZES)
+def test_tokens_come_first_and_every_tab_is_in_sight(browser, app_url, width, height):  # noqa: F811
+    """At each size the first screen shows tokens; on a phone the long option panels start folded; every tab's
+    button is on screen (no overflow menu)."""
+    ctx = browser.new_context(viewport={"width": width, "height": height})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        pg.goto(app_url)
+        pg.wait_for_selector(TOKENS, timeout=60_000)
+        pg.wait_for_timeout(500)  # the phone's panels fold after the first render
+        top = pg.evaluate("() => document.querySelector('#token-view').getBoundingClientRect().top")
+        assert top < height * 0.6, top
+        for name in ("Inspect", "Rules", "Compare", "Templates", "Audit", "Export", "Train"):
+            tab = pg.get_by_role("tab", name=name)
+            assert tab.is_visible() and tab.bounding_box()["x"] + tab.bounding_box()["width"] <= width, name
+        folded = pg.evaluate("() => [...document.querySelectorAll('.fold-narrow > button.label-wrap')]"
+                             ".map(b => b.classList.contains('open'))")
+        assert folded == ([False, False] if width < 700 else [True, True])
+        shot(pg, f"first_view_{width}x{height}")
+        shot(pg, f"first_view_{width}x{height}_full", full_page=True)
+    finally:
+        ctx.close()
+    assert not errors, errors
+
+
+def test_an_upload_is_selected_in_the_data_picker_and_can_be_picked_again(page):
+    from tests.test_browser import choose_sample
+
+    page.locator(UPLOAD).set_input_files(str(REPO / "assets" / "samples" / "weighted.jsonl"))
+    page.wait_for_selector("#data-info:has-text('weighted.jsonl')", timeout=20_000)
+    page.wait_for_function("() => document.querySelector('#sample input').value.includes('your upload')",
+                           timeout=20_000)
+    choose_sample(page, "chat_multiturn.jsonl", 6)
+    page.locator("#sample input").click()
+    page.get_by_role("option", name="weighted.jsonl — your upload").click()
+    page.wait_for_selector("#caption:has-text('of 3')", timeout=20_000)
+    assert "weighted.jsonl" in page.locator("#data-info").inner_text()
+
+
+def test_messages_name_the_apps_controls_and_leave_no_toasts(page, tmp_path):
+    """A tokenizer without a chat template: the fix names the Chat template picker, not a CLI flag; errors stay in
+    the page's error box (no toast outliving them)."""
+    import json
+
+    from core.models import load_tokenizer
+
+    d = tmp_path / "no_template_tok"
+    load_tokenizer().save_pretrained(d)  # the embedded tokenizer, its chat template taken out
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    for extra in d.glob("*.jinja"):
+        extra.unlink()
+    page.locator("#tokenizer-name textarea, #tokenizer-name input").first.fill(str(d))
+    page.locator("#tokenizer-load").click()
+    page.wait_for_selector("#inspect-error .errbox", timeout=60_000)
+    text = page.locator("#inspect-error").inner_text()
+    assert "Chat template" in text and "--" not in text, text
+    assert page.locator(".toast-body").count() == 0
+    shot(page, "no_chat_template")
+
+
+def test_a_number_out_of_range_says_which_example_is_shown(page):
+    box = page.locator("#example-number input")
+    box.fill("99")
+    box.press("Enter")
+    page.wait_for_selector("#inspect-notice:has-text('There is no example 99')", timeout=20_000)
+    assert "example 6 of 6" in page.locator("#caption").inner_text()
+    page.get_by_role("button", name="◀ Prev").click()
+    page.wait_for_selector("#caption:has-text('example 5 of 6')", timeout=20_000)
+    assert page.locator("#inspect-notice .notice").count() == 0  # a notice lasts one view
+
+
+def test_compare_opens_on_two_configurations_with_its_own_marker(page):
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-run").click()
+    page.wait_for_selector("#compare-summary .ndiff", timeout=30_000)
+    assert page.locator("#cmp-view-a").is_visible() and page.locator("#cmp-view-b").is_visible()
+    assert not page.locator("#cmp-box-c").is_visible()
+    assert "labels differing vs A" in page.locator("#compare-summary").inner_text()
+    colours = page.evaluate("""() => ({
+      diff: getComputedStyle(document.querySelector('#cmp-view-a span.d')).boxShadow,
+      eot: getComputedStyle(document.querySelector('#cmp-view-a span.pe')).borderBottomColor})""")
+    assert colours["eot"] not in colours["diff"], colours
+    shot(page, "compare_two")
+
+
+def test_export_offers_split_rows_only_with_split_turns(page):
+    page.get_by_role("tab", name="Export").click()
+    page.wait_for_selector("#export-format input[value='JSONL']", timeout=20_000)
+    assert page.locator("#export-format input[value^='split rows']").count() == 0
+    page.get_by_role("tab", name="Inspect").click()
+    page.locator("#split-turns input").check()
+    page.wait_for_selector("#turn-pick", timeout=20_000)
+    page.get_by_role("tab", name="Export").click()
+    page.wait_for_selector("#export-format input[value^='split rows']", timeout=20_000)
+
+
+def test_train_estimates_the_time_before_start(page):
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_selector("#train-estimate .estimate", timeout=30_000)
+    text = page.locator("#train-estimate").inner_text()
+    assert text.startswith("Estimate: 20 steps ≈") and "tokens/s" in text, text
+    steps = page.locator("#train-steps input")
+    steps.fill("40")
+    steps.press("Enter")
+    page.wait_for_selector("#train-estimate:has-text('Estimate: 40 steps')", timeout=20_000)
+    assert page.locator("#train-name input, #train-name textarea").first.get_attribute("placeholder").startswith(
+        "empty: strategy + time")
+    shot(page, "train_estimate")
