@@ -20,7 +20,7 @@ from core.errors import MaskLensError
 
 from . import render
 from .session import Session, unescape
-from .tab_inspect import TOKEN_VIEW_JS, strategy_choices, template_choice
+from .tab_inspect import MARKED_TEMPLATE, TOKEN_VIEW_JS, strategy_choices, template_choice
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ def resolve_template(session: Session, choice: str) -> tuple[str | None, str]:
         if not session.chat_template:
             return None, ""
         picked = template_choice(session)
-        return session.chat_template, picked[4:] if picked.startswith("trl:") else "Inspect's template"
+        name = picked[4:] if picked.startswith("trl:") else \
+            "marked template" if picked == MARKED_TEMPLATE else "Inspect's template"
+        return session.chat_template, name
     if choice.startswith("trl:"):
         name = choice[4:]
         path = trl_templates().get(name)

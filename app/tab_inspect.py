@@ -282,7 +282,8 @@ def fit_template(session: Session) -> str:
     auto = session.auto_template
     was_auto = auto is not None and session.chat_template == auto[0]
     base = auto[1] if was_auto else session.chat_template
-    if session.data is None or base not in (None, marked_template_of(session)):
+    if session.data is None or base not in (None, marked_template_of(session)) or \
+            not any(ex.messages for ex in session.data.examples):  # no conversation: the template does not matter
         return ""
     session.chat_template, session.auto_template = base, None
     name = template_name(session)

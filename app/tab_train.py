@@ -233,8 +233,8 @@ def tokens_per_example(session: Session, max_length, limit: int = 200) -> float:
 
 
 def on_estimate(session: Session, model, lora, max_steps, batch_size, grad_accum, max_length, packing) -> str:
-    """How long Start would take (train_view.estimate_html): tokens per step from the session's data, tokens per
-    second from this model's last runs here, else the project's reference measurements of the embedded model."""
+    """How long Start would take (train_view.estimate_html): tokens per step from the session's data, seconds per
+    step from this model's last runs here, else the project's reference measurements of the embedded model."""
     import os  # noqa: PLC0415
 
     try:
@@ -247,11 +247,12 @@ def on_estimate(session: Session, model, lora, max_steps, batch_size, grad_accum
         key = (model or "").strip() or tv.field_default("model")
         if not is_embedded(key) and Path(key).expanduser().is_dir():
             key = str(Path(key).expanduser().resolve())  # as core.runs records it
-        rates = tv.rates_of(run_views(), "embedded" if is_embedded(key) else key, bool(lora))
-        reference = not rates
+        key = "embedded" if is_embedded(key) else key
+        measured = tv.steps_of(run_views(), key, bool(lora))
+        reference = not measured
         if reference:
-            rates = list(tv.REFERENCE_TOKENS_PER_S.get(("embedded" if is_embedded(key) else key, bool(lora)), ()))
-        return tv.estimate_html(steps, batch, per_example, rates, reference,
+            measured = tv.REFERENCE_STEPS.get((key, bool(lora)), [])
+        return tv.estimate_html(steps, batch, per_example, measured, reference,
                                 (os.getloadavg()[0], os.cpu_count() or 1))
     except Exception:  # noqa: BLE001 - a bad form value: Start names it; the estimate just stays away
         log.debug("no estimate", exc_info=True)

@@ -374,50 +374,57 @@ def run_name(typed: str | None, strategy: str, now: float | None = None) -> str:
 
 # ------------------------------------------------------------------------------------------------------ estimate
 # Until a run of a model has been measured here, the estimate for the embedded model (full fine-tune, CPU) uses this
-# project's measurements (benchmarks/RESULTS_train.md): 4.4-4.7 s/step for batch 4 x ~131 tokens on 2 quiet cores
-# (~115 tokens/s), 23 s/step while other jobs ran (~23 tokens/s); loading and saving the model took ~10 s.
-REFERENCE_TOKENS_PER_S = {("embedded", False): (23.0, 115.0)}
-REFERENCE_WHERE = "this project's 2-core CPU machine, quiet and busy (benchmarks/RESULTS_train.md)"
+# project's measurements (benchmarks/RESULTS_train.md, shared notes): steps of 4 examples x ~131 tokens took 4.6 s on
+# 2 quiet cores and 23 s while other jobs ran; loading and saving the model took ~10 s.
+REFERENCE_STEPS = {("embedded", False): [(4.6, 524), (23.0, 524)]}  # (seconds per step, tokens per step)
+REFERENCE_WHERE = "on this project's 2-core CPU machine, quiet and busy (benchmarks/RESULTS_train.md)"
 LOAD_NOTE = "plus loading and saving the model (≈10 s for the embedded one)"
 
 
-def measured_rate(metrics: list[dict]) -> float | None:
-    """Tokens per second of a run, between its first and last logged step (the first step's warm-up left out)."""
-    pts = [(m["elapsed_s"], m["tokens_seen"]) for m in metrics
-           if _number(m.get("elapsed_s")) is not None and _number(m.get("tokens_seen")) is not None]
-    if len(pts) < 3 or pts[-1][0] <= pts[0][0] or pts[-1][1] <= pts[0][1]:
+def measured_step(metrics: list[dict]) -> tuple[float, float] | None:
+    """(seconds per step, tokens per step) of a run, between its first and last logged step (the first step's
+    warm-up left out). Example: steps 1..5 at 5 s and 500 tokens each -> (5.0, 500.0)."""
+    pts = [(m["step"], m["elapsed_s"], m["tokens_seen"]) for m in metrics
+           if all(_number(m.get(k)) is not None for k in ("step", "elapsed_s", "tokens_seen"))]
+    if len(pts) < 2 or pts[-1][0] <= pts[0][0] or pts[-1][1] <= pts[0][1] or pts[-1][2] <= pts[0][2]:
         return None
-    return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+    steps = pts[-1][0] - pts[0][0]
+    return (pts[-1][1] - pts[0][1]) / steps, (pts[-1][2] - pts[0][2]) / steps
 
 
-def rates_of(views: list[dict], model: str, lora: bool, last: int = 5) -> list[float]:
-    """Measured tokens/s of the last runs of this model (LoRA or not) under the runs folder."""
-    rates = [measured_rate(v["metrics"]) for v in views
+def steps_of(views: list[dict], model: str, lora: bool, last: int = 5) -> list[tuple[float, float]]:
+    """measured_step of the last runs of this model (LoRA or not) under the runs folder."""
+    found = [measured_step(v["metrics"]) for v in views
              if v["config"].get("model") == model and bool(v["config"].get("lora")) == bool(lora)]
-    return [r for r in rates if r][-last:]
+    return [m for m in found if m][-last:]
 
 
-def estimate_html(steps: int, batch: int, per_example: float, rates: list[float], reference: bool,
+def estimate_html(steps: int, batch: int, per_example: float, measured: list[tuple[float, float]], reference: bool,
                   load: tuple[float, int] | None = None) -> str:
-    """The time a run will take, before it starts: steps x tokens per step (batch x tokens per example, or per pack)
-    / tokens per second, as a range over the rates measured (else the reference), with what it depends on.
-    load: (1-minute load average, cores) now.
-    Example: estimate_html(20, 4, 131, [23, 115], True) -> "... Estimate: 20 steps ≈ 1m 31s – 7m 36s ..."."""
-    if not rates:
+    """The time a run will take, before it starts, from steps measured (seconds and tokens per step): a step of more
+    tokens takes proportionally longer, a step of fewer is not assumed faster (the optimizer update costs the same
+    per step). A range over the measurements, with what it rests on. load: (1-minute load average, cores) now.
+    Example: estimate_html(20, 4, 131, [(4.6, 524), (23.0, 524)], True) -> "... 20 steps ≈ 1m 32s – 7m 40s ..."."""
+    if not measured:
         return ('<div class="hint estimate">No time estimate for this model yet: its first run here measures it '
                 "(s/step and ETA show after the first steps).</div>")
-    lo, hi = min(rates), max(rates)
-    fast, slow = steps * batch * per_example / hi, steps * batch * per_example / lo
+    tokens = batch * per_example
+    per_step = sorted(s * max(1.0, tokens / t) for s, t in measured)
+    fast, slow = steps * per_step[0], steps * per_step[-1]
     span = fmt_duration(fast) if slow < fast * 1.25 else f"{fmt_duration(fast)} – {fmt_duration(slow)}"
-    where = (REFERENCE_WHERE if reference else
-             f"the last {len(rates)} run{'s' if len(rates) > 1 else ''} of this model here")
-    rate = f"{lo:.0f}" if hi < lo * 1.25 else f"{lo:.0f}–{hi:.0f}"
+    seen = sorted(s for s, _ in measured)
+    rate = f"{seen[0]:.1f}" if seen[-1] < seen[0] * 1.25 else f"{seen[0]:.1f}–{seen[-1]:.1f}"
+    ref_tokens = sum(t for _, t in measured) / len(measured)
+    where = REFERENCE_WHERE if reference else \
+        f"by the last {len(measured)} run{'s' if len(measured) > 1 else ''} of this model here"
     busy = ""
     if load is not None and load[0] > load[1]:
         busy = f" The machine is busy now (load {load[0]:.1f} on {load[1]} cores): expect the slow end or beyond."
     return (f'<div class="hint estimate" data-seconds="{fast:.0f}-{slow:.0f}"><b>Estimate: {steps} steps ≈ {span}</b> '
-            f"{LOAD_NOTE}: {steps} steps × {batch} examples × ~{per_example:.0f} tokens at {rate} tokens/s, measured "
-            f"on {where}. Longer examples, a larger model or other work on the machine take longer.{busy}</div>")
+            f"{LOAD_NOTE}: {rate} s per step of ~{ref_tokens:.0f} tokens, measured {where}; this run's steps hold "
+            f"~{tokens:.0f} tokens ({batch} examples × ~{per_example:.0f}). Steps with more tokens take "
+            f"proportionally longer; fewer do not make a step much faster (the optimizer update is the same).{busy}"
+            "</div>")
 
 
 def started_html(name: str, n_train: int, n_held: int, n_tokens: int, n_trained: int, strategy: str) -> str:

@@ -129,18 +129,23 @@ def test_run_names_default_to_strategy_and_time_and_stay_unique(env):
 
 
 def test_the_time_estimate_says_what_it_rests_on():
-    ref = tv.REFERENCE_TOKENS_PER_S[("embedded", False)]
-    html = tv.estimate_html(20, 4, 131, list(ref), reference=True, load=(3.5, 2))
-    # 20 x 4 x 131 tokens at 115 (quiet) to 23 (busy) tokens/s: the 4.6-23 s/step measured here
-    assert "Estimate: 20 steps ≈ 1m 31s – 7m 36s" in html and "23–115 tokens/s" in html
+    ref = tv.REFERENCE_STEPS[("embedded", False)]
+    html = tv.estimate_html(20, 4, 131, ref, reference=True, load=(3.5, 2))
+    # 20 steps of 4 x 131 tokens at the 4.6 (quiet) to 23 (busy) s/step measured here for such steps
+    assert "Estimate: 20 steps ≈ 1m 32s – 7m 40s" in html and "4.6–23.0 s per step of ~524 tokens" in html
     assert "RESULTS_train.md" in html and "busy now (load 3.5 on 2 cores)" in html
+    longer = tv.estimate_html(20, 8, 131, ref, reference=True)  # twice the tokens per step: twice the time
+    assert "Estimate: 20 steps ≈ 3m 04s – 15m 20s" in longer
+    shorter = tv.estimate_html(20, 4, 40, ref, reference=True)  # fewer tokens: not assumed faster
+    assert "Estimate: 20 steps ≈ 1m 32s – 7m 40s" in shorter
     metrics = [{"step": k, "elapsed_s": 5.0 * k, "tokens_seen": 500 * k} for k in range(1, 6)]
-    assert tv.measured_rate(metrics) == 100.0 and tv.measured_rate(metrics[:2]) is None
+    assert tv.measured_step(metrics) == tv.measured_step(metrics[:2]) == (5.0, 500.0)
+    assert tv.measured_step(metrics[:1]) is None  # one step: its time is mostly warm-up
     views = [{"config": {"model": "embedded", "lora": False}, "metrics": metrics},
              {"config": {"model": "embedded", "lora": True}, "metrics": metrics[:1]}]
-    assert tv.rates_of(views, "embedded", False) == [100.0] and tv.rates_of(views, "embedded", True) == []
-    measured = tv.estimate_html(20, 4, 125, [100.0], reference=False)
-    assert "Estimate: 20 steps ≈ 1m 40s</b>" in measured and "the last 1 run of this model here" in measured
+    assert tv.steps_of(views, "embedded", False) == [(5.0, 500.0)] and tv.steps_of(views, "embedded", True) == []
+    measured = tv.estimate_html(20, 4, 125, [(5.0, 500.0)], reference=False)
+    assert "Estimate: 20 steps ≈ 1m 40s</b>" in measured and "by the last 1 run of this model here" in measured
     assert "No time estimate" in tv.estimate_html(20, 4, 125, [], reference=True)
     s = _session()
     assert "Estimate: 20 steps" in tab_train.on_estimate(s, "embedded", False, 20, 4, 1, 1024, False)

@@ -292,3 +292,37 @@ def test_train_estimates_the_time_before_start(page):
     assert page.locator("#train-name input, #train-name textarea").first.get_attribute("placeholder").startswith(
         "empty: strategy + time")
     shot(page, "train_estimate")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, smol_tok, monkeypatch):
+    """A 2-layer random Llama with the embedded tokenizer (trains in milliseconds), runs kept in tmp_path."""
+    from tests.conftest import tiny_llama
+
+    monkeypatch.setenv("MASKLENS_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "tiny"
+    tiny_llama(smol_tok).save_pretrained(path)
+    smol_tok.save_pretrained(path)
+    return path
+
+
+def test_a_named_run_stops_and_its_stopping_message_goes(page, tiny_model_dir):
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-model textarea, #train-model input").first.fill(str(tiny_model_dir))
+    page.locator("#train-steps input").fill("5000")
+    page.locator("#train-steps input").press("Enter")
+    page.wait_for_selector("#train-estimate:has-text('No time estimate for this model yet')", timeout=20_000)
+    page.locator("#train-name textarea, #train-name input").first.fill("my first run")
+    page.locator("#train-start").click()
+    page.wait_for_selector("#train-message:has-text('Started my-first-run')", timeout=60_000)
+    page.wait_for_selector("#train-progress [data-status='running']:has-text('s/step')", timeout=120_000)
+    page.locator("#train-stop").click()
+    page.wait_for_selector("#train-message:has-text('Stopping my-first-run')", timeout=20_000)
+    page.wait_for_selector("#train-progress [data-status='stopped']", timeout=120_000)
+    page.wait_for_function("() => !document.querySelector('#train-message').innerText.includes('Stopping')",
+                           timeout=20_000)
+    assert "my-first-run" in page.locator("#train-runs").inner_text()
+    page.locator("#train-steps input").fill("100")
+    page.locator("#train-steps input").press("Enter")  # now measured here: the estimate rests on that run
+    page.wait_for_selector("#train-estimate:has-text('by the last 1 run of this model here')", timeout=20_000)
+    shot(page, "train_stopped")
