@@ -389,17 +389,23 @@ def findings_html(findings: list[Finding]) -> str:
     return '<div class="findings">' + "".join(items) + "</div>"
 
 
-def _severity(code: str) -> str:
+def severity_of(code: str) -> str:
     return CODES[code][0] if code in CODES else "info"
+
+
+def codes_by_severity(codes: Iterable[str]) -> list[str]:
+    """Finding codes, errors first (stable within a severity). Example: ["pad_is_eos", "no_trained_tokens"] ->
+    ["no_trained_tokens", "pad_is_eos"]."""
+    return sorted(codes, key=lambda c: SEVERITY_ORDER.get(severity_of(c), 3))
 
 
 def finding_counts_html(counts: Counter | dict) -> str:
     if not counts:
         return '<div class="ok">No findings in the dataset.</div>'
     rows = "".join(
-        f'<tr><td><span class="badge sev-{esc(_severity(c))}">{esc(_severity(c))}</span></td>'
+        f'<tr><td><span class="badge sev-{esc(severity_of(c))}">{esc(severity_of(c))}</span></td>'
         f'<td><code>{esc(c)}</code></td><td>{n}</td><td>{esc(CODES[c][1]) if c in CODES else ""}</td></tr>'
-        for c, n in sorted(counts.items(), key=lambda kv: (SEVERITY_ORDER.get(_severity(kv[0]), 3), -kv[1], kv[0])))
+        for c, n in sorted(counts.items(), key=lambda kv: (SEVERITY_ORDER.get(severity_of(kv[0]), 3), -kv[1], kv[0])))
     return ('<table class="grid findings-table"><thead><tr><th></th><th>code</th><th>examples</th><th>meaning</th>'
             f"</tr></thead><tbody>{rows}</tbody></table>")
 
