@@ -19,7 +19,7 @@ from starlette.requests import HTTPConnection
 
 from core.models import cache_dir
 from core.paths import PathPolicy
-from core.runs import runs_root_dir
+from core.training.runs import runs_root_dir
 
 from .session import Session
 

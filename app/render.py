@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 
-from core.engine import IGNORE, RenderedExample, TokenInfo
+from core.masking.engine import IGNORE, RenderedExample, TokenInfo
 from core.findings import CODES, Finding
 
 from .session import SAMPLES
@@ -500,7 +500,7 @@ def compare_summary_html(names: list[str], rendered: list[RenderedExample], same
 
 # ------------------------------------------------------------------------------------------------------ templates
 def checks_html(checks) -> str:
-    """core.checks.Check list as a pass/fail table."""
+    """core.masking.checks.Check list as a pass/fail table."""
     rows = []
     for c in checks:
         mark, cls = ("✔", "pass") if c.passed else ("–", "na") if c.passed is None else ("✘", "fail")
@@ -557,7 +557,7 @@ def derived_html(derived) -> str:
 
 
 def usage_html(usage: dict, n_texts: int) -> str:
-    """core.checks.template_usage's answer for a dataset of n_texts rendered examples."""
+    """core.masking.checks.template_usage's answer for a dataset of n_texts rendered examples."""
     t = usage["template"]
     n_text = len(usage["texts_containing"])
     n_ids = len(usage["texts_with_alone_ids"])

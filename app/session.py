@@ -15,11 +15,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from core.data import Example, load_examples_lenient, normalize_row
-from core.engine import MaskConfig, RenderedExample, render_examples
+from core.data.formats import Example, load_examples_lenient, normalize_row
+from core.masking.engine import MaskConfig, RenderedExample, render_examples
 from core.errors import MaskLensError
 from core.models import load_tokenizer
-from core.rules import Rules
+from core.masking.rules import Rules
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "samples"
 DEFAULT_SAMPLE = "chat_multiturn.jsonl"
@@ -319,7 +319,7 @@ def check_template(template: str, tokenizer) -> None:
     sandbox's MaskLensError (what bound it hit, the fix) when it runs past a bound; a template that merely fails to
     render is left to the engine, whose error names the row. Example: "{% for i in range(10**5) %}{% for j in
     range(10**5) %}x{% endfor %}{% endfor %}" -> MaskLensError("the edited chat template ran past 3 s ...")."""
-    from core.sandbox import probe_template  # noqa: PLC0415
+    from core.masking.sandbox import probe_template  # noqa: PLC0415
 
     key = (hashlib.sha256(template.encode("utf-8", "surrogatepass")).hexdigest(), id(tokenizer))
     with _probed_lock:
@@ -351,7 +351,7 @@ def check_template(template: str, tokenizer) -> None:
 def check_rows_render(template: str, tokenizer, examples: list[Example]) -> None:
     """Render the conversational examples with the template in the sandbox (core.sandbox.render_batch); raises the
     first bound error, naming the row. Ordinary template errors are left to the engine (it reports them per row)."""
-    from core.sandbox import render_batch  # noqa: PLC0415
+    from core.masking.sandbox import render_batch  # noqa: PLC0415
 
     rows = [ex for ex in examples if ex.messages]
     if not rows:
@@ -378,9 +378,9 @@ def register_startup_strategies(rules_files=(), strategy_files=(), collator_file
     key, fix) raised. A name registered twice is an error, not a silent replacement.
     Example: register_startup_strategies(["first_turn.yaml"], ["mine.py"]) -> ["rules:first_turn", "no_tool_calls"]
     """
-    from core.rules import load_rules, register_rules  # noqa: PLC0415
-    from core.strategies import get_strategy, strategy_names, unregister  # noqa: PLC0415
-    from core.user_code import load_collator_file, load_strategy_file  # noqa: PLC0415
+    from core.masking.rules import load_rules, register_rules  # noqa: PLC0415
+    from core.masking.strategies import get_strategy, strategy_names, unregister  # noqa: PLC0415
+    from core.masking.user_code import load_collator_file, load_strategy_file  # noqa: PLC0415
 
     before = set(strategy_names())
     added: list[str] = []

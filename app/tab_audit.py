@@ -11,7 +11,7 @@ from collections import Counter
 import gradio as gr
 
 from core.audit import audit
-from core.engine import IGNORE, TokenInfo, render_examples
+from core.masking.engine import IGNORE, TokenInfo, render_examples
 from core.errors import MaskLensError
 from core.packing import PACKING_STRATEGIES, pack_preview, packing_summary
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
 
-from core.config import TRAIN_MASK
-from core.engine import EOS_MODES, render_examples
+from core.masking.options import TRAIN_MASK
+from core.masking.engine import EOS_MODES, render_examples
+from core.masking.trl_templates import shipped_templates
 from core.errors import MaskLensError
 
 from . import render
@@ -49,19 +49,9 @@ DEFAULTS = [Cfg("full"), Cfg("assistant_only"), Cfg("response_template", respons
 FIELDS = len(Cfg._fields)  # UI values per configuration
 
 
-def trl_templates() -> dict[str, Path]:
-    """TRL's bundled chat templates by file name (plain and *_training twins with {% generation %})."""
-    try:
-        import trl  # noqa: PLC0415
-    except ImportError:
-        return {}
-    d = Path(trl.__file__).parent / "chat_templates"
-    return {p.name: p for p in sorted(d.glob("*.jinja"))}
-
-
 def template_choices() -> list[tuple[str, str]]:
     return ([("as in Inspect", INSPECT_TEMPLATE), ("tokenizer's own template", TOKENIZER_TEMPLATE)]
-            + [(f"TRL {name}", f"trl:{name}") for name in trl_templates()])
+            + [(f"TRL {name}", f"trl:{name}") for name in shipped_templates()])
 
 
 def resolve_template(session: Session, choice: str) -> tuple[str | None, str]:
@@ -78,7 +68,7 @@ def resolve_template(session: Session, choice: str) -> tuple[str | None, str]:
         return session.chat_template, name
     if choice.startswith("trl:"):
         name = choice[4:]
-        path = trl_templates().get(name)
+        path = shipped_templates().get(name)
         if path is None:
             raise MaskLensError(f"TRL ships no chat template {name!r}", field="chat template")
         return path.read_text(), name

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.engine import render_examples
+from core.masking.engine import render_examples
 from core.errors import MaskLensError
 from core.export import (FAITHFUL, axolotl_snippet, describe, export_jsonl, export_parquet, export_split_rows,
                          is_custom, llamafactory_snippet, sftconfig_snippet, split_rows_name, split_turn_rows)

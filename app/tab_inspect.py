@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
 
-from collections import Counter
-
-from core.config import TEMPLATE_SOURCES, TRAIN_MASK
-from core.data import KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, ROLES
-from core.engine import EOS_MODES, TRUNCATION_MODES, MaskConfig, RenderedExample, render_examples, vocab_id
+from core.data.formats import (KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, ROLES,
+                               normalize_row)
 from core.errors import MaskLensError
-from core.strategies import get_strategy, strategy_names
-from core.trl_templates import SOURCE_CANNOT_PATCH, training_template, trl_version
+from core.masking.checks import PROBE_CONVERSATION, add_generation_markers, verify_generation_template
+from core.masking.engine import EOS_MODES, TRUNCATION_MODES, MaskConfig, RenderedExample, render_examples, vocab_id
+from core.masking.options import TEMPLATE_SOURCES, TRAIN_MASK
+from core.masking.strategies import get_strategy, strategy_names
+from core.masking.trl_templates import SOURCE_CANNOT_PATCH, shipped_templates, training_template, trl_version
 
 from . import render
-from .session import (DEFAULT_SAMPLE, EMBEDDED, SAMPLES, Session, Settings, escape, get_tokenizer, load_dataset,
+from .session import (DEFAULT_SAMPLE, EMBEDDED, Session, Settings, escape, get_tokenizer, load_dataset,
                       load_sample, parse_example_json, sample_choices)
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,7 @@ MARKED_PROOF_ROWS = 256
 
 def trl_inference_templates() -> dict[str, Path]:
     """TRL's shipped chat templates that a model's tokenizer carries (not the *_training twins), by stem."""
-    from .tab_compare import trl_templates  # noqa: PLC0415
-
-    return {name[:-len(".jinja")]: path for name, path in trl_templates().items()
+    return {name[:-len(".jinja")]: path for name, path in shipped_templates().items()
             if not name.endswith("_training.jinja") and name[:-len(".jinja")] not in _VLM_TEMPLATES}
 
 
@@ -198,8 +197,6 @@ _MARKED: dict[tuple[int, str], tuple[object, str | None]] = {}
 def marked_template_of(session: Session) -> str | None:
     """The tokenizer's own chat template with {% generation %} markers added (core.checks.add_generation_markers),
     or None when they cannot be added. Cached per tokenizer and template: every view asks."""
-    from core.checks import add_generation_markers  # noqa: PLC0415
-
     try:
         tok = session.tokenizer()
         own = session.tokenizer_template()
@@ -215,6 +212,22 @@ def marked_template_of(session: Session) -> str | None:
             _MARKED.clear()
         hit = _MARKED[(id(tok), own)] = (tok, marked)
     return hit[1]
+
+
+def marked_twin(session: Session, limit: int | None = None):
+    """(marked template, proof): the chat template in use with {% generation %} markers added (core.masking.checks),
+    proven on the dataset's conversations (the first `limit` of them) plus a probe. Raises MaskLensError when there
+    is no chat template or markers cannot be added to it."""
+    tok = session.tokenizer()
+    original = session.template()
+    if not original:
+        raise MaskLensError("the tokenizer has no chat template",
+                            fix="pick one under Chat template, or load a chat model's tokenizer")
+    marked = add_generation_markers(tok, original)
+    examples = [e for e in (session.data.examples if session.data else []) if e.kind == KIND_MESSAGES][:limit]
+    session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
+    examples.append(normalize_row({"messages": PROBE_CONVERSATION}, len(examples)))
+    return marked, verify_generation_template(tok, original, marked, examples)
 
 
 # ------------------------------------------------------------------------------------------------------ fitting
@@ -550,7 +563,7 @@ def _template_text(session: Session) -> str:
 
 def _default_response_template(session: Session) -> str:
     """The chat template's generation prompt (e.g. '<|im_start|>assistant\\n'), escaped for the one-line box."""
-    from core.templates import analyze_template  # noqa: PLC0415
+    from core.masking.templates import analyze_template  # noqa: PLC0415
 
     tpl = session.template()
     if not tpl:
@@ -752,12 +765,13 @@ def on_use_marked(session: Session):
     """One click where TRL cannot patch the template: the template in use with {% generation %} markers added,
     proven on the data (its first MARKED_PROOF_ROWS conversations) and a probe before it is used: identical
     rendering, TRL's mask equal to assistant_only's. Returns InspectOut + (template text for the code box)."""
-    from .tab_templates import marked_twin  # noqa: PLC0415
-
     try:
         marked, proof = marked_twin(session, MARKED_PROOF_ROWS)
-    except Exception as e:  # noqa: BLE001 - markers cannot be added to this template: say so in the page
-        return (*view(session, _err(e) if isinstance(e, MaskLensError) else render.error_html(str(e))),
+    except MaskLensError as e:  # markers cannot be added to this template: say so in the page
+        return (*view(session, _err(e)), _template_text(session))
+    except Exception as e:  # noqa: BLE001 - a bug: reported in the page, the server keeps serving
+        log.exception("marking the template failed")
+        return (*view(session, render.error_html(f"{type(e).__name__}: {e}", "Unexpected error")),
                 _template_text(session))
     if not proof.ok:
         return (*view(session, render.proof_html(proof)), _template_text(session))

@@ -19,11 +19,11 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from core.config import MaskConfig
-from core.engine import render_examples
+from core.masking.options import MaskConfig
+from core.masking.engine import render_examples
 from core.errors import MaskLensError
-from core.rules import PARTS, Rules, parse_rules, register_rules, rules_config
-from core.strategies import unregister
+from core.masking.rules import PARTS, Rules, parse_rules, register_rules, rules_config
+from core.masking.strategies import unregister
 
 from . import render
 from .session import DEFAULT_SAMPLE, Session, Settings, load_sample

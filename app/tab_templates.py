@@ -14,16 +14,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.checks import (PROBE_CONVERSATION, add_generation_markers, derive_templates, render_spans,
-                         template_checks, template_usage, verify_generation_template)
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.masking.checks import PROBE_CONVERSATION, derive_templates, render_spans, template_checks, template_usage
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
-from core.trl_templates import SOURCE_TRL_TWIN, training_template, trl_version
+from core.masking.trl_templates import SOURCE_TRL_TWIN, training_template, trl_version
 
 from . import render
 from .session import Session, unescape
-from .tab_inspect import MARKED_TEMPLATE, template_choice
+from .tab_inspect import MARKED_TEMPLATE, marked_twin, template_choice
 
 log = logging.getLogger(__name__)
 
@@ -139,19 +137,6 @@ def on_generate(session: Session):
     path = Path(tempfile.mkdtemp(prefix="masklens-")) / "chat_template_training.jinja"
     path.write_text(marked, encoding="utf-8")
     return render.proof_html(proof), marked, str(path)
-
-
-def marked_twin(session: Session, limit: int | None = None):
-    """(marked template, proof): the template in use with {% generation %} markers added (core.checks), proven on the
-    dataset's conversations (the first `limit` of them) plus a probe. Raises MaskLensError when markers cannot be
-    added to this template."""
-    tok = session.tokenizer()
-    original = _template(session)
-    marked = add_generation_markers(tok, original)
-    examples = [e for e in (session.data.examples if session.data else []) if e.kind == "messages"][:limit]
-    session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
-    examples.append(normalize_row({"messages": PROBE_CONVERSATION}, len(examples)))
-    return marked, verify_generation_template(tok, original, marked, examples)
 
 
 def _with_button(proof: str, marked: str, path: str | None):

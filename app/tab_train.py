@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from core import runs
-from core.engine import render_examples
+from core.training import runs
+from core.masking.engine import render_examples
 from core.errors import MaskLensError
 from core.models import is_embedded, load_tokenizer
 
@@ -331,7 +331,7 @@ def held_out_prompts(session: Session | None, names: list[str]) -> list:
 def on_generate(session: Session, watched: str | None, selected: list[str] | None, prompts_text: str,
                 max_new_tokens) -> str:
     """Greedy completions of a few prompts by each selected run's final model, beside its base model's."""
-    from core.train import sample_generations  # noqa: PLC0415 (torch: only when asked)
+    from core.training.train import sample_generations  # noqa: PLC0415 (torch: only when asked)
 
     names = list(selected or []) or ([watched] if watched else [])
     if not names:

@@ -13,8 +13,8 @@ import re
 import time
 from typing import Any
 
-from core.runs import CORRUPTED
-from core.train import TrainConfig
+from core.training.runs import CORRUPTED
+from core.training.train import TrainConfig
 
 from .render import error_html, esc  # noqa: F401  (one error box for every tab)
 

@@ -84,9 +84,9 @@ def run(ns, data_name):
     from transformers.utils.chat_template_utils import render_jinja_template
     from trl import SFTConfig, SFTTrainer
 
-    from core.checks import add_generation_markers
-    from core.data import normalize_row
-    from core.engine import MaskConfig, encode_batch, render_examples
+    from core.masking.checks import add_generation_markers
+    from core.data.formats import normalize_row
+    from core.masking.engine import MaskConfig, encode_batch, render_examples
     from core.models import load_tokenizer
     from tests.conftest import tiny_llama
 
@@ -111,7 +111,7 @@ def run(ns, data_name):
         trl_best, trl_med, trl_ds = best_of(trl_prep, ns.repeat)
         trl_labels = trl_ds["labels"]
 
-    from core.encoding import SegmentEncoder
+    from core.masking.encoding import SegmentEncoder
 
     def cold(tokenizer):  # every repeat starts with no piece cached: what one pass over a dataset costs
         seg = SegmentEncoder.for_tokenizer(tokenizer)  # built once per tokenizer (its probes: ~0.1 s), not timed

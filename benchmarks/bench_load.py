@@ -24,7 +24,6 @@ import random
 import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -296,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=300.0, help="seconds per phase, at most")
     ns = p.parse_args(argv)
 
-    from core.engine import STRATEGIES
+    from core.masking.engine import STRATEGIES
 
     expected = Expected()
     expected.warm(list(STRATEGIES))

@@ -33,7 +33,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 def worker_cpu() -> float:
     """CPU seconds used so far by this process's render workers (from /proc)."""
-    from core import sandbox
+    from core.masking import sandbox
 
     total = 0.0
     pool = sandbox._POOL  # benchmark-only peek at the pool's workers
@@ -72,12 +72,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=11)
     ns = ap.parse_args()
 
-    from core import sandbox
-    from core.checks import add_generation_markers
-    from core.data import normalize_row
-    from core.engine import MaskConfig, encode_batch, render_examples
+    from core.masking import sandbox
+    from core.masking.checks import add_generation_markers
+    from core.data.formats import normalize_row
+    from core.masking.engine import MaskConfig, encode_batch, render_examples
     from core.models import load_tokenizer
-    from core.templates import render
+    from core.masking.templates import render
 
     tok = load_tokenizer()
     special = dict(tok.special_tokens_map)

@@ -59,7 +59,7 @@ def make_timer():
 
 
 def run_masklens(data, config, work):
-    from core.train import run_training
+    from core.training.train import run_training
 
     timer = make_timer()
     started = time.perf_counter()
@@ -73,7 +73,7 @@ def run_trl(data, config, work):
     from trl import SFTConfig, SFTTrainer
 
     from core.models import resolve_model_path
-    from core.train import sft_config_kwargs
+    from core.training.train import sft_config_kwargs
 
     timer = make_timer()
     started = time.perf_counter()
@@ -97,10 +97,10 @@ def main():
 
     import torch
 
-    from core.data import load_examples
-    from core.engine import MaskConfig, render_examples
+    from core.data.formats import load_examples
+    from core.masking.engine import MaskConfig, render_examples
     from core.models import load_tokenizer
-    from core.train import TrainConfig
+    from core.training.train import TrainConfig
 
     tokenizer = load_tokenizer(None if args.model == "embedded" else args.model)
     examples = load_examples(SAMPLE)

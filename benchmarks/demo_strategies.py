@@ -39,7 +39,7 @@ COLOURS = {"full": "#64748b", "assistant_only": "#059669", "last_assistant": "#d
 
 
 def render(examples, tokenizer, strategy):
-    from core.engine import MaskConfig, render_examples
+    from core.masking.engine import MaskConfig, render_examples
 
     return [{"input_ids": r.input_ids, "labels": r.labels}
             for r in render_examples(examples, tokenizer, MaskConfig(strategy=strategy))]
@@ -47,8 +47,8 @@ def render(examples, tokenizer, strategy):
 
 def train(strategy, data, args, root):
     """One run in a child process; returns (run record, metrics, peak RSS in MB, wall seconds)."""
-    from core import runs
-    from core.train import TrainConfig
+    from core.training import runs
+    from core.training.train import TrainConfig
 
     config = TrainConfig(model="embedded", max_steps=args.steps, per_device_train_batch_size=args.batch,
                          learning_rate=args.lr, seed=args.seed, max_length=1024,
@@ -148,9 +148,9 @@ def main():
 
     import torch
 
-    from core.data import load_examples
+    from core.data.formats import load_examples
     from core.models import load_model, load_tokenizer
-    from core.train import sample_generations
+    from core.training.train import sample_generations
 
     tokenizer = load_tokenizer()
     examples = load_examples(SAMPLE)

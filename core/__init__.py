@@ -6,8 +6,8 @@ Example:
     r.input_ids, r.labels  # labels unshifted, -100 where a token is not trained
 """
 
-from .data import Example, load_examples, load_examples_lenient, normalize_row
-from .engine import (EOS_MODES, IGNORE, STRATEGIES, MaskConfig, RenderedExample, Strategy, TokenInfo,
+from .data.formats import Example, load_examples, load_examples_lenient, normalize_row
+from .masking.engine import (EOS_MODES, IGNORE, STRATEGIES, MaskConfig, RenderedExample, Strategy, TokenInfo,
                      render_example, render_examples)
 from .errors import MaskLensError
 from .findings import CODES, Finding

@@ -11,8 +11,8 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .data import Example
-from .engine import MaskConfig, RenderedExample, render_examples
+from .data.formats import Example
+from .masking.engine import MaskConfig, RenderedExample, render_examples
 
 CHUNK = 512  # examples per batch: big enough for batch tokenization, small enough for a live progress bar
 

@@ -35,7 +35,7 @@ def _help(text: str) -> str:
 
 
 def _cfg_help(name: str) -> str:
-    from .config import MaskConfig
+    from .masking.options import MaskConfig
 
     return _help(MaskConfig.__dataclass_fields__[name].metadata["help"])
 
@@ -66,7 +66,7 @@ def _add_num_proc(p: argparse.ArgumentParser) -> None:
 
 
 def _add_render_options(p: argparse.ArgumentParser) -> None:
-    from .config import EOS_MODES, TEMPLATE_SOURCES, TRAIN_MASK, TRUNCATION_MODES
+    from .masking.options import EOS_MODES, TEMPLATE_SOURCES, TRAIN_MASK, TRUNCATION_MODES
 
     p.add_argument("--data", required=True, help="JSONL/JSON/Parquet/CSV file, or a hub dataset id")
     p.add_argument("--split", default="train", help="split, for hub datasets")
@@ -124,9 +124,9 @@ def _spec(ns):
 def _config(ns, registered: dict | None = None):
     """The MaskConfig the flags describe. `registered`: {name: Rules | file} from WorkerSpec.register() (the user
     files are loaded there, before the strategy name is checked against the registry)."""
-    from .config import MaskConfig
-    from .rules import Rules
-    from .strategies import strategy_names
+    from .masking.options import MaskConfig
+    from .masking.rules import Rules
+    from .masking.strategies import strategy_names
 
     registered = registered if registered is not None else _spec(ns).register()
     strategy = ns.strategy
@@ -175,7 +175,7 @@ def _config(ns, registered: dict | None = None):
 
 def _check_with_tokenizer(cfg, tok) -> None:
     """Options that only the tokenizer can check, before any row is read."""
-    from .engine import pad_id_for
+    from .masking.engine import pad_id_for
 
     if cfg.pad_token is not None:
         try:
@@ -185,7 +185,7 @@ def _check_with_tokenizer(cfg, tok) -> None:
 
 
 def _load(ns):
-    from .data import load_examples
+    from .data.formats import load_examples
 
     spec = _spec(ns)
     cfg = _config(ns, spec.register())
@@ -217,9 +217,9 @@ def _stream(ns):
     are not parsed and pickled a second time here, and the workers start while the first pass runs."""
     import itertools
 
-    from .data import schema_findings, schema_union
+    from .data.formats import schema_findings, schema_union
     from .parallel import CHUNK, chunks, jsonl_ranges, start_workers
-    from .reader import iter_rows
+    from .data.reader import iter_rows
 
     spec = _spec(ns)
     cfg = _config(ns, spec.register())
@@ -294,9 +294,9 @@ def cmd_train(ns) -> int:
     logged step (step, loss, ETA) to stderr. A failed run prints its error and the end of its log, exit 1."""
     import time
 
-    from . import runs
-    from .engine import render_examples
-    from .train import TrainConfig
+    from .training import runs
+    from .masking.engine import render_examples
+    from .training.train import TrainConfig
 
     if ns.model and ns.tokenizer is None:
         ns.tokenizer = ns.model  # the labels are token ids: they must be the model's own tokenizer's
@@ -361,7 +361,7 @@ def _mask_dict(cfg) -> dict:
 
 
 def cmd_checks(ns) -> int:
-    from .checks import derive_templates, template_checks
+    from .masking.checks import derive_templates, template_checks
     from .models import load_tokenizer
 
     tok = load_tokenizer(ns.tokenizer, trust_remote_code=ns.trust_remote_code)

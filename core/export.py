@@ -29,9 +29,9 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-from .data import Example
-from .engine import MaskConfig, RenderedExample, Strategy
-from .strategies import get_strategy
+from .data.formats import Example
+from .masking.engine import MaskConfig, RenderedExample, Strategy
+from .masking.strategies import get_strategy
 
 
 # --------------------------------------------------------------------------------------------------------- files
@@ -59,7 +59,7 @@ def split_turn_rows(examples: list[Example], cfg: MaskConfig) -> list[dict]:
     exactly what MaskLens shows for split_turns with the other options at TRL's defaults. Rows that are not
     messages are left out. Example: [u, a1, u, a2] -> [{"prompt": [u], "completion": [a1]},
     {"prompt": [u, a1, u], "completion": [a2]}]."""
-    from .engine import split_turns  # noqa: PLC0415
+    from .masking.engine import split_turns  # noqa: PLC0415
 
     out = []
     for ex in split_turns(examples, replace(cfg, split_turns=True) if not cfg.split_turns else cfg):

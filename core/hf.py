@@ -2,7 +2,7 @@
 
 Example:
     from datasets import load_dataset
-    from core.hf import masklens_map
+    from .hf import masklens_map
     from core import MaskConfig
 
     ds = load_dataset("json", data_files="chat.jsonl", split="train")
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from .config import MaskConfig
+from .masking.options import MaskConfig
 
 
 class MasklensMap:
@@ -41,8 +41,8 @@ class MasklensMap:
         self.trust_remote_code = trust_remote_code
 
     def __call__(self, batch: dict, indices: list[int] | None = None) -> dict:
-        from .data import normalize_row  # noqa: PLC0415
-        from .engine import render_examples  # noqa: PLC0415
+        from .data.formats import normalize_row  # noqa: PLC0415
+        from .masking.engine import render_examples  # noqa: PLC0415
         from .models import load_tokenizer  # noqa: PLC0415  (cached per process)
 
         columns = list(batch)

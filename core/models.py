@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.errors import MaskLensError
-from core.paths import check_source, looks_like_path
+from .errors import MaskLensError
+from .paths import check_source, looks_like_path
 
 __all__ = [
     "EMBEDDED",
@@ -220,7 +220,7 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, trust_remote_c
     """
     tok = _cached_tokenizer(resolve_model_path(name_or_path, "tokenizer"), bool(trust_remote_code))
     if is_embedded(name_or_path) and isinstance(getattr(tok, "chat_template", None), str):
-        from .templates import trust_template  # noqa: PLC0415
+        from .masking.templates import trust_template  # noqa: PLC0415
 
         trust_template(tok.chat_template)  # ours: rendered in-process, not in the sandbox
     return tok

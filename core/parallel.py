@@ -47,8 +47,8 @@ class WorkerSpec:
 
         Example: WorkerSpec(rules_files=("first_turn.yaml",)).register() -> {"rules:first_turn": Rules(...)}.
         """
-        from .rules import load_rules, register_rules  # noqa: PLC0415
-        from .user_code import load_collator_file, load_strategy_file  # noqa: PLC0415
+        from .masking.rules import load_rules, register_rules  # noqa: PLC0415
+        from .masking.user_code import load_collator_file, load_strategy_file  # noqa: PLC0415
 
         names: dict[str, object] = {}
         for f in self.rules_files:
@@ -95,8 +95,8 @@ class FileRange:
 
     def read(self) -> list:
         """[(row, object, line, findings), ...], as cli._stream gives them in this process."""
-        from .data import schema_findings  # noqa: PLC0415
-        from .reader import iter_jsonl  # noqa: PLC0415
+        from .data.formats import schema_findings  # noqa: PLC0415
+        from .data.reader import iter_jsonl  # noqa: PLC0415
 
         span = (self.start, self.end, self.row, self.line)
         out = [(i, obj, line, schema_findings(self.union, obj, i) if self.union is not None else [])
@@ -115,8 +115,8 @@ def jsonl_ranges(path: str | os.PathLike, limit: int | None = None, size: int | 
 
     Example: jsonl_ranges("big.jsonl")[1] -> FileRange(path="big.jsonl", start=523011, end=1046620, row=512, ...).
     """
-    from .data import schema_union  # noqa: PLC0415
-    from .reader import iter_jsonl  # noqa: PLC0415
+    from .data.formats import schema_union  # noqa: PLC0415
+    from .data.reader import iter_jsonl  # noqa: PLC0415
 
     size = size or CHUNK
     p = Path(path)
@@ -158,7 +158,7 @@ def _row_span(chunk) -> tuple[int, int]:
 
 
 def _examples(chunk, source: str | None) -> list:
-    from .data import normalize_row  # noqa: PLC0415
+    from .data.formats import normalize_row  # noqa: PLC0415
 
     if isinstance(chunk, FileRange):
         chunk = chunk.read()
@@ -173,7 +173,7 @@ def _examples(chunk, source: str | None) -> list:
 
 def render_json_chunk(tokenizer, cfg, chunk: list, source: str | None) -> list[str]:
     """`python -m core render`'s records (one JSON line per rendered example), in input order."""
-    from .engine import render_examples  # noqa: PLC0415
+    from .masking.engine import render_examples  # noqa: PLC0415
 
     return [json.dumps(r.to_json(), ensure_ascii=False)
             for r in render_examples(_examples(chunk, source), tokenizer, cfg)]

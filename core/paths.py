@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from core.errors import MaskLensError
+from .errors import MaskLensError
 
 __all__ = ["PathPolicy", "check_allowed", "check_source", "get_policy", "looks_like_path", "set_policy"]
 

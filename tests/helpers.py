@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.labels import IGNORE
+from core.masking.labels import IGNORE
 
 
 def trained_text(tok, ids, labels) -> list[str]:

@@ -10,10 +10,10 @@ import pytest
 from app import render, tab_audit, tab_compare, tab_export, tab_inspect, tab_templates
 from app.session import SAMPLES_DIR, Session, Settings, load_sample, parse_ids, sample_choices, unescape
 from core.audit import audit
-from core.data import normalize_row
-from core.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
 from core.errors import MaskLensError
-from core.strategies import strategy_names
+from core.masking.strategies import strategy_names
 
 TOKEN_RE = re.compile(r'<span class="([^"]*)" data-token-id="(-?\d+)" data-label="(-?\d+)" data-k="(\d+)">')
 SETTING_NAMES = tab_inspect.SETTING_FIELDS
@@ -315,7 +315,7 @@ def test_compare_counts_differing_tokens(loaded, smol_tok):
     n_diff = sum(1 for a, b in zip(full.labels, asst.labels) if a != b)
     assert n_diff > 0
     assert f'data-diff="{n_diff}"' in summary
-    assert "labels differing vs A" in summary and f"<td>reference</td>" in summary and f"<td>{n_diff}</td>" in summary
+    assert "labels differing vs A" in summary and "<td>reference</td>" in summary and f"<td>{n_diff}</td>" in summary
     assert sum(1 for c, *_ in tokens_of(views[0]) if "d" in c.split()) == n_diff
     assert views[2] == views[3] == ""  # only two configurations shown
     summary3, views3 = compare(s, 3, *cfgs)
@@ -643,7 +643,7 @@ def test_compare_follows_inspects_template_and_says_which_it_renders(smol_tok):
 def test_templates_tab_with_a_trl_template_says_trl_swaps_in_its_twin(smol_tok):
     """qwen3 picked in Inspect: the Templates tab names it, says TRL swaps in its training template, 'Generate'
     hands over TRL's own twin (not an error), and 'Use it in Inspect' with nothing generated says so in the tab."""
-    from core.trl_templates import training_template
+    from core.masking.trl_templates import training_template
 
     s = Session(data=load_sample("reasoning.jsonl"))
     s.chat_template = tab_compare.resolve_template(s, "trl:qwen3.jinja")[0]
@@ -660,7 +660,7 @@ def test_templates_tab_with_a_trl_template_says_trl_swaps_in_its_twin(smol_tok):
 def test_the_first_view_names_the_source_in_effect_and_offers_the_marked_template(loaded, smol_tok):
     """The embedded SmolLM2 template is one TRL cannot patch: the Template source radio shows MaskLens's own masking,
     locked; the line above the tokens says why in plain words; one click gives the proven marked copy."""
-    from core.checks import add_generation_markers
+    from core.masking.checks import add_generation_markers
 
     out, _ = loaded
     s = out.session
@@ -738,7 +738,7 @@ def test_an_upload_stays_in_the_data_picker(loaded):
     s = out.session
     res = inspect_out(tab_inspect.on_upload(s, str(SAMPLES_DIR / "weighted.jsonl")))
     entry = tab_inspect.UPLOADED + "weighted.jsonl"
-    assert res.data_pick["value"] == entry and (f"weighted.jsonl — your upload", entry) in res.data_pick["choices"]
+    assert res.data_pick["value"] == entry and ("weighted.jsonl — your upload", entry) in res.data_pick["choices"]
     uploaded = s.data
     tab_inspect.on_sample(s, "chat_multiturn.jsonl")
     again = inspect_out(tab_inspect.on_sample(s, entry))

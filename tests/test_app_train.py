@@ -17,8 +17,8 @@ import pytest
 from app import tab_train
 from app import train_view as tv
 from app.session import Session, load_sample
-from core import runs
-from core.train import TrainConfig
+from core.training import runs
+from core.training.train import TrainConfig
 
 from .conftest import tiny_llama
 
@@ -301,7 +301,8 @@ def test_timer_sends_the_page_once_then_only_changes(started):
     a = started["a"]
     first = tab_train.on_tick(a, [a], None)
     assert "step 3/3" in first[0] and first[-1]["sig"]
-    assert tab_train.on_tick(a, [a], first[-1])[:-1] == tuple(gr.skip() for _ in range(len(tab_train.Refresh._fields) + 1))
+    nothing = tuple(gr.skip() for _ in range(len(tab_train.Refresh._fields) + 1))  # the refresh and the message
+    assert tab_train.on_tick(a, [a], first[-1])[:-1] == nothing
     assert tab_train.on_tick(a, [a, started["b"]], first[-1])[4] != gr.skip()  # the selection changed: redrawn
     # a run the last tick saw running has ended: Start's / Stop's message ("Stopping …") is cleared
     message = len(tab_train.Refresh._fields)

@@ -16,7 +16,7 @@ from app import session as app_session
 from app import tab_inspect
 from app.session import DEFAULT_SAMPLE, SAMPLES_DIR, Session, register_startup_strategies
 from core.errors import MaskLensError
-from core.strategies import get_strategy, strategy_names, unregister
+from core.masking.strategies import strategy_names, unregister
 from tests.helpers import trained_text
 
 REPO = Path(__file__).resolve().parent.parent

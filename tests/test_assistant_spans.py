@@ -10,9 +10,9 @@ Templates that rewrite history (DeepSeek, Phi-3, Nemotron) are included.
 
 import pytest
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
-from core.templates import analyze_template, locate_messages, render
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
+from core.masking.templates import analyze_template, locate_messages, render
 from tests.trl_reference import FAMILIES, TEMPLATES, family_tokenizer
 
 CONVERSATIONS = [

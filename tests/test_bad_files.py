@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from core.cli import main
-from core.data import load_examples
+from core.data.formats import load_examples
 from core.errors import MaskLensError
-from core.reader import iter_rows
+from core.data.reader import iter_rows
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
@@ -104,7 +104,7 @@ def test_line_that_is_not_an_object(tmp_path, capsys):
 
 
 def test_long_line_limit_reads_no_further(tmp_path, monkeypatch, capsys):
-    import core.reader
+    import core.data.reader
 
     monkeypatch.setattr(core.reader, "MAX_LINE_BYTES", 2**20)
     f = tmp_path / "long.jsonl"

@@ -9,7 +9,10 @@ import re
 
 import pytest
 
-from tests.test_browser import REPO, TOKENS, UPLOAD, app_url, browser, page, shot  # noqa: F401  (fixtures)
+from tests import test_browser
+from tests.test_browser import REPO, TOKENS, UPLOAD, shot
+
+app_url, browser, page = test_browser.app_url, test_browser.browser, test_browser.page  # its fixtures, shared
 
 # One hover: what the tooltip says beside what the hovered span itself carries (its place among the view's tokens,
 # its id and label, and the row of the view's data-info table its data-k points to), read fresh from the page.
@@ -61,8 +64,8 @@ def check_tooltips(pg, when: str) -> int:
 
 def wait_render(pg, before: str, timeout: int = 20_000):
     """Wait until the token view's content differs from `before` (its outerHTML)."""
-    pg.wait_for_function("(b) => { const tv = document.querySelector('#token-view'); return tv && tv.outerHTML !== b; }",
-                         arg=before, timeout=timeout)
+    pg.wait_for_function("(b) => { const tv = document.querySelector('#token-view'); "
+                         "return tv && tv.outerHTML !== b; }", arg=before, timeout=timeout)
 
 
 def view_html(pg) -> str:
@@ -181,7 +184,7 @@ SIZES = [(1600, 1000), (1280, 800), (390, 844)]
 
 
 @pytest.mark.parametrize("width, height", SIZES)
-def test_tokens_come_first_and_every_tab_is_in_sight(browser, app_url, width, height):  # noqa: F811
+def test_tokens_come_first_and_every_tab_is_in_sight(browser, app_url, width, height):
     """At each size the first screen shows tokens; on a phone the long option panels start folded; every tab's
     button is on screen (no overflow menu)."""
     ctx = browser.new_context(viewport={"width": width, "height": height})

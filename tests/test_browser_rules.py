@@ -13,8 +13,8 @@ import pytest
 
 from app.session import DEFAULT_SAMPLE, SAMPLES_DIR, Session
 from app.tab_rules import EXAMPLE_RULES, MAX_APP_RULES, apply, preview, register_for_app
-from core.rules import parse_rules
-from core.strategies import get_strategy, strategy_names, unregister
+from core.masking.rules import parse_rules
+from core.masking.strategies import get_strategy, strategy_names, unregister
 from tests.test_browser import ARGS, CHROMIUM, shot
 from tests.helpers import trained_text
 

@@ -2,11 +2,11 @@
 
 import pytest
 
-from core.checks import (PROBE_CONVERSATION, PROBE_TOOL, add_generation_markers, derive_templates,
+from core.masking.checks import (PROBE_CONVERSATION, PROBE_TOOL, add_generation_markers, derive_templates,
                          template_checks, verify_generation_template)
-from core.data import normalize_row
+from core.data.formats import normalize_row
 from core.errors import MaskLensError
-from core.templates import has_generation_markers, render
+from core.masking.templates import has_generation_markers, render
 from tests.test_assistant_spans import CONVERSATIONS, TEMPLATES, family_tokenizer
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from core.cli import _config, build_parser, main
-from core.config import MaskConfig
-from core.data import load_examples
-from core.engine import render_examples
-from core.rules import load_rules, rules_config
-from core.strategies import strategy_names, unregister
-from core.user_code import load_collator_file, load_strategy_file
+from core.masking.options import MaskConfig
+from core.data.formats import load_examples
+from core.masking.engine import render_examples
+from core.masking.rules import load_rules, rules_config
+from core.masking.strategies import strategy_names, unregister
+from core.masking.user_code import load_collator_file, load_strategy_file
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "assets" / "samples"

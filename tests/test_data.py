@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from core.data import (KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, load_examples,
+from core.data.formats import (KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, load_examples,
                        load_examples_lenient, normalize_row)
-from core.engine import MaskConfig, render_examples
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
 
 ROWS = [

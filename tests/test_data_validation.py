@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from core.data import (KIND_MESSAGES, KIND_PC_CONV, MAX_DEPTH, RESERVED_TEMPLATE_KWARGS, load_examples,
+from core.data.formats import (KIND_MESSAGES, KIND_PC_CONV, MAX_DEPTH, RESERVED_TEMPLATE_KWARGS, load_examples,
                        normalize_row)
 from core.errors import MaskLensError
-from core.schema import format_path
+from core.data.schema import format_path
 
 USER = {"role": "user", "content": "Weather in Paris?"}
 CALL = {"type": "function", "id": "call_1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
@@ -220,7 +220,7 @@ def test_reserved_kwargs_cover_what_rendering_takes(smol_tok):
     from transformers.utils import chat_template_utils as ctu
     from trl.trainer import sft_trainer
 
-    from core.templates import render
+    from core.masking.templates import render
 
     def params(fn):
         return {n for n, p in inspect.signature(fn).parameters.items() if p.kind is not p.VAR_KEYWORD}

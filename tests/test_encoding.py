@@ -1,4 +1,4 @@
-"""core.encoding: a text tokenized piece by piece (pieces cut at added tokens, repeated pieces tokenized once) gives
+"""core.masking.encoding: a text tokenized piece by piece (pieces cut at added tokens, repeated pieces tokenized once) gives
 exactly what tokenizing the whole text gives: ids, offsets, char_to_token, token_to_chars; and the engine's results
 (ids, labels, per-token details) are the same with piece reuse forced on and off, on every template TRL ships."""
 
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import core.encoding as encoding
-from core.data import normalize_row
-from core.encoding import SegmentEncoder, encode_texts
-from core.engine import MaskConfig, render_examples
+import core.masking.encoding as encoding
+from core.data.formats import normalize_row
+from core.masking.encoding import SegmentEncoder, encode_texts
+from core.masking.engine import MaskConfig, render_examples
 from tests.trl_reference import FAMILIES, load_conversations
 
 PIECES = ["Hello", " world", "\n", "\n\n", " ", "  ", "\t", "é", "日本語", "😀", "a", "1234", ",.!", "user", "assistant",

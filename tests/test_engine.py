@@ -2,8 +2,8 @@
 
 import pytest
 
-from core.data import normalize_row
-from core.engine import STRATEGIES, MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import STRATEGIES, MaskConfig, render_examples
 
 CONV = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
         {"role": "tool", "content": "TOOLRESULT"}, {"role": "user", "content": "Again"},

@@ -8,8 +8,8 @@ import copy
 
 import pytest
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
 from tests.trl_reference import family_tokenizer
 from tests.helpers import trained_runs
@@ -179,7 +179,7 @@ def test_trl_function_decides_the_twin(qwen3, monkeypatch):
     # MaskLens asks TRL (no copied table): whatever get_training_chat_template returns is what renders.
     import trl.chat_template_utils as ctu
 
-    from core import trl_templates
+    from core.masking import trl_templates
 
     marked = ("{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' }}{% if m.role == 'assistant' %}"
               "{% generation %}{{ m.content + '<|im_end|>' }}{% endgeneration %}{% else %}{{ m.content + '<|im_end|>' }}"

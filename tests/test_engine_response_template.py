@@ -1,7 +1,7 @@
 """The response_template strategy through the engine: the old collator's labels plus findings that explain them."""
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 
 TEXT = "### Human: What is 2+2?\n\n### Assistant: It is 4."
 

@@ -4,8 +4,8 @@ truncation."""
 
 import pytest
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from tests import trl_reference as reference
 from tests.trl_reference import TEMPLATES as TRL_TEMPLATES
 

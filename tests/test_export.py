@@ -15,8 +15,8 @@ import yaml
 from datasets import load_dataset
 from trl import SFTConfig, SFTTrainer
 
-from core.data import normalize_row
-from core.engine import STRATEGIES, MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import STRATEGIES, MaskConfig, render_examples
 from core.export import (axolotl_snippet, export_jsonl, export_parquet, export_records, llamafactory_snippet,
                          sftconfig_snippet)
 from tests.conftest import tiny_llama
@@ -273,7 +273,7 @@ def test_split_rows_prepared_by_trl_equal_split_turns(smol_tok, family, sample, 
     renders with split_turns=True, one example per assistant turn, under either template_source: split examples
     are prompt/completion rows, which TRL (and MaskLens) render with the tokenizer's own template, no training swap.
     Qwen3: reasoning_content on several turns, an inline <think>, tool calls and tool results."""
-    from core.data import load_examples
+    from core.data.formats import load_examples
     from core.export import export_split_rows, split_turn_rows
     from tests import trl_reference as tr
 
@@ -299,7 +299,7 @@ def test_split_rows_prepared_by_trl_equal_split_turns(smol_tok, family, sample, 
 def test_split_rows_loaded_with_load_dataset_train_the_same(smol_tok, tmp_path):
     """The TRL snippet's path: load_dataset('json') of the exported split rows (rows whose messages share their keys:
     no schema nulls), prepared by SFTTrainer with its defaults."""
-    from core.data import load_examples
+    from core.data.formats import load_examples
     from core.export import export_split_rows
     from tests import trl_reference as tr
 

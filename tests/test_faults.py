@@ -9,7 +9,6 @@
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import runs
-from core.train import TrainConfig
+from core.training import runs
+from core.training.train import TrainConfig
 
 from .conftest import tiny_llama
 

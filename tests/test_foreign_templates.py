@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 
 TEMPLATE_DIR = Path(__file__).parent / "assets" / "templates"
 TEMPLATES = sorted(f"{p.parent.name}/{p.stem}" for p in TEMPLATE_DIR.glob("*/*.jinja"))

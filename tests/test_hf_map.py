@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import MaskConfig
-from core.data import normalize_row
-from core.engine import render_examples
+from core.masking.options import MaskConfig
+from core.data.formats import normalize_row
+from core.masking.engine import render_examples
 from core.errors import MaskLensError
 from core.hf import masklens_map
 

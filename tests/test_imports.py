@@ -1,5 +1,5 @@
-"""core/ is a plain library: no import cycles between its modules (lazy imports inside functions count too), and
-importing any of them in a fresh interpreter works and never pulls in gradio."""
+"""core/ and app/ are layered: no import cycle among their modules (lazy imports inside functions count too), and
+importing any core module in a fresh interpreter works and never pulls in gradio."""
 
 import ast
 import json
@@ -8,45 +8,50 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ROOT / "core"
+PACKAGES = ("core", "app")
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node, minus the bodies of `if TYPE_CHECKING:` blocks (imports for type hints only never run)."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            todo.extend(node.orelse)
-            continue
-        todo.extend(ast.iter_child_nodes(node))
+def module_name(path: Path) -> str:
+    """core/masking/engine.py -> "core.masking.engine"; core/masking/__init__.py -> "core.masking"."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def core_imports(path: Path) -> set[str]:
-    """The core modules that `path` imports when it runs, at the top or inside functions."""
-    modules = {p.stem for p in CORE.glob("*.py")}
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+
+def imports_of(path: Path, modules: set[str], name: str | None = None) -> set[str]:
+    """The project modules `path` imports: at the top, inside functions or for type hints (relative imports resolved)."""
+    name = name or module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):  # type-only imports count: a cycle is a cycle
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 1:  # from .x import y / from . import x
-                base = node.module or ""
-                names = [base] if base else [a.name for a in node.names]
-                names = [f"core.{n}" for n in names]
-            elif node.module == "core":  # from core import runs
-                names = [f"core.{a.name}" for a in node.names]
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
             else:
-                names = [node.module or ""]
+                mod = node.module or ""
+            # `from pkg import sub` imports the submodule pkg.sub; `from mod import name` imports mod
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names]
         else:
             continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "core" and len(parts) > 1 and parts[1] in modules:
-                found.add(parts[1])
-    found.discard(path.stem)
+        for t in targets:
+            while t and t not in modules:  # core.masking.engine.X -> core.masking.engine
+                t = t.rpartition(".")[0]
+            if t:
+                found.add(t)
+    found.discard(name)
     return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = all_modules()
+    return {name: imports_of(p, set(mods), name) for name, p in mods.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -77,29 +82,54 @@ def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_import_graph_reads_lazy_relative_and_type_checking_imports(tmp_path):
-    f = tmp_path / "probe.py"
-    f.write_text("from typing import TYPE_CHECKING\nfrom .errors import MaskLensError\nfrom core import runs\n"
+def test_import_graph_reads_lazy_relative_and_type_only_imports(tmp_path):
+    pkg = tmp_path / "core" / "masking"
+    pkg.mkdir(parents=True)
+    f = pkg / "probe.py"
+    f.write_text("from typing import TYPE_CHECKING\nfrom ..errors import MaskLensError\nfrom core.training import runs\n"
                  "if TYPE_CHECKING:\n    from .engine import MaskConfig\n"
-                 "def f():\n    import core.train\n    from . import models\n")
-    assert core_imports(f) == {"errors", "runs", "train", "models"}
+                 "def f():\n    import core.training.train\n    from . import labels\n    from .. import models\n")
+    modules = {"core", "core.errors", "core.models", "core.masking", "core.masking.engine", "core.masking.labels",
+               "core.training", "core.training.runs", "core.training.train", "core.masking.probe"}
+    global ROOT
+    old, ROOT = ROOT, tmp_path
+    try:
+        found = imports_of(f, modules)
+    finally:
+        ROOT = old
+    assert found == {"core.errors", "core.training.runs", "core.training.train", "core.masking.labels", "core.models",
+                     "core.masking.engine"}
 
 
-def test_core_has_no_import_cycle():
-    graph = {p.stem: core_imports(p) for p in CORE.glob("*.py")}
+def test_no_import_cycle_in_core_or_app():
+    graph = import_graph()
+    assert "app.tab_inspect" in graph and "core.masking.engine" in graph, sorted(graph)
     cycle = find_cycle(graph)
-    assert cycle is None, f"import cycle in core/: {' -> '.join(cycle)}"
-    assert "runs" not in graph["train"], "core.train must not import core.runs (core.run_child joins them)"
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_layers():
+    """core never imports app; the data layer never imports masking or training; masking never imports training;
+    core.training.train never imports core.training.runs (core.training.run_child joins them)."""
+    graph = import_graph()
+    for mod, deps in graph.items():
+        if mod.startswith("core"):
+            assert not any(d.startswith("app") for d in deps), (mod, deps)
+        if mod.startswith("core.data"):
+            assert not any(d.startswith(("core.masking", "core.training")) for d in deps), (mod, deps)
+        if mod.startswith("core.masking"):
+            assert not any(d.startswith("core.training") for d in deps), (mod, deps)
+    assert "core.training.runs" not in graph["core.training.train"]
 
 
 def test_every_core_module_imports_alone_without_gradio():
-    names = sorted(p.stem for p in CORE.glob("*.py") if p.stem != "__main__")
+    names = sorted(n for n in all_modules() if n.startswith("core") and not n.endswith("__main__"))
     script = (
         "import importlib, json, sys\n"
         f"bad = {{}}\n"
         f"for n in {names!r}:\n"
         "    try:\n"
-        "        importlib.import_module('core.' + n)\n"
+        "        importlib.import_module(n)\n"
         "    except Exception as e:\n"
         "        bad[n] = repr(e)\n"
         "print(json.dumps({'bad': bad, 'gradio': 'gradio' in sys.modules}))\n"

@@ -1,4 +1,4 @@
-"""core.legacy_collator against hand-made truth tables and against the released TRL 0.19.1 collator.
+"""core.masking.legacy_collator against hand-made truth tables and against the released TRL 0.19.1 collator.
 
 The reference is the real ``DataCollatorForCompletionOnlyLM`` source from the trl-0.19.1 wheel (sha256-pinned),
 exec'd on top of the installed transformers' ``DataCollatorForLanguageModeling`` (importing ``trl`` 0.19.1 as a
@@ -33,7 +33,7 @@ import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from core.legacy_collator import (
+from core.masking.legacy_collator import (
     PAD_EQUALS_EOS_WARNING,
     LegacyResult,
     encode_template,

@@ -23,7 +23,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sessions(server):
-    from core.engine import STRATEGIES
+    from core.masking.engine import STRATEGIES
 
     expected = Expected()
     expected.warm(list(STRATEGIES))

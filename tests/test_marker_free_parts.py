@@ -16,8 +16,8 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
 from tests.trl_reference import FAMILIES, load_conversations
 

@@ -10,8 +10,8 @@ from trl import SFTConfig, SFTTrainer
 from trl.data_utils import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
 from core.packing import PACKING_STRATEGIES, pack_preview, packing_summary
 from tests.conftest import tiny_llama

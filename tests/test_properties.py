@@ -32,8 +32,8 @@ import trl
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
 from tests.test_foreign_templates import build_oracle, check_turns, generation_prompt_region, tokenizer_with_template
 

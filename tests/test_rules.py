@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
-from core.rules import (DEFAULT_PARTS, Rules, TrainEntry, load_rules, parse_rules, register_rules, rules_config)
-from core.strategies import get_strategy, strategy_names, unregister
+from core.masking.rules import (DEFAULT_PARTS, Rules, TrainEntry, load_rules, parse_rules, register_rules, rules_config)
+from core.masking.strategies import get_strategy, strategy_names, unregister
 from tests.trl_reference import family_tokenizer, load_conversations
 from tests.helpers import trained_runs
 

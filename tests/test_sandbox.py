@@ -1,4 +1,4 @@
-"""core.sandbox: any chat template renders within bounded time, memory and output, byte-identical to
+"""core.masking.sandbox: any chat template renders within bounded time, memory and output, byte-identical to
 core.templates.render, and the test process itself never runs a hostile template: those render only in the worker,
 under RLIMIT_AS / RLIMIT_CPU and a parent deadline of 2-3 s here.
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from core import sandbox
+from core.masking import sandbox
 from core.errors import MaskLensError
-from core.templates import render
+from core.masking.templates import render
 
 ASSETS = Path(__file__).parent / "assets"
 NESTED_PRINT = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
@@ -55,7 +55,7 @@ def _templates() -> dict[str, str]:
 
 
 def _inproc(tok, template, job):
-    """core.templates.render, the reference; trusted templates only."""
+    """core.masking.templates.render, the reference; trusted templates only."""
     try:
         return render(tok, job["messages"], template, tools=job.get("tools"),
                       add_generation_prompt=job.get("add_generation_prompt", False),
@@ -95,7 +95,7 @@ def test_every_real_template_renders_identically(smol_tok):
 
 
 def test_generation_spans_identical_on_a_marked_template(smol_tok):
-    from core.checks import add_generation_markers
+    from core.masking.checks import add_generation_markers
 
     marked = add_generation_markers(smol_tok)
     special = dict(smol_tok.special_tokens_map)
@@ -109,8 +109,8 @@ def test_generation_spans_identical_on_a_marked_template(smol_tok):
 
 
 def test_render_sandboxed_is_a_drop_in_for_render(smol_tok):
-    from core import spans
-    from core.templates import analyze_template
+    from core.masking import spans
+    from core.masking.templates import analyze_template
 
     msgs = _rows("plain.jsonl")[0]["messages"]
     assert sandbox.render_sandboxed(smol_tok, msgs, smol_tok.chat_template, add_generation_prompt=True) == render(

@@ -7,8 +7,8 @@ import json
 
 from datasets import Dataset
 
-from core.data import load_examples, load_examples_lenient
-from core.engine import MaskConfig, render_examples
+from core.data.formats import load_examples, load_examples_lenient
+from core.masking.engine import MaskConfig, render_examples
 from core.models import load_tokenizer
 
 

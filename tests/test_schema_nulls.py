@@ -1,4 +1,4 @@
-"""core.schema predicts, without building a Dataset, what the REAL `datasets` does to rows: every key it adds with
+"""core.data.schema predicts, without building a Dataset, what the REAL `datasets` does to rows: every key it adds with
 null, ints turned into floats, keys reordered, columns dropped, strings decoded or turned into timestamps, and when it
 cannot load the rows at all. Each prediction is compared with Dataset.from_list(rows).to_list() and with
 load_dataset("json") of the same rows written as JSONL (datasets 5.2: mixed fields are stored as Json, kept as written,
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.findings import CODES
-from core.schema import EACH, RowChanges, SchemaUnion, format_path, paths_that_matter, schema_null_paths
+from core.data.schema import EACH, RowChanges, SchemaUnion, format_path, paths_that_matter, schema_null_paths
 
 datasets.disable_progress_bars()
 datasets.logging.set_verbosity_error()

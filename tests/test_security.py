@@ -43,7 +43,7 @@ def _trust_keywords(path: Path):
 def test_trust_remote_code_is_off_unless_asked():
     from core.cli import build_parser
     from core.models import load_model, load_tokenizer
-    from core.train import TrainConfig
+    from core.training.train import TrainConfig
 
     assert TrainConfig().trust_remote_code is False
     for fn in (load_tokenizer, load_model):

@@ -10,11 +10,11 @@ import pytest
 import core.parallel
 from core.audit import AuditReport, ProblemRows, audit
 from core.cli import main
-from core.config import MaskConfig
-from core.data import load_examples
+from core.masking.options import MaskConfig
+from core.data.formats import load_examples
 from core.parallel import WorkerSpec, audit_chunk, chunks, map_chunks
-from core.reader import iter_rows
-from core.strategies import strategy_names, unregister
+from core.data.reader import iter_rows
+from core.masking.strategies import strategy_names, unregister
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "assets" / "samples"
@@ -53,7 +53,7 @@ def test_render_num_proc_2_is_identical_and_in_order(tmp_path, mixed, smol_tok):
     assert one == two
     recs = [json.loads(x) for x in one.decode().splitlines()]
     assert [r["row"] for r in recs] == list(range(len(load_examples(mixed))))
-    ref = [r.labels for r in __import__("core.engine", fromlist=["x"]).render_examples(
+    ref = [r.labels for r in __import__("core.masking.engine", fromlist=["x"]).render_examples(
         load_examples(mixed), smol_tok, MaskConfig("assistant_only"))]
     assert [r["labels"] for r in recs] == ref
 
@@ -117,7 +117,7 @@ def test_chunk_reports_merge_into_the_whole_report(smol_tok):
     merged = AuditReport(max_length=80)
     for c in chunks(rows, 3):
         merged.merge(audit_chunk(smol_tok, cfg, c, "x"))
-    whole, _ = audit([__import__("core.data", fromlist=["x"]).normalize_row(o, i) for i, o, _ in rows], smol_tok, cfg)
+    whole, _ = audit([__import__("core.data.formats", fromlist=["x"]).normalize_row(o, i) for i, o, _ in rows], smol_tok, cfg)
     assert merged == whole and merged.to_json() == whole.to_json()
     assert len(merged.trained_share) == len(merged.lengths) == len(rows)
 

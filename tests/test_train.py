@@ -1,4 +1,4 @@
-"""core.train + core.runs: real TRL SFT runs of a tiny random Llama on exactly the engine's labels.
+"""core.training.train + core.runs: real TRL SFT runs of a tiny random Llama on exactly the engine's labels.
 
 The tiny model uses the embedded SmolLM2 tokenizer (converted once into .cache/test-cache, shared with
 test_models.py) and is saved with it, so child processes need nothing else.
@@ -16,9 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from core import models, runs
+from core import models
+from core.training import runs
 from core.errors import MaskLensError
-from core.train import IGNORE_INDEX, TrainConfig, prepare_examples, run_training, sample_generations
+from core.training.train import IGNORE_INDEX, TrainConfig, prepare_examples, run_training, sample_generations
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_CACHE = REPO / ".cache" / "test-cache"

@@ -17,8 +17,8 @@ import re
 import pytest
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
 from tests import trl_reference as ref
 from tests.trl_reference import FAMILIES, first_difference, load_conversations, render_text, template_text

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from core.data import normalize_row
-from core.engine import MaskConfig, render_examples
+from core.data.formats import normalize_row
+from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
-from core.strategies import get_strategy, strategy_names, unregister
-from core.user_code import load_collator_file, load_strategy_file
+from core.masking.strategies import get_strategy, strategy_names, unregister
+from core.masking.user_code import load_collator_file, load_strategy_file
 from tests.trl_reference import family_tokenizer
 from tests.helpers import trained_runs
 

@@ -1,4 +1,4 @@
-from core.strategies import Decider, register
+from core.masking.strategies import Decider, register
 
 
 @register("assistant_only", help="replaces the built-in")

@@ -1,4 +1,4 @@
-from core.strategies import register
+from core.masking.strategies import register
 
 
 @register("broken_syntax")

@@ -3,8 +3,8 @@
 Some teams train the model's answers and reasoning but leave tool calls to a separate, schema-checked stage.
 """
 
-from core.data import is_trained_flag_off
-from core.strategies import Decider, register
+from core.data.formats import is_trained_flag_off
+from core.masking.strategies import Decider, register
 
 
 @register("no_tool_calls", help="every assistant turn: reasoning, content and end-of-turn, but not its tool calls")

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from core.errors import MaskLensError
-from core.models import EMBEDDED
+from ..errors import MaskLensError
+from ..models import EMBEDDED
 
 __all__ = [
     "IGNORE_INDEX",
@@ -376,7 +376,7 @@ def run_training(
     from transformers.utils import is_torch_bf16_gpu_available
     from trl import SFTConfig, SFTTrainer
 
-    from core.models import load_model, load_tokenizer
+    from ..models import load_model, load_tokenizer
 
     started = time.monotonic()
     run_dir = Path(run_dir)
@@ -439,7 +439,7 @@ def sample_generations(
     """
     import torch
 
-    from core.models import load_model, load_tokenizer
+    from ..models import load_model, load_tokenizer
 
     model = model_dir_or_name
     if isinstance(model_dir_or_name, (str, os.PathLike)) or model_dir_or_name is None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from itertools import compress, count
 
-from .config import EOS_MODES, STRATEGIES, TRUNCATION_MODES, MaskConfig, Strategy  # noqa: F401  (public names)
-from .data import KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, Example
-from .errors import MaskLensError
-from .findings import Finding
+from .options import EOS_MODES, STRATEGIES, TRUNCATION_MODES, MaskConfig, Strategy  # noqa: F401  (public names)
+from ..data.formats import KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, KIND_TEXT, KIND_TOKENS, Example
+from ..errors import MaskLensError
+from ..findings import Finding
 from .labels import (IGNORE, labels_from_char_spans, labels_from_generation, string_ranges, token_range,
                      unlabel_char_ranges)
 from .rendered import RenderedExample, Segment, TokenInfo  # noqa: F401  (public names)
@@ -464,11 +464,22 @@ def _finish(plan: _Plan, tokenizer, cfg: MaskConfig, ctx: dict) -> RenderedExamp
         why = " (TRL 1.16 drops it after truncation)" if cfg.max_length else ""
         findings.append(Finding("no_trained_tokens", f"0 of {len(ids)} tokens are trained{why}"))
     _check_eos(ids, labels, tokenizer, plan, findings, ctx)
+    labels, weights = _prompt_weights(ids, labels, cfg.prompt_loss_weight)
     return RenderedExample(row=ex.row, kind=ex.kind, input_ids=ids, labels=labels, text=text, findings=findings,
+                           weights=weights,
                            messages=ex.messages, token_rules=token_rules, n_before_truncation=n_before,
                            truncated_at_start=cut_start, strategy=cfg.strategy, turn=ex.turn,
                            template_label=plan.template_label, template_swapped=plan.swapped,
                            inference_text=plan.inference_text, _enc=enc, _keep=keep, _segment_builder=builder)
+
+
+def _prompt_weights(ids: list[int], labels: list[int], w: float) -> tuple[list[int], list[float] | None]:
+    """prompt_loss_weight: every token the strategy leaves untrained gets weight w (a label, weighted), the others 1.
+    Example: ([5, 6], [-100, 6], 0.1) -> ([5, 6], [0.1, 1.0]); w == 0 changes nothing; w == 1 is `full`."""
+    if w <= 0.0:
+        return labels, None
+    weights = [1.0 if lab != IGNORE else w for lab in labels]
+    return list(ids), (None if w >= 1.0 else weights)
 
 
 def _merge_trained(segs: list[Segment]) -> list[tuple[int, int]]:
@@ -680,7 +691,7 @@ def split_turns(examples: list[Example], cfg: MaskConfig) -> list[Example]:
     what the model sees at inference, so every trained token is one it would generate in that context.
     Example: [u, a1, u, a2] -> ([u] + [a1]), ([u, a1, u] + [a2]).
     """
-    from .data import is_trained_flag_off  # noqa: PLC0415
+    from ..data.formats import is_trained_flag_off  # noqa: PLC0415
 
     out = []
     for ex in examples:

@@ -13,7 +13,7 @@ Kinds:
 
 Register your own (``--strategy-file``, or in code)::
 
-    from core.strategies import register, Decider
+    from .strategies import register, Decider
 
     @register("first_turn", help="only the first assistant turn")
     def first_turn(ctx):
@@ -24,12 +24,10 @@ Register your own (``--strategy-file``, or in code)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
-from .data import is_trained_flag_off
+from ..data.formats import is_trained_flag_off
 
-if TYPE_CHECKING:
-    from .config import MaskConfig
 
 TRAINABLE_PARTS = ("reasoning", "content", "tool_calls", "eot", "scaffold")
 
@@ -39,7 +37,7 @@ class StrategyContext:
     """What a strategy sees of one conversation."""
 
     messages: list[dict]
-    cfg: MaskConfig
+    cfg: Any  # the MaskConfig (core.masking.options imports this module, so no import back)
     n_prompt: int = 0  # prompt/completion rows: how many messages are the prompt
 
 
@@ -97,7 +95,7 @@ def unregister(name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ built-in deciders
-def _part_rule(role: str, part: str, cfg: MaskConfig, idx: int, last: int | None) -> tuple[bool, str]:
+def _part_rule(role: str, part: str, cfg, idx: int, last: int | None) -> tuple[bool, str]:
     """The assistant strategies' answer for one part of a trained message (options applied)."""
     if part == "header":
         return False, f"not trained: {role} role header"

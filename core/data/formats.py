@@ -19,11 +19,10 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import MaskLensError
-from .findings import Finding
+from ..errors import MaskLensError
+from ..findings import Finding
 from .reader import iter_rows
 from .schema import SchemaUnion, format_path, paths_that_matter
 
@@ -511,7 +510,7 @@ def _check_tool_calls(calls, where: str, err) -> None:
                 raise err(f"is a string that is not valid JSON ({e.msg} at column {e.colno})", fw + ".arguments",
                           "give the arguments as an object, or as a string holding a JSON object") from None
             except RecursionError:
-                raise err(f"is a JSON string nested too deeply to parse", fw + ".arguments",
+                raise err("is a JSON string nested too deeply to parse", fw + ".arguments",
                           "flatten the arguments") from None
             if not isinstance(parsed, dict):
                 raise err(f"is a JSON string holding a {type(parsed).__name__}, not an object", fw + ".arguments",

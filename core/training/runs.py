@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.errors import MaskLensError
-from core.models import embedded_checkpoint_dir, is_embedded
-from core.train import (
+from ..errors import MaskLensError
+from ..models import embedded_checkpoint_dir, is_embedded
+from .train import (
     METRICS_FILE,
     STOP_FILE,
     TrainConfig,
@@ -73,7 +73,7 @@ DATA_FILE = "data.jsonl"
 RUN_FILE = "run.json"
 LOG_FILE = "log.txt"
 _LOCK_FILE = ".run.lock"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 DIED = "process died (killed?)"
 # A queued run gets its pid right after Popen; one still without a pid after this long never started.
 _QUEUED_TIMEOUT_S = 120.0
@@ -405,7 +405,7 @@ def launch(run_dir: str | os.PathLike) -> RunHandle:
     with open(run_dir / LOG_FILE, "ab") as log:
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "core.run_child", "--run-dir", str(run_dir)],
+                [sys.executable, "-m", "core.training.run_child", "--run-dir", str(run_dir)],
                 cwd=str(_REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -14,8 +14,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import spans as _spans
-from .errors import MaskLensError
+from ..masking import spans as _spans
+from ..errors import MaskLensError
 from .spans import (MessageSpan, TemplateInfo, locate_messages, special_regex,  # noqa: F401  (re-exported)
                     special_tokens)
 

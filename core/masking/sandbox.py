@@ -50,7 +50,7 @@ import threading
 import time
 
 try:
-    from .errors import MaskLensError
+    from ..errors import MaskLensError
 except ImportError:  # run as the worker script (python -P core/sandbox.py): the worker sends plain tuples, no errors
     MaskLensError = None  # type: ignore[assignment,misc]
 

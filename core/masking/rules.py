@@ -32,9 +32,9 @@ import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import MaskConfig
-from .data import ROLES, is_trained_flag_off
-from .errors import MaskLensError
+from .options import MaskConfig
+from ..data.formats import ROLES, is_trained_flag_off
+from ..errors import MaskLensError
 from .spans import PARTS
 from .strategies import Decider, StrategyContext, register
 

@@ -24,7 +24,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import MaskLensError
+from ..errors import MaskLensError
 from .strategies import get_strategy, register, strategy_names, unregister
 
 _LOADED: dict[str, object] = {}  # module name -> module, so that code defined in the file stays importable

@@ -25,7 +25,7 @@ import re
 import weakref
 from dataclasses import dataclass, field
 
-from .errors import MaskLensError
+from ..errors import MaskLensError
 
 PROBE = ("MLPROBEsys", "MLPROBEu1", "MLPROBEa1", "MLPROBEu2", "MLPROBEa2")
 PROBE_REASONING = "MLPROBEthink"

@@ -18,8 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
-from core import runs
-from core.train import TrainConfig, request_stop, run_training, stop_requested
+from ..training import runs
+from .train import TrainConfig, request_stop, run_training, stop_requested
 
 
 def _on_sigterm(signum, frame):

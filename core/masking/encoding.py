@@ -21,7 +21,7 @@ import threading
 import weakref
 from bisect import bisect_right
 
-from .errors import MaskLensError
+from ..errors import MaskLensError
 
 MAX_CACHED_TOKENS = 1_000_000  # tokens of cached pieces (~80 bytes each with their Encoding): cleared when full
 MAX_UNIQUE_SHARE = 0.6  # at most this share of characters not seen before: reuse pays for the splitting

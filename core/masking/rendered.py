@@ -6,7 +6,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .findings import Finding
+from ..findings import Finding
 from .labels import IGNORE
 
 
@@ -58,6 +58,9 @@ class RenderedExample:
     template_label: str = ""  # which template produced the tokens, in words
     template_swapped: bool = False  # rendered with TRL's training twin, not the tokenizer's own template
     inference_text: str | None = None  # the tokenizer's own rendering, when the twin renders differently
+    # Per-token loss weights in [0, 1], or None when every weight is 0 or 1 (the labels alone say it: -100 is 0).
+    # Where a weight is > 0 the label is the token id; training minimises sum(w * nll) / sum(w).
+    weights: list[float] | None = None
     _enc: object = field(default=None, repr=False)
     _keep: slice | None = field(default=None, repr=False)
     _segments: list | None = field(default=None, repr=False)
@@ -83,14 +86,28 @@ class RenderedExample:
 
     @property
     def n_trained(self) -> int:
+        """Tokens with a label (weight > 0)."""
         return len(self.labels) - self.labels.count(IGNORE)
+
+    @property
+    def n_weighted(self) -> int:
+        """Tokens trained with a weight strictly between 0 and 1."""
+        return 0 if self.weights is None else sum(1 for w in self.weights if 0.0 < w < 1.0)
+
+    @property
+    def weight_sum(self) -> float:
+        """sum(w) over the tokens: how much of the loss this example carries."""
+        return float(self.n_trained) if self.weights is None else float(sum(self.weights))
 
     def to_json(self) -> dict:
         """The CLI/export record: one per input row."""
         d = {"row": self.row}
         if self.turn is not None:
             d["turn"] = self.turn
-        return {**d, "input_ids": self.input_ids, "labels": self.labels,
+        d = {**d, "input_ids": self.input_ids, "labels": self.labels}
+        if self.weights is not None:
+            d["loss_weights"] = self.weights
+        return {**d,
                 "findings": [{"code": f.code, "message": f.message, "severity": f.severity} for f in self.findings],
                 "n_tokens": self.n_tokens, "n_trained": self.n_trained,
                 "truncated_tokens": self.n_before_truncation - self.n_tokens}

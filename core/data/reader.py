@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import MaskLensError
+from ..errors import MaskLensError
 
 JSON_FIELDS = ("messages", "conversations", "prompt", "completion", "tools", "input_ids", "labels", "chat_template_kwargs")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .data import normalize_row
+from ..data.formats import normalize_row
 from .engine import MaskConfig, encode_batch, render_examples
-from .errors import MaskLensError
+from ..errors import MaskLensError
 from .templates import analyze_template, get_template, has_generation_markers, locate_messages, render
 
 PROBE_CONVERSATION = [

@@ -66,6 +66,17 @@ def _twin_names() -> dict[str, str]:
     return {p.read_text(encoding="utf-8"): p.name[: -len("_training.jinja")] for p in d.glob("*_training.jinja")}
 
 
+def shipped_templates() -> dict[str, Path]:
+    """TRL's bundled chat templates by file name (plain and *_training twins with {% generation %}).
+    Example: {"qwen3.jinja": Path(...), "qwen3_training.jinja": Path(...), ...}."""
+    try:
+        import trl  # noqa: PLC0415
+    except ImportError:
+        return {}
+    d = Path(trl.__file__).parent / "chat_templates"
+    return {p.name: p for p in sorted(d.glob("*.jinja"))}
+
+
 _CACHE: dict = {}
 
 
