@@ -442,8 +442,8 @@ def build_train_tab(session: gr.State) -> dict:
                                    info=h("gradient_checkpointing"))
             gr.HTML('<div class="hint">Trains on the Inspect tab\'s data, tokenizer and masking settings: exactly the '
                     "labels it shows.</div>")
-            name = gr.Textbox(label="Run name", placeholder="empty: strategy + time, e.g. assistant_only-0107-093012",
-                              elem_id="train-name", max_lines=1)
+            name = gr.Textbox(value="", label="Run name", elem_id="train-name", max_lines=1,
+                              placeholder="empty: strategy + time, e.g. assistant_only-0107-093012")
             estimate = gr.HTML(elem_id="train-estimate")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
