@@ -21,6 +21,7 @@ from core.errors import MaskLensError
 from core.masking.checks import PROBE_CONVERSATION, add_generation_markers, verify_generation_template
 from core.masking.engine import EOS_MODES, TRUNCATION_MODES, MaskConfig, RenderedExample, render_examples, vocab_id
 from core.masking.options import TEMPLATE_SOURCES, TRAIN_MASK
+from core.masking.spans import REASONING_FIELDS
 from core.masking.strategies import get_strategy, strategy_names
 from core.masking.trl_templates import SOURCE_CANNOT_PATCH, shipped_templates, training_template, trl_version
 
@@ -195,7 +196,7 @@ _MARKED: dict[tuple[int, str], tuple[object, str | None]] = {}
 
 
 def marked_template_of(session: Session) -> str | None:
-    """The tokenizer's own chat template with {% generation %} markers added (core.checks.add_generation_markers),
+    """The tokenizer's own chat template with {% generation %} markers added (core.masking.checks),
     or None when they cannot be added. Cached per tokenizer and template: every view asks."""
     try:
         tok = session.tokenizer()
@@ -233,11 +234,11 @@ def marked_twin(session: Session, limit: int | None = None):
 # ------------------------------------------------------------------------------------------------------ fitting
 # What the app sets by itself when the data changes (and says so in the notice line above the tokens): a strategy
 # that fits the data's format, and a chat template that renders what the data holds.
+_PROMPT_COMPLETION = ("completion_only", "TRL's default for prompt/completion data (completion_only_loss): the "
+                                          "completion trains, the prompt does not")
 KIND_STRATEGY = {
-    KIND_PC_TEXT: ("completion_only", "TRL's default for prompt/completion data (completion_only_loss): the "
-                                      "completion trains, the prompt does not"),
-    KIND_PC_CONV: ("completion_only", "TRL's default for prompt/completion data (completion_only_loss): the "
-                                      "completion trains, the prompt does not"),
+    KIND_PC_TEXT: _PROMPT_COMPLETION,
+    KIND_PC_CONV: _PROMPT_COMPLETION,
     KIND_TEXT: ("full", "plain text has no prompt or turns: TRL trains every token"),
     KIND_TOKENS: ("full", "pre-tokenized rows: TRL uses a labels column as it is, else trains every token"),
     KIND_MESSAGES: ("assistant_only", "conversations: every assistant turn trains (TRL's assistant_only_loss=True; "
@@ -268,8 +269,7 @@ def unrendered_features(session: Session, limit: int = 8) -> list[str]:
     """What the data holds that the session's chat template does not render, among "reasoning" and "tool calls",
     judged on the first `limit` conversations that have them. Example: reasoning.jsonl + SmolLM2 -> ["reasoning"]."""
     examples = [ex for ex in session.data.examples if ex.messages and any(
-        m.get("tool_calls") or (m.get("role") == "assistant" and (m.get("reasoning_content") or m.get("thinking")
-                                                                   or m.get("reasoning")))
+        m.get("tool_calls") or (m.get("role") == "assistant" and any(m.get(f) for f in REASONING_FIELDS))
         for m in ex.messages)][:limit]
     if not examples:
         return []
@@ -409,7 +409,7 @@ UPLOADED = "uploaded:"  # the Data picker's value for the session's uploaded fil
 def data_choices(session: Session) -> list[tuple[str, str]]:
     """The Data picker: the bundled samples, then the file this session uploaded last."""
     up = session.uploaded
-    return sample_choices() + ([(f"{up.name} — your upload", UPLOADED + up.name)] if up is not None else [])
+    return sample_choices() + ([(f"{up.name} — your file", UPLOADED + up.name)] if up is not None else [])
 
 
 def data_value(session: Session) -> str | None:

@@ -738,7 +738,7 @@ def test_an_upload_stays_in_the_data_picker(loaded):
     s = out.session
     res = inspect_out(tab_inspect.on_upload(s, str(SAMPLES_DIR / "weighted.jsonl")))
     entry = tab_inspect.UPLOADED + "weighted.jsonl"
-    assert res.data_pick["value"] == entry and ("weighted.jsonl — your upload", entry) in res.data_pick["choices"]
+    assert res.data_pick["value"] == entry and ("weighted.jsonl — your file", entry) in res.data_pick["choices"]
     uploaded = s.data
     tab_inspect.on_sample(s, "chat_multiturn.jsonl")
     again = inspect_out(tab_inspect.on_sample(s, entry))

@@ -215,11 +215,11 @@ def test_an_upload_is_selected_in_the_data_picker_and_can_be_picked_again(page):
 
     page.locator(UPLOAD).set_input_files(str(REPO / "assets" / "samples" / "weighted.jsonl"))
     page.wait_for_selector("#data-info:has-text('weighted.jsonl')", timeout=20_000)
-    page.wait_for_function("() => document.querySelector('#sample input').value.includes('your upload')",
+    page.wait_for_function("() => document.querySelector('#sample input').value.includes('your file')",
                            timeout=20_000)
     choose_sample(page, "chat_multiturn.jsonl", 6)
     page.locator("#sample input").click()
-    page.get_by_role("option", name="weighted.jsonl — your upload").click()
+    page.get_by_role("option", name="weighted.jsonl — your file").click()
     page.wait_for_selector("#caption:has-text('of 3')", timeout=20_000)
     assert "weighted.jsonl" in page.locator("#data-info").inner_text()
 
