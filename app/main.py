@@ -37,6 +37,21 @@ HEADER = """
 """
 
 
+# On a narrow screen (a phone) the token view comes first (style.css) and the long option panels start folded:
+# their headers stay, one tap opens them. Accordions render after the header, so wait for them.
+NARROW_JS = r"""
+if (window.matchMedia('(max-width: 700px)').matches) {
+  let tries = 0;
+  const fold = () => {
+    const open = document.querySelectorAll('.fold-narrow > button.label-wrap.open');
+    open.forEach((b) => b.click());
+    if (!open.length && ++tries < 100) setTimeout(fold, 50);
+  };
+  fold();
+}
+"""
+
+
 def theme() -> gr.themes.Base:
     # Local fonts only: the app must work offline (no Google Fonts).
     return gr.themes.Base(
@@ -171,9 +186,9 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
     from . import tab_audit, tab_compare, tab_export, tab_inspect, tab_rules, tab_templates, tab_train  # noqa: PLC0415
 
     with gr.Blocks(title="MaskLens", fill_width=True) as demo:
-        gr.HTML(HEADER)
+        gr.HTML(HEADER, js_on_load=NARROW_JS)
         session = gr.State(Session())
-        with gr.Tabs(elem_id="tabs") as tabs:
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # every tab in sight, also on a phone
             with gr.Tab("Inspect", id="inspect", elem_id="tab-inspect"):
                 inspect = tab_inspect.build_inspect_tab(session)
             with gr.Tab("Rules", id="rules", elem_id="tab-rules") as rules_tab:
@@ -186,8 +201,8 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
                 audit = tab_audit.build_audit_tab(session)
             with gr.Tab("Export", id="export", elem_id="tab-export") as export_tab:
                 export = tab_export.build_export_tab(session)
-            with gr.Tab("Train", id="train", elem_id="tab-train"):
-                tab_train.build_train_tab(session)
+            with gr.Tab("Train", id="train", elem_id="tab-train") as train_tab:
+                train = tab_train.build_train_tab(session)
 
         # Tabs that show the Inspect tab's current state refresh when opened.
         compare_tab.select(**compare["args"])
@@ -197,6 +212,8 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
         rules["applied"].then(tab_inspect.view, [session], inspect.outputs)
         templates_tab.select(**templates["refresh"])
         export_tab.select(**export["refresh"])
+        export_tab.select(**export["formats"])
+        train_tab.select(**train["estimate"])  # the estimate follows the data and masking chosen in Inspect
         # Audit -> Inspect: a problem row opens its example there.
         audit["problems"].select(tab_audit.on_select_problem, [session], inspect.outputs + [tabs])
         # Templates -> Inspect: use the generated {% generation %} twin.

@@ -154,9 +154,9 @@ def legend_html(underline: str = "part", shift: bool = False) -> str:
     return f'<div class="legend" data-underline="{esc(underline)}">' + "".join(items) + "</div>"
 
 
-def template_line_html(rendered: RenderedExample | None) -> str:
-    """One line above the token view: which template produced the tokens (and whether the twin renders this row
-    differently from the tokenizer's own template)."""
+def template_line_html(rendered: RenderedExample | None, label: str | None = None) -> str:
+    """One line above the token view: which template produced the tokens (`label`, else the engine's words), and
+    whether the twin renders this row differently from the tokenizer's own template."""
     if rendered is None or not rendered.template_label:
         return ""
     extra = ""
@@ -167,7 +167,20 @@ def template_line_html(rendered: RenderedExample | None) -> str:
         extra = " · the tokenizer's own template renders this row identically"
     turn = f" · turn {rendered.turn} (split_turns)" if rendered.turn is not None else ""
     return (f'<div class="tpl-line" data-swapped="{str(rendered.template_swapped).lower()}">Template: '
-            f"<b>{esc(rendered.template_label)}</b>{turn}{extra}</div>")
+            f"<b>{esc(label or rendered.template_label)}</b>{turn}{extra}</div>")
+
+
+def cannot_patch_line_html(template: str, trl_version: str) -> str:
+    """The line above the tokens where TRL has no training template for the chat template in use: what is in
+    effect, and why, in one plain sentence (the button under it offers the marked template)."""
+    return (f'<div class="tpl-line" data-source="own">Template: <b>{esc(template)}</b>, masked by MaskLens: TRL '
+            f"{esc(trl_version)} has no training template for this model's chat template (its "
+            "<code>assistant_only_loss</code> would stop with an error).</div>")
+
+
+def notice_html(notice: str) -> str:
+    """What the app just set by itself and why (HTML from the app's own strings), or ""."""
+    return f'<div class="notice" role="status">{notice}</div>' if notice else ""
 
 
 _PIECE_RE = None
@@ -307,11 +320,59 @@ def location_text(location: dict, items: int = 3, chars: int = 48) -> str:
     return ", ".join(out)
 
 
+# Fixes as the app says them: its own controls, not the CLI's flags or the config's field names (core.findings
+# words them for every front end).
+APP_FIXES = {
+    "template_ambiguous": "Tick 'Templates are token ids' under Options and give the in-context ids from the message, "
+                          "or use assistant_only.",
+    "trl_cannot_patch": "Click 'Use a proven {% generation %}-marked copy' above the tokens (Templates → "
+                        "Generate shows and downloads it), pick a chat template TRL knows under Chat template, or "
+                        "export these labels pre-tokenized (Export tab): TRL trains on a labels column as it is.",
+    "template_swapped": "Nothing to fix if intended; to train on what inference shows, tick split_turns under Options "
+                        "(each turn with its history as at inference) or set Template source to MaskLens's own "
+                        "masking.",
+    "empty_think_trained": "Set Empty think to mask under Options to keep it rendered but untrained, or give those "
+                           "turns reasoning.",
+    "reasoning_not_rendered": "Pick a chat template that renders reasoning for every turn under Chat template (e.g. "
+                              "TRL qwen3.jinja: TRL's training twin keeps it), tick split_turns under Options, or "
+                              "drop the reasoning from history turns on purpose.",
+}
+# CLI wording in the engine's error messages -> the app's controls (error_html rewrites them).
+APP_WORDING = (
+    ("pass --chat-template FILE (a jinja template)", "pick one under Chat template (or paste one in the Chat template "
+                                                     "box and Apply)"),
+    ('pass --response-template "### Assistant:" or --response-template-ids 1,2,3',
+     "type it in the Response template box under Options (e.g. ### Assistant:), or its ids with 'Templates are token "
+     "ids' ticked"),
+    ("choose --strategy assistant_only, or drop --split-turns", "choose the assistant_only strategy, or untick "
+                                                                "split_turns"),
+    ("point --data at a .jsonl/.json/.parquet/.csv file", "upload a .jsonl, .json, .parquet or .csv file"),
+)
+# Findings whose message quotes another tool's error: the explanation leads, the quote is folded.
+FOLDED = {"trl_cannot_patch": "TRL's own message"}
+
+
+def app_wording(text: str) -> str:
+    """An engine message with its CLI wording replaced by the app's controls (APP_WORDING)."""
+    for cli, app in APP_WORDING:
+        text = text.replace(cli, app)
+    return text
+
+
+def app_fix(f: Finding) -> str:
+    return APP_FIXES.get(f.code) or app_wording(f.fix)
+
+
+def by_severity(findings: Iterable[Finding]) -> list[Finding]:
+    """Errors first, then warnings, then notes (stable within each)."""
+    return sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))
+
+
 def findings_html(findings: list[Finding]) -> str:
     if not findings:
         return '<div class="findings"><div class="ok">No findings: nothing suspicious in this example.</div></div>'
     items = []
-    for f in sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 3)):
+    for f in by_severity(findings):
         loc = ""
         if f.location:
             loc = '<span class="loc">' + esc(location_text(f.location)) + "</span>"
@@ -321,23 +382,30 @@ def findings_html(findings: list[Finding]) -> str:
         items.append(
             f'<div class="finding sev-{esc(f.severity)}" data-code="{esc(f.code)}"{goto}>'
             f'<div class="fh"><span class="badge">{esc(f.severity)}</span><code>{esc(f.code)}</code>{loc}</div>'
-            f'<div class="fm">{esc(f.message)}</div>'
-            f'<div class="fx">{esc(f.explanation)}</div>'
-            f'<div class="ff"><b>Fix:</b> {esc(f.fix)}</div></div>')
+            + (f'<div class="fm">{esc(f.explanation)}</div><details class="fx"><summary>{esc(FOLDED[f.code])}'
+               f"</summary>{esc(f.message)}</details>" if f.code in FOLDED else
+               f'<div class="fm">{esc(f.message)}</div><div class="fx">{esc(f.explanation)}</div>')
+            + f'<div class="ff"><b>Fix:</b> {esc(app_fix(f))}</div></div>')
     return '<div class="findings">' + "".join(items) + "</div>"
 
 
-def _severity(code: str) -> str:
+def severity_of(code: str) -> str:
     return CODES[code][0] if code in CODES else "info"
+
+
+def codes_by_severity(codes: Iterable[str]) -> list[str]:
+    """Finding codes, errors first (stable within a severity). Example: ["pad_is_eos", "no_trained_tokens"] ->
+    ["no_trained_tokens", "pad_is_eos"]."""
+    return sorted(codes, key=lambda c: SEVERITY_ORDER.get(severity_of(c), 3))
 
 
 def finding_counts_html(counts: Counter | dict) -> str:
     if not counts:
         return '<div class="ok">No findings in the dataset.</div>'
     rows = "".join(
-        f'<tr><td><span class="badge sev-{esc(_severity(c))}">{esc(_severity(c))}</span></td>'
+        f'<tr><td><span class="badge sev-{esc(severity_of(c))}">{esc(severity_of(c))}</span></td>'
         f'<td><code>{esc(c)}</code></td><td>{n}</td><td>{esc(CODES[c][1]) if c in CODES else ""}</td></tr>'
-        for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        for c, n in sorted(counts.items(), key=lambda kv: (SEVERITY_ORDER.get(severity_of(kv[0]), 3), -kv[1], kv[0])))
     return ('<table class="grid findings-table"><thead><tr><th></th><th>code</th><th>examples</th><th>meaning</th>'
             f"</tr></thead><tbody>{rows}</tbody></table>")
 
@@ -345,7 +413,7 @@ def finding_counts_html(counts: Counter | dict) -> str:
 # ------------------------------------------------------------------------------------------------------ boxes
 def error_html(message: str, title: str = "Error") -> str:
     """The in-page error box (the message of a MaskLensError names file, row, field and fix)."""
-    msg = esc(message)
+    msg = esc(app_wording(message))
     if " Fix: " in msg:
         what, fix = msg.split(" Fix: ", 1)
         msg = f'{what}<div class="ff"><b>Fix:</b> {fix}</div>'
@@ -411,14 +479,14 @@ def compare_summary_html(names: list[str], rendered: list[RenderedExample], same
     rows = []
     for i, (name, r) in enumerate(zip(names, rendered)):
         share = r.n_trained / r.n_tokens if r.n_tokens else 0
-        d = f"{per_config_diff[i]}" if same_ids else "—"
-        codes = ", ".join(sorted({f.code for f in r.findings})) or "—"
+        d = "—" if not same_ids else "reference" if i == 0 else f"{per_config_diff[i]}"
+        codes = ", ".join(dict.fromkeys(f.code for f in by_severity(r.findings))) or "—"
         rows.append(f"<tr><td><b>{chr(65 + i)}</b></td><td>{esc(name)}</td><td>{r.n_tokens}</td><td>{r.n_trained}</td>"
                     f"<td>{pct(share)}</td><td>{d}</td><td>{esc(codes)}</td></tr>")
     if same_ids:
         head = (f'<div class="cmp-head"><b class="ndiff" data-diff="{n_diff}">{n_diff}</b> token'
                 f'{"s" if n_diff != 1 else ""} labelled differently across the configurations '
-                f"(red top edge in the views below)</div>")
+                f"(black top edge in the views below)</div>")
     else:
         labels = sorted({r.template_label for r in rendered if r.template_label})
         why = ("they render with different templates: " + "; ".join(labels)) if len(labels) > 1 else \
@@ -426,7 +494,7 @@ def compare_summary_html(names: list[str], rendered: list[RenderedExample], same
         head = ('<div class="cmp-head warn">The configurations tokenize the example differently (' + esc(why)
                 + "), so labels are not compared position by position; compare counts per role instead.</div>")
     return (head + '<table class="grid"><thead><tr><th></th><th>configuration</th><th>tokens</th><th>trained</th>'
-            '<th>share</th><th>labels differing</th><th>findings</th></tr></thead><tbody>' + "".join(rows)
+            '<th>share</th><th>labels differing vs A</th><th>findings</th></tr></thead><tbody>' + "".join(rows)
             + "</tbody></table>")
 
 

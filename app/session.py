@@ -317,6 +317,9 @@ class Session:
     chat_template: str | None = None  # an edited template replacing the tokenizer's; None = the tokenizer's
     turn: int | None = None  # split_turns: the assistant message whose example is shown (None: the row's first)
     display: dict = field(default_factory=dict)  # token view display options (app.tab_inspect.DISPLAY_DEFAULTS)
+    uploaded: Dataset | None = None  # the last uploaded file, or the one the app opened with (the Data picker lists it)
+    # (chat template the app picked itself for the data, the one it replaced): app.tab_inspect.fit_template
+    auto_template: tuple[str, str | None] | None = None
 
     @property
     def example(self) -> Example | None:

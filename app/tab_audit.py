@@ -114,8 +114,8 @@ def problems_table(session: Session, rep) -> list[list]:
         k = position.get(p["row"])
         if k is None:
             continue
-        out.append([k + 1, p["row"], p["severity"], ", ".join(p["codes"]), rep.lengths[k],
-                    render.pct(rep.trained_share[k])])
+        out.append([k + 1, p["row"], p["severity"], ", ".join(render.codes_by_severity(p["codes"])),
+                    rep.lengths[k], render.pct(rep.trained_share[k])])
     return out
 
 

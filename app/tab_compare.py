@@ -20,7 +20,7 @@ from core.errors import MaskLensError
 
 from . import render
 from .session import Session, unescape
-from .tab_inspect import TOKEN_VIEW_JS, strategy_choices, template_choice
+from .tab_inspect import MARKED_TEMPLATE, TOKEN_VIEW_JS, strategy_choices, template_choice
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ def resolve_template(session: Session, choice: str) -> tuple[str | None, str]:
         if not session.chat_template:
             return None, ""
         picked = template_choice(session)
-        return session.chat_template, picked[4:] if picked.startswith("trl:") else "Inspect's template"
+        name = picked[4:] if picked.startswith("trl:") else \
+            "marked template" if picked == MARKED_TEMPLATE else "Inspect's template"
+        return session.chat_template, name
     if choice.startswith("trl:"):
         name = choice[4:]
         path = shipped_templates().get(name)
@@ -177,10 +179,11 @@ def on_count(n: int):
 def build_compare_tab(session: gr.State) -> dict:
     """The Compare tab (call inside a gr.Tab). Returns its components; `args` re-runs the comparison."""
     with gr.Row(elem_classes="bar"):
-        count = gr.Radio(choices=[2, 3, 4], value=3, label="Configurations", scale=0, min_width=200)
+        count = gr.Radio(choices=[2, 3, 4], value=2, label="Configurations", scale=0, min_width=200,
+                         elem_id="compare-count")
         run = gr.Button("Compare", variant="primary", size="md", scale=0, min_width=120, elem_id="compare-run")
         gr.HTML('<div class="hint">The example, train roles, max_length and truncation come from the Inspect tab. '
-                "Tokens whose labels differ between the configurations have a red top edge.</div>")
+                "Tokens whose labels differ between the configurations have a black top edge.</div>")
     summary = gr.HTML(elem_id="compare-summary")
     inputs, cols, views, strategies = [], [], [], []
     tchoices = template_choices()
@@ -191,7 +194,7 @@ def build_compare_tab(session: gr.State) -> dict:
             d = DEFAULTS[i]
             L = chr(65 + i)
             low = L.lower()
-            with gr.Column(visible=i < 3, min_width=260, elem_classes="cmpcol") as col:
+            with gr.Column(visible=i < 2, min_width=260, elem_classes="cmpcol") as col:
                 with gr.Group(elem_classes="cmp-cfg"):
                     with gr.Row():
                         s = gr.Dropdown(choices=strategy_choices(), value=d.strategy, label=f"{L} · strategy",

@@ -121,17 +121,30 @@ def _export_split(session: Session):
     return msg, str(path)
 
 
+def formats(session: Session) -> list[str]:
+    """The export formats that apply: split rows only with split_turns on (assistant_only)."""
+    s = session.settings
+    return [f for f in FORMATS if f != SPLIT_ROWS or (s.split_turns and s.strategy == "assistant_only")]
+
+
+def on_formats(session: Session, fmt: str) -> dict:
+    """The Format radio when the tab opens: what applies to the Inspect tab's settings, the choice kept if it does."""
+    choices = formats(session)
+    return gr.update(choices=choices, value=fmt if fmt in choices else choices[0])
+
+
 def _with_button(status: str, path: str | None):
     return status, gr.DownloadButton(value=path, interactive=path is not None,
                                      label="Download ⬇" if path else "Download")  # the file's name is in the status
 
 
 def build_export_tab(session: gr.State) -> dict:
-    """The Export tab (call inside a gr.Tab). Returns {"refresh": event kwargs for the snippets}."""
+    """The Export tab (call inside a gr.Tab). Returns event kwargs for when it opens: "refresh" (the snippets) and
+    "formats" (the formats that apply)."""
     head = gr.HTML()
     with gr.Row(elem_classes="bar"):
-        fmt = gr.Radio(choices=list(FORMATS), value="JSONL", label="Format", scale=0, min_width=300,
-                       elem_id="export-format")
+        fmt = gr.Radio(choices=formats(Session()), value="JSONL", label="Format", scale=0, min_width=300,
+                       elem_id="export-format", info="split rows: with split_turns ticked in Inspect")
         run = gr.Button("Export the masked dataset", variant="primary", size="md", scale=0, min_width=220,
                         elem_id="export-run")
         out = gr.DownloadButton("Download", value=None, size="md", scale=0, min_width=160, interactive=False,
@@ -153,4 +166,5 @@ def build_export_tab(session: gr.State) -> dict:
             lf = gr.Code(language="yaml", label="LLaMA-Factory", interactive=False, lines=20, max_lines=60,
                               wrap_lines=True)
     run.click(lambda s, f, m: _with_button(*on_export(s, f, m)), [session, fmt, mask], [status, out])
-    return {"refresh": dict(fn=on_snippets, inputs=[session], outputs=[head, sft, axo, lf])}
+    return {"refresh": dict(fn=on_snippets, inputs=[session], outputs=[head, sft, axo, lf]),
+            "formats": dict(fn=on_formats, inputs=[session, fmt], outputs=[fmt])}

@@ -14,16 +14,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.masking.checks import (PROBE_CONVERSATION, add_generation_markers, derive_templates, render_spans,
-                         template_checks, template_usage, verify_generation_template)
-from core.data.formats import normalize_row
+from core.masking.checks import PROBE_CONVERSATION, derive_templates, render_spans, template_checks, template_usage
 from core.masking.engine import MaskConfig, render_examples
 from core.errors import MaskLensError
 from core.masking.trl_templates import SOURCE_TRL_TWIN, training_template, trl_version
 
 from . import render
 from .session import Session, unescape
-from .tab_inspect import template_choice
+from .tab_inspect import MARKED_TEMPLATE, marked_twin, template_choice
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +48,8 @@ def template_source_text(session: Session) -> str:
     picked = template_choice(session)
     if picked.startswith("trl:"):
         return f"TRL's <code>{render.esc(picked[4:])}</code>, picked in Inspect"
+    if picked == MARKED_TEMPLATE:
+        return "the tokenizer's own chat template with the {% generation %} markers picked in Inspect"
     return "the template edited in Inspect"
 
 
@@ -131,11 +131,7 @@ def on_generate(session: Session):
                     "<code>assistant_only_loss=True</code>: here it is, to read, download or use in Inspect. It "
                     "is prefix-preserving rather than identical to the inference template (e.g. earlier turns keep "
                     "their reasoning), so no render-identity proof applies.</div>", tt.template, str(path))
-        marked = add_generation_markers(tok, original)
-        examples = [e for e in (session.data.examples if session.data else []) if e.kind == "messages"]
-        session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
-        examples.append(normalize_row({"messages": PROBE_CONVERSATION}, len(examples)))
-        proof = verify_generation_template(tok, original, marked, examples)
+        marked, proof = marked_twin(session)
     except Exception as e:  # noqa: BLE001
         return _fail(e), "", None
     path = Path(tempfile.mkdtemp(prefix="masklens-")) / "chat_template_training.jinja"

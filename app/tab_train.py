@@ -123,22 +123,27 @@ def _signature(views: list[dict], watched: str | None, selected: list[str] | Non
 
 def on_tick(watched, selected, last: dict | None):
     """gr.Timer: send only what changed, and nothing when nothing did (no redraw, no dropdown closed under the
-    user's pointer); the figure and the HTML are built only then."""
+    user's pointer); the figure and the HTML are built only then. Returns (*Refresh, the Start/Stop message: cleared
+    once a run that was active has ended, tick state)."""
     last = last or {}
     try:
         views = run_views()
         sig = _signature(views, watched, selected)
         if last.get("sig") == sig:
-            return (*(gr.skip() for _ in Refresh._fields), last)
+            return (*(gr.skip() for _ in Refresh._fields), gr.skip(), last)
         r = refresh(watched, selected, views)
     except Exception:  # noqa: BLE001 - a half-written directory on one tick: try again on the next
         log.exception("refresh failed")
-        return (*(gr.skip() for _ in Refresh._fields), last)
+        return (*(gr.skip() for _ in Refresh._fields), gr.skip(), last)
     dropdown = gr.skip() if last.get("choices") == r.choices else gr.update(choices=r.choices)
     # Set `watched` only when this tick chose it (after a reload): a tick still running when Start returns must not
     # put back the run it was called with.
     chosen = gr.skip() if r.watched == watched else r.watched
-    return (*r._replace(choices=dropdown, watched=chosen), {"sig": sig, "choices": r.choices})
+    # A run that was active has ended: Start's or Stop's message ("Stopping …") is stale, the progress line says it.
+    was_active = {name for name, status, _ in (last.get("sig") or (None, (), 0, ()))[3] if status in runs.ACTIVE}
+    ended = any(name in was_active and status not in runs.ACTIVE for name, status, _ in sig[3])
+    return (*r._replace(choices=dropdown, watched=chosen), "" if ended else gr.skip(),
+            {"sig": sig, "choices": r.choices})
 
 
 def _outputs(watched: str | None, selected: list[str]) -> tuple:
@@ -166,9 +171,10 @@ def check_model_tokenizer(model: str, tokenizer, tokenizer_name: str):
 
 def on_start(session: Session, selected: list[str] | None, model, lora, max_steps, learning_rate, batch_size,
              grad_accum, max_length, packing, packing_strategy, seed, lora_r, lora_alpha, gradient_checkpointing,
-             n_held_out):
-    """Render the session's examples under its masking settings and start a run. Returns (message, *Refresh,
-    tick state) with the new run watched and added to the selection."""
+             n_held_out, name: str = ""):
+    """Render the session's examples under its masking settings and start a run named `name` (default: strategy and
+    time, train_view.run_name). Returns (message, *Refresh, tick state) with the new run watched and added to the
+    selection."""
     selected = list(selected or [])
     try:
         if session.data is None or not session.data.examples:
@@ -184,7 +190,7 @@ def on_start(session: Session, selected: list[str] | None, model, lora, max_step
         session.check_rows(train)  # an edited template renders every row in the sandbox first (bounded)
         rendered = render_examples(train, tokenizer, mask)
         data = [{"input_ids": r.input_ids, "labels": r.labels} for r in rendered]
-        run_dir = runs.create_run(data, config)
+        run_dir = runs.create_run(data, config, name=free_name(tv.run_name(name, mask.strategy), bool(name)))
         prompts = [p for p in (tv.prompt_of(e) for e in held) if p]
         if prompts:
             runs.atomic_write_json(run_dir / PROMPTS_FILE, prompts)
@@ -197,6 +203,60 @@ def on_start(session: Session, selected: list[str] | None, model, lora, max_step
     message = tv.started_html(name, len(data), len(held), sum(r.n_tokens for r in rendered),
                               sum(r.n_trained for r in rendered), tv.strategy_of(config.to_dict()))
     return (message, *_outputs(name, selected))
+
+
+def free_name(name: str, typed: bool) -> str:
+    """A default name made unique ("-2", "-3"...: two runs started within a second); a typed one that is taken is
+    an error naming the box."""
+    base = runs.runs_root_dir()
+    if not (base / name).exists():
+        return name
+    if typed:
+        raise MaskLensError(f"a run named {name!r} already exists.", field="run name",
+                            fix="type another Run name, or leave it empty for strategy + time.")
+    k = 2
+    while (base / f"{name}-{k}").exists():
+        k += 1
+    return f"{name}-{k}"
+
+
+def tokens_per_example(session: Session, max_length, limit: int = 200) -> float:
+    """Mean tokens per example of the session's data under its settings (the first `limit` examples), cut at the
+    form's max_length as training cuts them."""
+    examples = session.data.examples[:limit] if session.data is not None else []
+    if not examples:
+        return 0.0
+    rendered = render_examples(examples, session.tokenizer(), session.config(), errors="finding")
+    cap = int(max_length or 0) or None
+    lengths = [min(r.n_tokens, cap) if cap else r.n_tokens for r in rendered if r.n_tokens]
+    return sum(lengths) / len(lengths) if lengths else 0.0
+
+
+def on_estimate(session: Session, model, lora, max_steps, batch_size, grad_accum, max_length, packing) -> str:
+    """How long Start would take (train_view.estimate_html): tokens per step from the session's data, seconds per
+    step from this model's last runs here, else the project's reference measurements of the embedded model."""
+    import os  # noqa: PLC0415
+
+    try:
+        steps = int(max_steps or 0)
+        batch = int(batch_size or 1) * int(grad_accum or 1)
+        per_example = tokens_per_example(session, max_length)
+        if steps < 1 or not per_example:
+            return ""
+        per_example = int(max_length) if packing and max_length else per_example  # packs are filled to max_length
+        key = (model or "").strip() or tv.field_default("model")
+        if not is_embedded(key) and Path(key).expanduser().is_dir():
+            key = str(Path(key).expanduser().resolve())  # as core.runs records it
+        key = "embedded" if is_embedded(key) else key
+        measured = tv.steps_of(run_views(), key, bool(lora))
+        reference = not measured
+        if reference:
+            measured = tv.REFERENCE_STEPS.get((key, bool(lora)), [])
+        return tv.estimate_html(steps, batch, per_example, measured, reference,
+                                (os.getloadavg()[0], os.cpu_count() or 1))
+    except Exception:  # noqa: BLE001 - a bad form value: Start names it; the estimate just stays away
+        log.debug("no estimate", exc_info=True)
+        return ""
 
 
 # ------------------------------------------------------------------------------------------------------ actions
@@ -382,6 +442,9 @@ def build_train_tab(session: gr.State) -> dict:
                                    info=h("gradient_checkpointing"))
             gr.HTML('<div class="hint">Trains on the Inspect tab\'s data, tokenizer and masking settings: exactly the '
                     "labels it shows.</div>")
+            name = gr.Textbox(value="", label="Run name", elem_id="train-name", max_lines=1,
+                              placeholder="empty: strategy + time, e.g. assistant_only-0107-093012")
+            estimate = gr.HTML(elem_id="train-estimate")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -418,13 +481,20 @@ def build_train_tab(session: gr.State) -> dict:
     refresh_outputs = [progress, plot, table, selected, compare, log_box, watched, tick_state]
     form = [model, lora, steps, lr, batch, accum, max_len, packing, packing_strategy, seed, lora_r, lora_alpha, ckpt,
             held]
-    start.click(on_start, [session, selected, *form], [message, *refresh_outputs], **HEAVY)
+    start.click(on_start, [session, selected, *form, name], [message, *refresh_outputs], **HEAVY)
     stop.click(on_stop, [watched, selected], [message])
     timer.tick(on_tick, [watched, selected, tick_state], [progress, plot, table, selected, compare, log_box, watched,
-                                                          tick_state], show_progress="hidden")
+                                                          message, tick_state], show_progress="hidden")
+    estimate_args = dict(fn=on_estimate, inputs=[session, model, lora, steps, batch, accum, max_len, packing],
+                         outputs=[estimate], show_progress="hidden")
+    model.submit(**estimate_args)
+    model.blur(**estimate_args)
+    for c in (steps, batch, accum, max_len, lora, packing):
+        c.change(**estimate_args)
     selected.input(on_select, [watched, selected], refresh_outputs, show_progress="hidden")
     lora.input(tv.learning_rate_for, [lora, lr], [lr])
     generate.click(on_generate, [session, watched, selected, prompts, max_new], [generations], **HEAVY)
     export.click(lambda w, s, n: tuple(on_export(w, s, n)), [watched, selected, gpus],
                  [script, command, download, export_msg])
-    return {"start": start, "stop": stop, "timer": timer, "selected": selected, "progress": progress}
+    return {"start": start, "stop": stop, "timer": timer, "selected": selected, "progress": progress,
+            "estimate": estimate_args}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import Any
 
@@ -24,6 +25,8 @@ FORM_FIELDS = ("model", "lora", "max_steps", "learning_rate", "per_device_train_
 LORA_LEARNING_RATE = 2e-4  # what the form switches to when LoRA is ticked and the rate is still the default
 RUNS_HEADERS = ["run", "status", "strategy", "model", "steps", "last loss", "s/step", "started"]
 MAX_COMPARE = 4
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v")
 LOSS_NOTE = ("Each run's loss is averaged over the tokens its own mask trains: a run that also trains prompt and "
              "template tokens (full) averages over many easy, predictable tokens, so its number is not comparable "
              "with an assistant-only run's. Compare the shapes of the curves, or the generations below.")
@@ -284,9 +287,20 @@ def loss_figure(curves: dict[str, list[dict]], title: str = "Training loss"):
     fig = Figure(figsize=(9, 3.2), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     frame = loss_frame(curves)
-    for name, part in frame.groupby("run", sort=False):
-        ax.plot(part["step"], part["loss"], marker="o" if len(part) <= 30 else None, markersize=3, linewidth=1.5,
-                label=name)
+    drawn: dict[tuple, str] = {}
+    same = []
+    for k, (name, part) in enumerate(frame.groupby("run", sort=False)):
+        # each run its own line style and marker, so that a curve drawn over another still shows
+        ax.plot(part["step"], part["loss"], linestyle=LINE_STYLES[k % len(LINE_STYLES)],
+                marker=MARKERS[k % len(MARKERS)] if len(part) <= 30 else None, markersize=4 + 2 * (k % 2),
+                markerfacecolor="none" if k % 2 else None, linewidth=1.5, label=name)
+        key = (tuple(part["step"]), tuple(part["loss"]))
+        if key in drawn:
+            same.append(f"{name} = {drawn[key]}")
+        drawn.setdefault(key, name)
+    if same:
+        ax.text(0.01, 0.02, "identical curves: " + "; ".join(same), transform=ax.transAxes, fontsize=7,
+                color="#92400e", va="bottom")
     if frame.empty:
         ax.text(0.5, 0.5, "No loss logged yet: start a run, or select runs below.", ha="center", va="center",
                 transform=ax.transAxes, color="#64748b")
@@ -344,6 +358,73 @@ def generations_html(prompts: list, columns: list[tuple[str, list[str] | str]]) 
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<table class="tr-gens" style="font-size:12.5px;border-collapse:collapse;width:100%">'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+# ------------------------------------------------------------------------------------------------------ names
+def run_name(typed: str | None, strategy: str, now: float | None = None) -> str:
+    """A run directory's name: what the user typed (spaces and other characters made '-'), else the strategy and
+    the time. Example: run_name("", "assistant_only", t) -> "assistant_only-0733-12"; run_name("lr 1e-4", ...) ->
+    "lr-1e-4"."""
+    typed = re.sub(r"[^A-Za-z0-9._-]+", "-", (typed or "").strip()).strip("-.")[:80]
+    if typed:
+        return typed
+    stamp = time.strftime("%m%d-%H%M%S", time.localtime(now))
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', strategy).strip('-')}-{stamp}"
+
+
+# ------------------------------------------------------------------------------------------------------ estimate
+# Until a run of a model has been measured here, the estimate for the embedded model (full fine-tune, CPU) uses this
+# project's measurements (benchmarks/RESULTS_train.md, shared notes): steps of 4 examples x ~131 tokens took 4.6 s on
+# 2 quiet cores and 23 s while other jobs ran; loading and saving the model took ~10 s.
+REFERENCE_STEPS = {("embedded", False): [(4.6, 524), (23.0, 524)]}  # (seconds per step, tokens per step)
+REFERENCE_WHERE = "on this project's 2-core CPU machine, quiet and busy (benchmarks/RESULTS_train.md)"
+LOAD_NOTE = "plus loading and saving the model (≈10 s for the embedded one)"
+
+
+def measured_step(metrics: list[dict]) -> tuple[float, float] | None:
+    """(seconds per step, tokens per step) of a run, between its first and last logged step (the first step's
+    warm-up left out). Example: steps 1..5 at 5 s and 500 tokens each -> (5.0, 500.0)."""
+    pts = [(m["step"], m["elapsed_s"], m["tokens_seen"]) for m in metrics
+           if all(_number(m.get(k)) is not None for k in ("step", "elapsed_s", "tokens_seen"))]
+    if len(pts) < 2 or pts[-1][0] <= pts[0][0] or pts[-1][1] <= pts[0][1] or pts[-1][2] <= pts[0][2]:
+        return None
+    steps = pts[-1][0] - pts[0][0]
+    return (pts[-1][1] - pts[0][1]) / steps, (pts[-1][2] - pts[0][2]) / steps
+
+
+def steps_of(views: list[dict], model: str, lora: bool, last: int = 5) -> list[tuple[float, float]]:
+    """measured_step of the last runs of this model (LoRA or not) under the runs folder."""
+    found = [measured_step(v["metrics"]) for v in views
+             if v["config"].get("model") == model and bool(v["config"].get("lora")) == bool(lora)]
+    return [m for m in found if m][-last:]
+
+
+def estimate_html(steps: int, batch: int, per_example: float, measured: list[tuple[float, float]], reference: bool,
+                  load: tuple[float, int] | None = None) -> str:
+    """The time a run will take, before it starts, from steps measured (seconds and tokens per step): a step of more
+    tokens takes proportionally longer, a step of fewer is not assumed faster (the optimizer update costs the same
+    per step). A range over the measurements, with what it rests on. load: (1-minute load average, cores) now.
+    Example: estimate_html(20, 4, 131, [(4.6, 524), (23.0, 524)], True) -> "... 20 steps ≈ 1m 32s – 7m 40s ..."."""
+    if not measured:
+        return ('<div class="hint estimate">No time estimate for this model yet: its first run here measures it '
+                "(s/step and ETA show after the first steps).</div>")
+    tokens = batch * per_example
+    per_step = sorted(s * max(1.0, tokens / t) for s, t in measured)
+    fast, slow = steps * per_step[0], steps * per_step[-1]
+    span = fmt_duration(fast) if slow < fast * 1.25 else f"{fmt_duration(fast)} – {fmt_duration(slow)}"
+    seen = sorted(s for s, _ in measured)
+    rate = f"{seen[0]:.1f}" if seen[-1] < seen[0] * 1.25 else f"{seen[0]:.1f}–{seen[-1]:.1f}"
+    ref_tokens = sum(t for _, t in measured) / len(measured)
+    where = REFERENCE_WHERE if reference else \
+        f"by the last {len(measured)} run{'s' if len(measured) > 1 else ''} of this model here"
+    busy = ""
+    if load is not None and load[0] > load[1]:
+        busy = f" The machine is busy now (load {load[0]:.1f} on {load[1]} cores): expect the slow end or beyond."
+    return (f'<div class="hint estimate" data-seconds="{fast:.0f}-{slow:.0f}"><b>Estimate: {steps} steps ≈ {span}</b> '
+            f"{LOAD_NOTE}: {rate} s per step of ~{ref_tokens:.0f} tokens, measured {where}; this run's steps hold "
+            f"~{tokens:.0f} tokens ({batch} examples × ~{per_example:.0f}). Steps with more tokens take "
+            f"proportionally longer; fewer do not make a step much faster (the optimizer update is the same).{busy}"
+            "</div>")
 
 
 def started_html(name: str, n_train: int, n_held: int, n_tokens: int, n_trained: int, strategy: str) -> str:

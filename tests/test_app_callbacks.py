@@ -24,6 +24,11 @@ def tokens_of(html: str) -> list[tuple[str, int, int]]:
     return [(c, int(i), int(lab)) for c, i, lab, _ in TOKEN_RE.findall(html)]
 
 
+def inspect_out(res) -> "tab_inspect.InspectOut":
+    """The InspectOut part of a callback that also returns other outputs (on_sample, on_upload: the template text)."""
+    return tab_inspect.InspectOut(*res[:len(tab_inspect.InspectOut._fields)])
+
+
 def settings_values(**overrides) -> list:
     s = Settings(**overrides)
     return [getattr(s, n) for n in SETTING_NAMES]
@@ -142,7 +147,7 @@ def test_bundled_samples_all_load(smol_tok):
 
 def test_upload_broken_file_lists_bad_rows_and_shows_valid_ones(loaded):
     out, _ = loaded
-    res = tab_inspect.on_upload(out.session, str(SAMPLES_DIR / "broken.jsonl"))
+    res = inspect_out(tab_inspect.on_upload(out.session, str(SAMPLES_DIR / "broken.jsonl")))
     assert res.error == ""
     assert "2 examples" in res.data_info and "5 rows could not be read" in res.data_info
     for needle in ("unknown role", "content must be a string", "has no &#x27;content&#x27;", "not valid JSON",
@@ -161,7 +166,7 @@ def test_upload_unreadable_file_is_an_error_message_not_an_exception(loaded, tmp
     out, _ = loaded
     p = tmp_path / name
     p.write_bytes(content if isinstance(content, bytes) else content.encode())
-    res = tab_inspect.on_upload(out.session, str(p))
+    res = inspect_out(tab_inspect.on_upload(out.session, str(p)))
     shown = res.error + res.data_info
     assert needle in shown
     assert name in shown  # the user's file name, not the temporary path
@@ -310,6 +315,7 @@ def test_compare_counts_differing_tokens(loaded, smol_tok):
     n_diff = sum(1 for a, b in zip(full.labels, asst.labels) if a != b)
     assert n_diff > 0
     assert f'data-diff="{n_diff}"' in summary
+    assert "labels differing vs A" in summary and "<td>reference</td>" in summary and f"<td>{n_diff}</td>" in summary
     assert sum(1 for c, *_ in tokens_of(views[0]) if "d" in c.split()) == n_diff
     assert views[2] == views[3] == ""  # only two configurations shown
     summary3, views3 = compare(s, 3, *cfgs)
@@ -381,7 +387,8 @@ def test_compare_new_options_equal_the_engine(smol_tok):
 def test_audit_counts_match_core_and_open_in_inspect(loaded, smol_tok):
     out, _ = loaded
     s = out.session
-    tab_inspect.on_sample(s, "text.jsonl")  # assistant_only on plain text: nothing trained anywhere
+    tab_inspect.on_sample(s, "text.jsonl")  # the strategy follows the data: full
+    s.settings.strategy = "assistant_only"  # assistant_only on plain text: nothing trained anywhere
     head, fig_share, fig_len, counts, problems = tab_audit.on_audit(s, progress=lambda *a, **k: None)
     rep, _ = audit(s.data.examples, smol_tok, s.config())
     assert len(problems) == len(rep.problems) == 3
@@ -647,3 +654,136 @@ def test_templates_tab_with_a_trl_template_says_trl_swaps_in_its_twin(smol_tok):
     assert "{% generation %}" in marked and Path(path).read_text() == marked
     empty = tab_inspect.on_use_template(s, "")
     assert "Generate a marked template first" in empty[-1] and s.chat_template != ""
+
+
+# ------------------------------------------------------------------------------------------------------ first minutes
+def test_the_first_view_names_the_source_in_effect_and_offers_the_marked_template(loaded, smol_tok):
+    """The embedded SmolLM2 template is one TRL cannot patch: the Template source radio shows MaskLens's own masking,
+    locked; the line above the tokens says why in plain words; one click gives the proven marked copy."""
+    from core.masking.checks import add_generation_markers
+
+    out, _ = loaded
+    s = out.session
+    assert out.source["value"] == "own" and out.source["interactive"] is False
+    assert out.use_marked["visible"] is True
+    assert "masked by MaskLens" in out.template_line and "raises" not in out.template_line
+    before = [lab for *_, lab in tokens_of(out.view)]
+    # the locked radio sends "own" with every other control's event: not a choice, the session keeps "trl"
+    tab_inspect.on_settings(s, *settings_values(template_source="own"))
+    assert s.settings.template_source == "trl"
+
+    res = inspect_out(tab_inspect.on_use_marked(s))
+    assert s.chat_template == add_generation_markers(smol_tok, smol_tok.chat_template)
+    assert tab_inspect.template_choice(s) == tab_inspect.MARKED_TEMPLATE and res.template_pick["value"] == "marked"
+    assert "proven on 7 conversations" in res.notice  # the sample's 6 and a probe
+    assert res.source == {**res.source, "value": "trl", "interactive": True} and res.use_marked["visible"] is False
+    assert "trl_cannot_patch" not in res.findings and "{% generation %} markers" in res.template_line
+    assert [lab for *_, lab in tokens_of(res.view)] == before  # proven: TRL's mask equals MaskLens's
+    # the picker's entry does the same, and a pick Gradio sends twice is answered once
+    other = tab_inspect.on_load()[0]
+    assert inspect_out(tab_inspect.on_pick_template(other, "marked")).notice
+    assert tab_inspect.on_pick_template(other, "marked") == tab_inspect._unchanged()
+
+
+@pytest.mark.parametrize("sample, strategy", [("prompt_completion.jsonl", "completion_only"),
+                                              ("prompt_completion_chat.jsonl", "completion_only"),
+                                              ("text.jsonl", "full")])
+def test_the_strategy_follows_the_datas_format(loaded, sample, strategy):
+    out, _ = loaded
+    s = out.session
+    res = inspect_out(tab_inspect.on_sample(s, sample))
+    assert s.settings.strategy == strategy and f"Strategy set to <b>{strategy}</b>" in res.notice
+    assert res.strategy["value"] == strategy and '"sev-error"' not in res.findings
+    assert any(lab != IGNORE for *_, lab in tokens_of(res.view))
+    back = inspect_out(tab_inspect.on_sample(s, "chat_multiturn.jsonl"))
+    assert s.settings.strategy == "assistant_only" and "Strategy set to" in back.notice
+
+
+def test_data_of_the_same_format_keeps_the_strategy_chosen(loaded):
+    out, _ = loaded
+    s = out.session
+    tab_inspect.on_settings(s, *settings_values(strategy="last_assistant"))
+    res = inspect_out(tab_inspect.on_sample(s, "weighted.jsonl"))
+    assert s.settings.strategy == "last_assistant" and "Strategy" not in res.notice
+
+
+@pytest.mark.parametrize("sample, missing", [("reasoning.jsonl", ["reasoning"]), ("tools.jsonl", ["tool calls"]),
+                                             ("agent_traces.jsonl", ["tool calls"])])
+def test_samples_render_with_a_template_that_shows_their_feature(loaded, sample, missing):
+    """SmolLM2's own template drops reasoning_content and tool_calls: such data renders with TRL's qwen3 (this
+    vocabulary), and the notice says so; other data goes back to the tokenizer's own."""
+    out, _ = loaded
+    s = out.session
+    assert tab_inspect.unrendered_features(Session(data=load_sample(sample))) == missing
+    res = inspect_out(tab_inspect.on_sample(s, sample))
+    assert tab_inspect.template_choice(s) == "trl:qwen3" and "qwen3.jinja" in res.notice
+    assert " and ".join(missing) in res.notice
+    assert "reasoning_not_rendered" not in res.findings and "tool_call_not_trained" not in res.findings
+    part = "pr" if missing == ["reasoning"] else "pt"
+    assert any(part in c.split() and lab != IGNORE for c, _, lab in tokens_of(res.view))
+    back = inspect_out(tab_inspect.on_sample(s, "chat_multiturn.jsonl"))
+    assert s.chat_template is None and "back to <b>the tokenizer&#x27;s own chat template</b>" in back.notice
+
+
+def test_a_template_the_user_picked_stays_when_the_data_changes(loaded):
+    out, _ = loaded
+    s = out.session
+    tab_inspect.on_pick_template(s, "trl:llama3")
+    res = inspect_out(tab_inspect.on_sample(s, "reasoning.jsonl"))
+    assert tab_inspect.template_choice(s) == "trl:llama3" and "qwen3" not in res.notice
+
+
+def test_an_upload_stays_in_the_data_picker(loaded):
+    out, _ = loaded
+    s = out.session
+    res = inspect_out(tab_inspect.on_upload(s, str(SAMPLES_DIR / "weighted.jsonl")))
+    entry = tab_inspect.UPLOADED + "weighted.jsonl"
+    assert res.data_pick["value"] == entry and ("weighted.jsonl — your file", entry) in res.data_pick["choices"]
+    uploaded = s.data
+    tab_inspect.on_sample(s, "chat_multiturn.jsonl")
+    again = inspect_out(tab_inspect.on_sample(s, entry))
+    assert s.data is uploaded and again.data_pick["value"] == entry
+
+
+def test_an_example_number_out_of_range_says_which_is_shown(loaded):
+    out, _ = loaded
+    s = out.session
+    res = tab_inspect.on_jump(s, 99)
+    assert res.number == 6 and "There is no example 99" in res.notice and "(the last)" in res.notice
+    assert tab_inspect.on_jump(s, 2).notice == ""
+
+
+def test_fixes_in_the_app_name_its_controls_not_cli_flags():
+    from core.findings import CODES, Finding
+
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    for code in CODES:
+        assert not flag.search(render.findings_html([Finding(code, "m")])), code
+    core_text = "".join(p.read_text() for p in (Path(__file__).parent.parent / "core").rglob("*.py"))
+    for cli, app in render.APP_WORDING:
+        assert cli in core_text, f"{cli!r} is no longer in core: drop it from APP_WORDING"
+        box = render.error_html(f"x. Fix: {cli}")
+        assert cli not in box and render.esc(app) in box
+    assert "Chat template" in render.error_html(str(MaskLensError("no chat template",
+                                                                  fix="pass --chat-template FILE (a jinja template)")))
+
+
+def test_findings_and_their_counts_list_errors_first():
+    from core.findings import Finding
+
+    html = render.findings_html([Finding("trl_cannot_patch", "m"), Finding("pad_is_eos", "m"),
+                                 Finding("no_trained_tokens", "m")])
+    assert [m for m in re.findall(r'data-code="(\w+)"', html)] == ["no_trained_tokens", "pad_is_eos",
+                                                                     "trl_cannot_patch"]
+    counts = render.finding_counts_html({"template_swapped": 9, "pad_is_eos": 5, "no_trained_tokens": 1})
+    assert re.findall(r"<code>(\w+)</code>", counts) == ["no_trained_tokens", "pad_is_eos", "template_swapped"]
+    folded = render.findings_html([Finding("trl_cannot_patch", "TRL would raise: ValueError: x")])
+    assert "<details" in folded and folded.index("ValueError") > folded.index("<summary>")
+
+
+def test_export_offers_split_rows_only_with_split_turns():
+    s = Session()
+    assert tab_export.SPLIT_ROWS not in tab_export.formats(s)
+    assert tab_export.on_formats(s, tab_export.SPLIT_ROWS)["value"] == "JSONL"
+    s.settings.split_turns = True
+    assert tab_export.on_formats(s, tab_export.SPLIT_ROWS)["value"] == tab_export.SPLIT_ROWS

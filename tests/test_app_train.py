@@ -117,6 +117,48 @@ def test_form_defaults_and_parsing():
     assert tv.learning_rate_for(False, tv.LORA_LEARNING_RATE) == 2e-5
 
 
+def test_run_names_default_to_strategy_and_time_and_stay_unique(env):
+    t = time.mktime((2025, 1, 7, 9, 30, 12, 0, 0, -1))
+    assert tv.run_name("", "assistant_only", t) == "assistant_only-0107-093012"
+    assert tv.run_name("", "rules:first@ab12", t) == "rules-first-ab12-0107-093012"
+    assert tv.run_name("  lr 1e-4 / try 2 ", "full") == "lr-1e-4-try-2"
+    (env / "full-0107-093012").mkdir()
+    assert tab_train.free_name("full-0107-093012", typed=False) == "full-0107-093012-2"
+    with pytest.raises(Exception, match="type another Run name"):
+        tab_train.free_name("full-0107-093012", typed=True)
+
+
+def test_the_time_estimate_says_what_it_rests_on():
+    ref = tv.REFERENCE_STEPS[("embedded", False)]
+    html = tv.estimate_html(20, 4, 131, ref, reference=True, load=(3.5, 2))
+    # 20 steps of 4 x 131 tokens at the 4.6 (quiet) to 23 (busy) s/step measured here for such steps
+    assert "Estimate: 20 steps ≈ 1m 32s – 7m 40s" in html and "4.6–23.0 s per step of ~524 tokens" in html
+    assert "RESULTS_train.md" in html and "busy now (load 3.5 on 2 cores)" in html
+    longer = tv.estimate_html(20, 8, 131, ref, reference=True)  # twice the tokens per step: twice the time
+    assert "Estimate: 20 steps ≈ 3m 04s – 15m 20s" in longer
+    shorter = tv.estimate_html(20, 4, 40, ref, reference=True)  # fewer tokens: not assumed faster
+    assert "Estimate: 20 steps ≈ 1m 32s – 7m 40s" in shorter
+    metrics = [{"step": k, "elapsed_s": 5.0 * k, "tokens_seen": 500 * k} for k in range(1, 6)]
+    assert tv.measured_step(metrics) == tv.measured_step(metrics[:2]) == (5.0, 500.0)
+    assert tv.measured_step(metrics[:1]) is None  # one step: its time is mostly warm-up
+    views = [{"config": {"model": "embedded", "lora": False}, "metrics": metrics},
+             {"config": {"model": "embedded", "lora": True}, "metrics": metrics[:1]}]
+    assert tv.steps_of(views, "embedded", False) == [(5.0, 500.0)] and tv.steps_of(views, "embedded", True) == []
+    measured = tv.estimate_html(20, 4, 125, [(5.0, 500.0)], reference=False)
+    assert "Estimate: 20 steps ≈ 1m 40s</b>" in measured and "by the last 1 run of this model here" in measured
+    assert "No time estimate" in tv.estimate_html(20, 4, 125, [], reference=True)
+    s = _session()
+    assert "Estimate: 20 steps" in tab_train.on_estimate(s, "embedded", False, 20, 4, 1, 1024, False)
+
+
+def test_identical_curves_are_both_drawn_and_named():
+    curve = [{"step": k, "loss": 2.0 / k} for k in range(1, 4)]
+    fig = tv.loss_figure({"a": curve, "b": curve, "c": curve[:2]})
+    styles = [line.get_linestyle() for line in fig.axes[0].get_lines()]
+    assert len(set(styles)) == 3  # a curve drawn over another still shows
+    assert "identical curves: b = a" in [t.get_text() for t in fig.axes[0].texts]
+
+
 def test_held_out_prompts_and_views():
     data = load_sample("chat_multiturn.jsonl").examples
     train, held = tv.split_held_out(data, 2)
@@ -259,8 +301,15 @@ def test_timer_sends_the_page_once_then_only_changes(started):
     a = started["a"]
     first = tab_train.on_tick(a, [a], None)
     assert "step 3/3" in first[0] and first[-1]["sig"]
-    assert tab_train.on_tick(a, [a], first[-1])[:-1] == tuple(gr.skip() for _ in tab_train.Refresh._fields)
+    nothing = tuple(gr.skip() for _ in range(len(tab_train.Refresh._fields) + 1))  # the refresh and the message
+    assert tab_train.on_tick(a, [a], first[-1])[:-1] == nothing
     assert tab_train.on_tick(a, [a, started["b"]], first[-1])[4] != gr.skip()  # the selection changed: redrawn
+    # a run the last tick saw running has ended: Start's / Stop's message ("Stopping …") is cleared
+    message = len(tab_train.Refresh._fields)
+    assert first[message] == gr.skip()
+    sig = first[-1]["sig"]
+    running = {**first[-1], "sig": (*sig[:3], tuple((n, "running" if n == a else st, k) for n, st, k in sig[3]))}
+    assert tab_train.on_tick(a, [a], running)[message] == ""
     # the watched run is only set by a tick that chose it (a reloaded page), never echoed back over Start's choice
     watched = tab_train.Refresh._fields.index("watched")
     assert first[watched] == gr.skip() and tab_train.on_tick(None, [], None)[watched] in started.values()

@@ -310,16 +310,16 @@ def test_no_file_outside_gradios_folders_can_be_read(server, logged_in):
 def test_an_api_call_cannot_hand_the_app_a_server_path(logged_in):
     """The upload event takes a file; a client that names /etc/passwd (a file it did not upload) gets an error, and
     nothing of the file comes back."""
-    r = logged_in.post("/gradio_api/call/lambda", json={"data": [{"path": "/etc/passwd",
+    r = logged_in.post("/gradio_api/call/on_upload", json={"data": [{"path": "/etc/passwd",
                                                                   "meta": {"_type": "gradio.FileData"}}]})
     assert r.status_code == 200, r.text
     event_id = r.json()["event_id"]
-    stream = logged_in.get(f"/gradio_api/call/lambda/{event_id}").text
+    stream = logged_in.get(f"/gradio_api/call/on_upload/{event_id}").text
     assert "event: error" in stream and "root:" not in stream, stream[:500]
     # The same call with a file it did upload completes: the refusal above is about the path.
     up = logged_in.post("/gradio_api/upload", files={"files": ("mine.jsonl", b'{"text": "hello there"}\n')}).json()[0]
-    r = logged_in.post("/gradio_api/call/lambda", json={"data": [{"path": up, "meta": {"_type": "gradio.FileData"}}]})
-    stream = logged_in.get(f"/gradio_api/call/lambda/{r.json()['event_id']}").text
+    r = logged_in.post("/gradio_api/call/on_upload", json={"data": [{"path": up, "meta": {"_type": "gradio.FileData"}}]})
+    stream = logged_in.get(f"/gradio_api/call/on_upload/{r.json()['event_id']}").text
     assert "event: complete" in stream and "hello there" in stream, stream[:500]
 
 
