@@ -346,7 +346,8 @@ APP_WORDING = (
      "ids' ticked"),
     ("choose --strategy assistant_only, or drop --split-turns", "choose the assistant_only strategy, or untick "
                                                                 "split_turns"),
-    ("point --data at a .jsonl/.json/.parquet/.csv file", "upload a .jsonl, .json, .parquet or .csv file"),
+    ("give a path to a .jsonl/.json/.parquet/.csv file", "upload a .jsonl, .json, .parquet or .csv file (or a .zip of "
+     "a dataset folder), or, when starting the app, give"),
 )
 # Findings whose message quotes another tool's error: the explanation leads, the quote is folded.
 FOLDED = {"trl_cannot_patch": "TRL's own message"}

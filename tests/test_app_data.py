@@ -64,10 +64,15 @@ def test_zipped_shards_name_the_shard_of_a_bad_row(cache, tmp_path):
     assert err.row == 2 and "file shards.zip/b.jsonl" in err.message and str(cache) not in err.message
 
 
+def _out(values):
+    """The InspectOut part of a callback's values (on_sample/on_upload also return the chat template text)."""
+    return tab_inspect.InspectOut(*values[:len(tab_inspect.InspectOut._fields)])
+
+
 def test_bad_zip_upload_is_an_error_naming_the_upload(cache, tmp_path, smol_tok):
     bad = zip_of(tmp_path / "tmp7.zip", {"../escape.jsonl": b"{}"})
     out = tab_inspect.InspectOut(*tab_inspect.on_load()[:len(tab_inspect.InspectOut._fields)])
-    res = tab_inspect.on_upload(out.session, str(bad))
+    res = _out(tab_inspect.on_upload(out.session, str(bad)))
     assert "leaves its folder" in res.error and str(tmp_path) not in res.error
     assert ".zip" in UPLOAD_TYPES
 
@@ -77,10 +82,10 @@ def test_llamafactory_samples_in_the_data_picker_show_the_conversion(smol_tok):
     assert {"alpaca.jsonl", "toolcall_sharegpt.jsonl", "typed_parts.jsonl"} <= set(names)
     out = tab_inspect.InspectOut(*tab_inspect.on_load()[:len(tab_inspect.InspectOut._fields)])
     for name in ("alpaca.jsonl", "toolcall_sharegpt.jsonl", "typed_parts.jsonl"):
-        res = tab_inspect.on_sample(out.session, name)
+        res = _out(tab_inspect.on_sample(out.session, name))
         assert res.error == "" and "format_converted" in res.findings, name
         assert 'data-label="' in res.view
-    res = tab_inspect.on_sample(out.session, "alpaca.jsonl")
+    res = _out(tab_inspect.on_sample(out.session, "alpaca.jsonl"))
     assert "LLaMA-Factory alpaca row -&gt; messages" in res.findings or "LLaMA-Factory alpaca row" in res.findings
 
 
