@@ -62,7 +62,9 @@ class ProblemRows:
 class AuditReport:
     examples: int = 0
     tokens: int = 0
-    trained_tokens: int = 0
+    trained_tokens: int = 0  # trained with full weight
+    weighted_tokens: int = 0  # trained with a weight between 0 and 1 (prompt_loss_weight, message or part weights)
+    weight_sum: float = 0.0  # sum of every token's loss weight: what the loss averages over
     examples_without_trained_tokens: int = 0
     examples_truncated: int = 0
     findings: dict[str, int] = field(default_factory=dict)  # code -> number of examples with it
@@ -74,8 +76,8 @@ class AuditReport:
 
     def merge(self, other: AuditReport) -> None:
         """Fold the report of the next chunk into this one (chunks in input order)."""
-        for k in ("examples", "tokens", "trained_tokens", "examples_without_trained_tokens", "examples_truncated",
-                  "rows"):
+        for k in ("examples", "tokens", "trained_tokens", "weighted_tokens", "weight_sum",
+                  "examples_without_trained_tokens", "examples_truncated", "rows"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         for c, n in other.findings.items():
             self.findings[c] = self.findings.get(c, 0) + n
@@ -85,6 +87,7 @@ class AuditReport:
 
     def to_json(self) -> dict:
         return {"rows": self.rows, "examples": self.examples, "tokens": self.tokens, "trained_tokens": self.trained_tokens,
+                "weighted_tokens": self.weighted_tokens, "weight_sum": round(self.weight_sum, 4),
                 "trained_share": round(self.trained_tokens / self.tokens, 4) if self.tokens else 0.0,
                 "examples_without_trained_tokens": self.examples_without_trained_tokens,
                 "examples_truncated": self.examples_truncated, "findings": dict(self.findings),
@@ -96,10 +99,13 @@ class AuditReport:
                  f"examples                        {self.examples}"
                  + (f" (split_turns: {self.examples - self.rows} more than rows)" if self.examples > self.rows else ""),
                  f"tokens                          {self.tokens}",
-                 f"trained tokens                  {self.trained_tokens} ({share:.1%})",
-                 f"examples without trained tokens {self.examples_without_trained_tokens}",
-                 f"examples truncated              {self.examples_truncated}"
-                 + (f" (max_length {self.max_length})" if self.max_length else "")]
+                 f"trained tokens                  {self.trained_tokens} ({share:.1%})"]
+        if self.weighted_tokens:
+            lines.append(f"weighted tokens (0 < w < 1)     {self.weighted_tokens} (sum of all weights "
+                         f"{self.weight_sum:,.1f} = {self.weight_sum / self.tokens:.1%} of the tokens)")
+        lines += [f"examples without trained tokens {self.examples_without_trained_tokens}",
+                  f"examples truncated              {self.examples_truncated}"
+                  + (f" (max_length {self.max_length})" if self.max_length else "")]
         if self.findings:
             lines.append("findings (examples affected):")
             lines += [f"  {code:<30} {n}" for code, n in sorted(self.findings.items(), key=lambda kv: -kv[1])]
@@ -138,6 +144,8 @@ def add(rep: AuditReport, r: RenderedExample) -> None:
     rep.examples += 1
     rep.tokens += n
     rep.trained_tokens += t
+    rep.weighted_tokens += r.n_weighted
+    rep.weight_sum += r.weight_sum
     rep.trained_share.append(t / n if n else 0.0)
     rep.lengths.append(r.n_before_truncation)
     rep.examples_without_trained_tokens += t == 0

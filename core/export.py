@@ -41,8 +41,12 @@ def export_records(rendered: list[RenderedExample], *, row: bool = True, attenti
     With split_turns (examples carrying ``turn``), each record also names its turn: the assistant message it trains."""
     out = []
     turns = row and any(getattr(r, "turn", None) is not None for r in rendered)
+    weighted = any(r.weights is not None for r in rendered)
     for r in rendered:
         rec = {"input_ids": list(r.input_ids), "labels": list(r.labels)}
+        if weighted:  # one column for all rows: 1.0 where labelled, 0.0 where not, when a row has no weights
+            rec["loss_weights"] = list(r.weights) if r.weights is not None else [
+                0.0 if lab == -100 else 1.0 for lab in r.labels]
         if attention_mask:
             rec["attention_mask"] = [1] * len(r.input_ids)
         if row:
@@ -199,6 +203,8 @@ def export_parquet(rendered: list[RenderedExample], path: str | os.PathLike, *, 
     records = export_records(rendered, row=row, attention_mask=attention_mask)
     ints = pa.list_(pa.int32())
     fields = [("input_ids", ints), ("labels", ints)]
+    if records and "loss_weights" in records[0]:
+        fields.append(("loss_weights", pa.list_(pa.float32())))
     if attention_mask:
         fields.append(("attention_mask", ints))
     if row:
@@ -224,6 +230,11 @@ def describe(cfg: MaskConfig) -> str:
 
 
 # --------------------------------------------------------------------------------------------- options per target
+LOSS_WEIGHTS_NOTE = (
+    "the pre-tokenized export carries a loss_weights column (a weight in [0, 1] per token; the labels hold the token "
+    "id wherever the weight is above 0). TRL 1.16, axolotl and LLaMA-Factory do not read it: their loss averages "
+    "every labelled token alike, so they would train the prompt at full weight. MaskLens's training reads it "
+    "(`python -m core train`, or core.training's weighted SFTTrainer: loss = sum(w * nll) / sum(w)).")
 FAITHFUL = ("The pre-tokenized export (input_ids + labels, JSONL or Parquet) is the only faithful export of these "
             "options and of custom rules: train on it to get exactly MaskLens' labels.")
 
@@ -279,6 +290,17 @@ _EQUIVALENTS = {
         "trl": "no TRL option.",
         "axolotl": "no axolotl option (message_field_training_detail marks character ranges of content only).",
         "llamafactory": "no LLaMA-Factory option.",
+    },
+    "prompt_loss_weight": {
+        "trl": LOSS_WEIGHTS_NOTE,
+        "axolotl": "no axolotl option: " + LOSS_WEIGHTS_NOTE,
+        "llamafactory": "no LLaMA-Factory option (its per-message loss_weight is not per token): " + LOSS_WEIGHTS_NOTE,
+    },
+    "content_parts": {
+        "trl": "no TRL option: TRL passes part lists to the template as they are; join the text parts in the data "
+               "(Export: TRL rows after content_parts=join) or train on the pre-tokenized export.",
+        "axolotl": "no axolotl option: store the content as strings.",
+        "llamafactory": "LLaMA-Factory joins typed text parts itself (no separator), as content_parts=join does.",
     },
     "split_turns": {
         "trl": "faithful as conversational prompt/completion rows (Export: split rows), trained with "

@@ -166,6 +166,14 @@ CODES: dict[str, tuple[str, str, str]] = {
         "Join the text parts into one string (option content_parts=join: parts joined with nothing between them, as "
         "templates that read parts print them), store content as strings, or use a template that reads parts.",
     ),
+    "images_not_processed": (
+        "info",
+        "This row has images, but the tokenizer's model has no vision-language processor here, so the text is shown "
+        "with one image placeholder per image rather than the run of image tokens (e.g. <|image_pad|> x256) that TRL "
+        "1.16's DataCollatorForVisionLanguageModeling inserts; counts and labels of image tokens are not shown.",
+        "Load the vision-language model's tokenizer (Tokenizer box in the app, --tokenizer on the CLI): a hub id or a "
+        "directory with its processor files (preprocessor_config.json).",
+    ),
     "image_tokens_trained": (
         "warning",
         "Image placeholder tokens (e.g. <|image_pad|>) are trained: TRL 1.16's vision collator (DataCollatorFor"

@@ -35,6 +35,7 @@ from .rendered import RenderedExample, Segment, TokenInfo  # noqa: F401  (public
 from .rendering import Rendering, TemplatePlan, render_batch
 from .response_template import OldCollator
 from .spans import TemplateInfo
+from ..data.content import join_text_parts
 from ..data.example import message_weight
 from .strategies import Strategy, StrategyKind, get_strategy  # noqa: F401  (Strategy: public)
 from .template_info import analyze_template
@@ -42,16 +43,57 @@ from .user_code import collator_labels
 from .vocab import marker_ids, pad_id_for, token_ids, vocab_id  # noqa: F401  (public names)
 
 
-def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors: str = "raise") -> list[RenderedExample]:
+def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors: str = "raise", processor=None,
+                    image_root=None) -> list[RenderedExample]:
     """Render many examples under one configuration (one batch of renderings, one batch tokenization).
 
     errors="raise": a template that fails on an example raises MaskLensError naming its row (the CLI's contract);
     errors="finding": that example comes back empty with a render_failed finding and the others render (the app).
     With cfg.split_turns, a messages row gives one result per trained assistant turn (RenderedExample.turn).
+    Rows with images go through TRL's vision collator with `processor` (core.masking.vision; image paths inside
+    `image_root`); without a processor they render as text, with the images_not_processed finding.
     """
     assert errors in ("raise", "finding"), errors
     if cfg.split_turns:
         examples = split_turns(examples, cfg)
+    if cfg.content_parts == "join":
+        examples = [join_parts(ex) for ex in examples]
+    if any(ex.images for ex in examples):
+        if processor is None:
+            from .vision import processor_for  # noqa: PLC0415
+
+            processor = processor_for(tokenizer)
+        if processor is not None:
+            return _with_images(examples, tokenizer, cfg, errors, processor, image_root)
+    return _render_text(examples, tokenizer, cfg, errors)
+
+
+def _with_images(examples, tokenizer, cfg, errors, processor, image_root) -> list[RenderedExample]:
+    """Rows with images through TRL's vision collator, the others through the text pipeline, in input order."""
+    from .vision import render_vision_examples, trl_flags  # noqa: PLC0415  (transformers' image processing)
+
+    vis = [k for k, ex in enumerate(examples) if ex.images]
+    done = dict(zip(vis, render_vision_examples([examples[k] for k in vis], processor, **trl_flags(cfg.strategy),
+                                                chat_template=cfg.chat_template, max_length=cfg.max_length,
+                                                root=image_root, errors=errors)))
+    rest = [k for k in range(len(examples)) if k not in done]
+    done.update(zip(rest, _render_text([examples[k] for k in rest], tokenizer, cfg, errors)))
+    return [done[k] for k in range(len(examples))]
+
+
+def join_parts(ex: Example) -> Example:
+    """content_parts=join: every all-text part list of the row as one string (core.data.content.join_text_parts)."""
+    if ex.messages is None or not any(isinstance(m.get("content"), list) for m in ex.messages):
+        return ex
+    msgs = join_text_parts(ex.messages)
+    if ex.kind != KIND_PC_CONV:
+        return replace(ex, messages=msgs)
+    n = len(ex.prompt)
+    return replace(ex, messages=msgs, prompt=msgs[:n], completion=msgs[n:])
+
+
+def _render_text(examples: list[Example], tokenizer, cfg: MaskConfig, errors: str) -> list[RenderedExample]:
+    """Stages 1-5 for rows without images processed (see the module docstring)."""
     spec = get_strategy(cfg.strategy)
     batch = _Batch.start(examples, tokenizer, cfg, spec)
     staged: list[_Staged | RenderedExample] = []

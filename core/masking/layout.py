@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..data.content import content_text, renders_part_list
 from ..data.formats import Example
 from ..findings import Finding
 from .rendering import CONVERSATIONAL, Rendering, string_pieces
@@ -35,6 +36,10 @@ def locate(ex: Example, rendering: Rendering, info_for: Callable[[str], Template
         findings.append(Finding("template_swapped", _swap_difference(rendering, ex.messages, spans, info_for,
                                                                      eos_token)))
     findings += _rendering_findings(ex.messages, spans)
+    if any(isinstance(m.get("content"), list) for m in ex.messages) and renders_part_list(rendering.text, ex.messages):
+        findings.append(Finding("content_parts_printed", "the chat template prints a message's list of content parts "
+                                "itself (its Python text), so the model trains on that text; content_parts=join "
+                                "joins the text parts into one string"))
     return Layout(spans=spans, info=info, findings=tuple(findings))
 
 
@@ -42,10 +47,11 @@ def _rendering_findings(msgs: list[dict], spans: list[MessageSpan]) -> list[Find
     out, dropped = [], []
     for sp in spans:
         m = msgs[sp.index]
-        if not sp.found and (reasoning_of(m)[1] if m.get("role") == "assistant" else (m.get("content") or "")):
-            out.append(Finding("content_not_rendered",
-                               f"message {sp.index} ({sp.role}): its content does not appear in the rendered text",
-                               location={"message": sp.index}))
+        if not sp.found and (reasoning_of(m)[1] if m.get("role") == "assistant" else content_text(m)):
+            parts = " (a list of parts the template does not read: content_parts=join joins them)" if isinstance(
+                m.get("content"), list) else ""
+            out.append(Finding("content_not_rendered", f"message {sp.index} ({sp.role}): its content does not appear in "
+                               f"the rendered text{parts}", location={"message": sp.index}))
         if sp.has_reasoning and sp.reasoning is None:
             dropped.append(sp.index)
     if dropped:

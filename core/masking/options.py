@@ -17,6 +17,7 @@ EOS_MODES = ("every_turn", "last_turn", "none")
 TRUNCATION_MODES = ("keep_start", "keep_end")
 TEMPLATE_SOURCES = ("trl", "own")
 TRAIN_MASK = ("train", "mask")
+CONTENT_PARTS = ("keep", "join")
 STRATEGIES = [s.value for s in Strategy]  # the built-ins; strategy_names() adds registered ones
 
 
@@ -63,6 +64,10 @@ class MaskConfig:
                              "is one the model generates there", "bool", "Split turns", "assistant")
     pad_token: str | None = _opt(None, "The pad token the old collator masks (default: the tokenizer's, else its "
                                  "EOS)", "text", "Pad token", "response_template")
+    content_parts: str = _opt("keep", "Content given as a list of typed parts ([{'type': 'text', 'text': ...}]): keep "
+                              "passes the list to the template as TRL 1.16 does; join joins each all-text list into "
+                              "one string first (for templates written for string content)", "choice",
+                              "Content parts", "all", CONTENT_PARTS)
     prompt_loss_weight: float = _opt(
         0.0, "Weight in [0, 1] of every token the strategy does not train (0: masked, as TRL; 1: trains like full). "
         "Small values (0.01-0.1) help short-completion data (Huerta-Enochian & Ko 2024). Training minimises "
@@ -110,7 +115,7 @@ class MaskConfig:
         out = []
         for f in fields(self):
             if f.name in ("reasoning", "empty_think", "mask_tokens", "split_turns", "eos", "train_roles",
-                          "template_source", "prompt_loss_weight"):
+                          "template_source", "prompt_loss_weight", "content_parts"):
                 v = getattr(self, f.name)
                 if v != f.default and not (f.name == "mask_tokens" and not v):
                     out.append(f"{f.name}={','.join(v) if isinstance(v, tuple) else v}")

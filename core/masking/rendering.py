@@ -123,6 +123,10 @@ def _conversation(ex: Example, plan: TemplatePlan, got: dict) -> Rendering | Mas
         return prompt
     tt, use_gen, template = plan.choice(ex)
     findings = list(ex.notes)
+    if ex.images:
+        findings.append(Finding("images_not_processed", f"the row has {len(ex.images)} image(s); without the model's "
+                                "processor each is shown as its placeholder, not the run of image tokens TRL's vision "
+                                "collator inserts"))
     if tt is not None and tt.source == SOURCE_CANNOT_PATCH:
         findings.append(Finding("trl_cannot_patch", f"TRL would raise: {tt.trl_error} MaskLens masks with its own span "
                                                     "finding instead (template_source=own)."))

@@ -10,12 +10,14 @@ Format (``--rules FILE``, or the app's Rules tab)::
     role   system | user | assistant | tool | developer           (default: assistant)
     turns  all | first | last | an index among that role's messages, 0-based; negative counts from the end
                                                                   (default: all)
-    parts  any of header, reasoning, content, tool_calls, eot, scaffold (see core.spans)
+    parts  any of header, reasoning, content, tool_calls, eot, scaffold (see core.masking.spans)
                                                                   (default: reasoning, content, tool_calls, eot)
+    weight the loss weight of these parts, in (0, 1]               (default: 1; e.g. reasoning at 0.5)
 Top level: ``name`` (default: the file's stem, else "custom"), ``description``, ``train`` (required),
 ``mask_tokens`` (token strings never trained wherever they occur, merged with MaskConfig.mask_tokens).
 
-A message flagged off (``weight: 0`` / ``train: false``) is never trained, even when a rule selects it; turns are
+A part selected by several entries takes the first entry's weight, times the message's own data weight. A message
+flagged off (``weight: 0`` / ``train: false``) is never trained, even when a rule selects it; turns are
 counted over all of a role's messages, flagged or not. Options that only take tokens out still do: reasoning=mask,
 empty_think=mask, eos=last_turn|none. Rules render with the tokenizer's own chat template and MaskLens's own span
 finding (core.spans): they are not a TRL option, so the only faithful export of a rule is pre-tokenized data.
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .options import MaskConfig
-from ..data.formats import ROLES, is_trained_flag_off
+from ..data.formats import ROLES, is_trained_flag_off, message_weight
 from ..errors import MaskLensError
 from .spans import PARTS
 from .strategies import Decider, StrategyContext, register
@@ -41,7 +43,7 @@ from .strategies import Decider, StrategyContext, register
 DEFAULT_PARTS = ("reasoning", "content", "tool_calls", "eot")
 TURN_WORDS = ("all", "first", "last")
 TOP_KEYS = ("name", "description", "train", "mask_tokens")
-ENTRY_KEYS = ("role", "turns", "parts")
+ENTRY_KEYS = ("role", "turns", "parts", "weight")
 MAX_RULES_CHARS = 100_000  # a rules text is a few hundred characters; anything this long is a mistake
 MAX_ENTRIES = 100
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -58,6 +60,7 @@ class TrainEntry:
     role: str = "assistant"
     turns: str | int = "all"
     parts: tuple[str, ...] = DEFAULT_PARTS
+    weight: float = 1.0  # the loss weight of these parts
 
     def selects(self, k: int, n: int) -> bool:
         """Is the role's k-th message (of n) one of this entry's turns? Example: turns=-1, k=2, n=3 -> True."""
@@ -75,7 +78,8 @@ class TrainEntry:
             if isinstance(self.turns, str) else f"turn {self.turns}"
 
     def to_dict(self) -> dict:
-        return {"role": self.role, "turns": self.turns, "parts": list(self.parts)}
+        d = {"role": self.role, "turns": self.turns, "parts": list(self.parts)}
+        return {**d, "weight": self.weight} if self.weight != 1.0 else d
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ class Rules:
 
     def summary(self) -> str:
         """One line per entry. Example: "train[0]: assistant, first turn: content, eot"."""
-        lines = [f"train[{j}]: {e.role}, {e.turns_text()}: {', '.join(e.parts)}" for j, e in enumerate(self.train)]
+        lines = [f"train[{j}]: {e.role}, {e.turns_text()}: {', '.join(e.parts)}"
+                 + (f" (weight {e.weight:g})" if e.weight != 1.0 else "") for j, e in enumerate(self.train)]
         if self.mask_tokens:
             lines.append(f"mask_tokens: {', '.join(self.mask_tokens)}")
         return "\n".join(lines)
@@ -216,7 +221,14 @@ def _entry(e, path: str, where: str | None) -> TrainEntry:
         if not isinstance(part, str) or part not in PARTS:
             raise _err(where, f"{path}.parts[{k}]", f"unknown part {_r(part)}",
                        f"use any of {', '.join(PARTS)}{_did_you_mean(part, PARTS)}")
-    return TrainEntry(role, turns, tuple(dict.fromkeys(parts)))
+    return TrainEntry(role, turns, tuple(dict.fromkeys(parts)), _weight(e.get("weight", 1.0), f"{path}.weight", where))
+
+
+def _weight(w, path: str, where: str | None) -> float:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1:
+        raise _err(where, path, f"{_r(w)} is not a weight in (0, 1]",
+                   "write a number above 0 and at most 1, e.g. 0.5 (leave a part out to not train it)")
+    return float(w)
 
 
 def _parse_text(text: str, where: str | None, syntax: str | None):
@@ -349,7 +361,9 @@ def rules_decider(rules: Rules, ctx: StrategyContext) -> Decider:
             return False, "not trained: text the template inserts into the turn (empty_think=mask)"
         if part == "eot" and (cfg.eos == "none" or (cfg.eos == "last_turn" and idx != last)):
             return False, f"not trained: end-of-turn (eos={cfg.eos})"
-        return True, f"trained: rule train[{j}] ({role}, {rules.train[j].turns_text()}, {part})"
+        rule = f"trained: rule train[{j}] ({role}, {rules.train[j].turns_text()}, {part})"
+        w = rules.train[j].weight * message_weight(m)
+        return (True, f"{rule} (weight {w:g})", w) if w < 1 else (True, rule)
 
     return Decider(decide, trainable)
 

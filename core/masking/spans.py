@@ -24,6 +24,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from ..data.content import content_text
 from .template_info import (PROBE, REASONING_FIELDS, TemplateInfo, analyze_template,  # noqa: F401  (re-exported)
                             special_regex, special_regex_for, special_tokens)
 
@@ -36,6 +37,8 @@ def reasoning_of(message: dict) -> tuple[str | None, str]:
     Example: {"content": "<think>\\nhm\\n</think>\\n\\nHi"} -> ("hm", "Hi").
     """
     content = message.get("content") or ""
+    if isinstance(content, list):  # typed parts: the text a template that reads them shows
+        content = content_text(message)
     for f in REASONING_FIELDS:
         r = message.get(f)
         if isinstance(r, str) and r.strip():
@@ -226,7 +229,7 @@ class _Locator:
         """Where the next message with text (content or reasoning) of its own first appears after cursor: its header +
         text where that is found (the same text may come earlier, as this message's own), else the text."""
         for m in self.messages[j:]:
-            r, c = reasoning_of(m) if m.get("role") == "assistant" else (None, m.get("content") or "")
+            r, c = reasoning_of(m) if m.get("role") == "assistant" else (None, content_text(m))
             for t in (r, c):
                 if isinstance(t, str) and t.strip():
                     hdr = self.info.headers.get(m.get("role"), "")
@@ -242,8 +245,7 @@ class _Locator:
 def _texts(m: dict, role: str, info: TemplateInfo) -> tuple[str | None, str, str | None]:
     """(reasoning, content as rendered, the reasoning text to search for or None)."""
     if role != "assistant":
-        content = m.get("content") or ""
-        return None, content if isinstance(content, str) else "", None
+        return None, content_text(m), None
     reasoning, content = reasoning_of(m)
     if reasoning and not _renders_reasoning(m, info):
         searched = None  # the template drops it: never look for its text (it may be another message's)

@@ -39,8 +39,8 @@ from ..paths import check_allowed, check_source, get_policy
 from .labels import IGNORE
 from .rendered import RenderedExample, Segment
 
-__all__ = ["MAX_IMAGE_PIXELS", "image_token_ids", "load_processor", "open_image", "render_vision_examples",
-           "trl_flags", "vision_chat_template"]
+__all__ = ["MAX_IMAGE_PIXELS", "image_token_ids", "load_processor", "open_image", "processor_for",
+           "render_vision_examples", "trl_flags", "vision_chat_template"]
 
 MAX_IMAGE_PIXELS = 64 * 2**20  # a decompression bomb stops here (PIL's own guard is a warning below 2x its limit)
 _PLACEHOLDER_ATTRS = ("image_token", "image_pad_token")
@@ -263,6 +263,24 @@ def _trl_example(ex: Example, root) -> dict:
     if ex.kind == KIND_PC_TEXT:
         return {"prompt": ex.prompt, "completion": ex.completion, "images": images}
     return {"text": ex.text, "images": images}
+
+
+_PROCESSORS: dict = {}
+
+
+def processor_for(tokenizer):
+    """The vision-language processor of the model a tokenizer was loaded from (its directory or hub id), or None
+    when that model has none (a text model). Loaded once per name; the path policy applies (load_processor)."""
+    name = getattr(tokenizer, "name_or_path", None)
+    if not name:
+        return None
+    if name not in _PROCESSORS:
+        try:
+            proc = load_processor(name)
+        except MaskLensError:
+            proc = None
+        _PROCESSORS[name] = proc if hasattr(proc, "image_processor") else None
+    return _PROCESSORS[name]
 
 
 def render_vision_examples(examples: list[Example], processor, *, assistant_only_loss: bool = False,
