@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..data.content import content_text
 from .template_info import (PROBE, REASONING_FIELDS, TemplateInfo, analyze_template,  # noqa: F401  (re-exported)
@@ -70,6 +70,7 @@ class MessageSpan:
     tool_calls: tuple[int, int] | None = None
     scaffold: tuple[int, int] | None = None
     has_reasoning: bool = False  # the message carries reasoning (rendered or not)
+    _parts: list | None = field(default=None, repr=False, compare=False)  # set once located (locate_messages)
 
     @property
     def end(self) -> int:
@@ -80,6 +81,9 @@ class MessageSpan:
     @property
     def parts(self) -> list[tuple[str, int, int]]:
         """(part, start, end) ranges in text order; empty ranges dropped."""
+        return self._parts if self._parts is not None else self.compute_parts()
+
+    def compute_parts(self) -> list[tuple[str, int, int]]:
         if not self.found:
             return []
         body = self.body_start if self.body_start >= 0 else self.content_start
@@ -118,6 +122,8 @@ def locate_messages(text: str, messages: list[dict], info: TemplateInfo,
         sp, cursor = loc.message(i, m, cursor)
         spans.append(sp)
     _attach_closers(text, spans, messages, info, eos_token, loc.specials)
+    for sp in spans:  # final: every stage after this reads the parts, several times
+        sp._parts = sp.compute_parts()
     return spans
 
 

@@ -112,7 +112,7 @@ def unregister(name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ built-in deciders
-def _part_rule(role: str, part: str, cfg, idx: int, last: int | None) -> tuple[bool, str]:
+def _part_rule(role: str, part: str, cfg, is_last: bool) -> tuple[bool, str]:
     """The assistant strategies' answer for one part of a trained message (options applied)."""
     if part == "header":
         return False, f"not trained: {role} role header"
@@ -129,7 +129,7 @@ def _part_rule(role: str, part: str, cfg, idx: int, last: int | None) -> tuple[b
     if part == "tool_calls":
         return True, f"trained: {role} tool calls"
     if part == "eot":
-        if cfg.eos == "every_turn" or (cfg.eos == "last_turn" and idx == last):
+        if cfg.eos == "every_turn" or (cfg.eos == "last_turn" and is_last):
             return True, f"trained: end-of-turn (eos={cfg.eos})"
         return False, f"not trained: end-of-turn (eos={cfg.eos})"
     return False, "not trained"
@@ -137,7 +137,8 @@ def _part_rule(role: str, part: str, cfg, idx: int, last: int | None) -> tuple[b
 
 def assistant_decider(ctx: StrategyContext, only_last: bool) -> Decider:
     """assistant_only / last_assistant: every (or the last) message of cfg.train_roles, options applied; a message's
-    data weight (0 < w < 1) scales its trained parts."""
+    data weight (0 < w < 1) scales its trained parts. Verdicts depend only on (role, last turn or not, part): each is
+    worked out once per conversation (this runs for every part of every message of a dataset)."""
     msgs, cfg = ctx.messages, ctx.cfg
     roles = set(cfg.train_roles)
     in_role = [i for i, m in enumerate(msgs) if m.get("role") in roles]
@@ -147,23 +148,34 @@ def assistant_decider(ctx: StrategyContext, only_last: bool) -> Decider:
         trainable = [i for i in trainable if i == (in_role[-1] if in_role else None)]
     tset = set(trainable)
     last = trainable[-1] if trainable else None
-    name = cfg.strategy
+    known: dict = {}
 
-    def decide(idx, part):
-        if idx is None:
-            return False, "not trained: template text outside any message"
+    def verdict(idx, part):
         role = msgs[idx].get("role")
         if idx not in tset:
             if role in roles and weights[idx] == 0:
                 return False, f"not trained: message {idx} is flagged off ({_flag(msgs[idx])})"
             if role in roles and only_last:
-                return False, f"not trained: {name} trains only the last {role} turn"
+                return False, f"not trained: {cfg.strategy} trains only the last {role} turn"
             return False, f"not trained: {role} message"
-        trained, rule = _part_rule(role, part, cfg, idx, last)
+        trained, rule = _part_rule(role, part, cfg, idx == last)
         w = weights[idx]
         return (trained, f"{rule} (message weight {w:g})", w) if trained and w < 1 else (trained, rule)
 
+    def decide(idx, part):
+        if idx is None:
+            return _OUTSIDE
+        # the same answer for every message of a role on the same side of these distinctions
+        key = (msgs[idx].get("role"), idx in tset, idx == last, weights.get(idx, 1.0), part)
+        v = known.get(key)
+        if v is None or "message " in v[1]:  # rules naming the message index are not shared
+            v = known[key] = verdict(idx, part)
+        return v
+
     return Decider(decide, tset)
+
+
+_OUTSIDE = (False, "not trained: template text outside any message")
 
 
 def _flag(message: dict) -> str:
