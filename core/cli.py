@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("checks", help="check a chat template against the known pitfalls")
     c.add_argument("--tokenizer", default=None, help="hub id or local directory (default: the embedded SmolLM2)")
     c.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own code (off by default)")
-    c.add_argument("--chat-template", type=Path, default=None, help="a jinja chat template file replacing the tokenizer's")
+    c.add_argument("--chat-template", type=Path, default=None,
+                   help="a jinja chat template file replacing the tokenizer's")
     c.add_argument("--format", choices=("json", "text"), default="text", help="output format (default: text)")
     c.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     c.set_defaults(func=cmd_checks)

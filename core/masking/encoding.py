@@ -238,6 +238,9 @@ def encode_texts(tokenizer, texts: list[str], add_special_tokens: bool):
     if not texts:
         return []
     mode = os.environ.get("MASKLENS_PIECES", "auto")
+    if mode not in MODES:
+        raise MaskLensError(f"MASKLENS_PIECES={mode!r} is not a mode", field="MASKLENS_PIECES",
+                            fix=f"set it to one of {', '.join(MODES)} (or unset it)")
     if not add_special_tokens and mode != "never":
         seg = SegmentEncoder.for_tokenizer(tokenizer)
         if seg is not None and (mode == "always"

@@ -2,13 +2,13 @@
 
 The pipeline, one module per stage (each a small function over frozen dataclasses):
 
-    1. render    core.masking.rendering  Example -> Rendering   (the text TRL tokenizes; a batch at once)
-    2. locate    core.masking.layout     -> Layout              (where each message and part lies: core.masking.spans)
-    3. decide    core.masking.decide     -> Decision            (the strategy's verdict per part; core.masking.strategies)
-       encode    core.masking.encoding   texts -> tokens        (a batch at once; repeated pieces tokenized once)
-    4. labels    core.masking.labels     -> Labels              (the ONLY place labels are built: base, mask_tokens,
-                                                                 weights, truncation)
-    5. findings  core.masking.diagnose   -> [Finding]
+    1. render    rendering.render_batch  Example -> Rendering  the text TRL tokenizes (a batch at once)
+    2. locate    layout.locate           -> Layout             where each message and part lies (spans)
+    3. decide    decide.decide           -> Decision           the strategy's verdict per part (strategies)
+       encode    encoding.encode_texts   texts -> tokens       a batch at once; repeated pieces tokenized once
+    4. labels    labels.build_labels     -> Labels             the ONLY place labels are built: base labels,
+                                                               mask_tokens, loss weights, truncation
+    5. findings  diagnose.diagnose       -> [Finding]          (all modules in core.masking)
 
 Options: core.masking.options.MaskConfig. Results: core.masking.rendered.RenderedExample; why each token trains is
 built only when the token view asks (core.masking.explain). To add a strategy, register it (core.masking.strategies).

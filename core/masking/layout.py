@@ -50,8 +50,8 @@ def _rendering_findings(msgs: list[dict], spans: list[MessageSpan]) -> list[Find
         if not sp.found and (reasoning_of(m)[1] if m.get("role") == "assistant" else content_text(m)):
             parts = " (a list of parts the template does not read: content_parts=join joins them)" if isinstance(
                 m.get("content"), list) else ""
-            out.append(Finding("content_not_rendered", f"message {sp.index} ({sp.role}): its content does not appear in "
-                               f"the rendered text{parts}", location={"message": sp.index}))
+            out.append(Finding("content_not_rendered", f"message {sp.index} ({sp.role}): its content does not appear "
+                               f"in the rendered text{parts}", location={"message": sp.index}))
         if sp.has_reasoning and sp.reasoning is None:
             dropped.append(sp.index)
     if dropped:

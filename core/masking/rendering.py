@@ -17,7 +17,7 @@ from ..errors import MaskLensError
 from ..findings import Finding
 from .strategies import StrategyKind, StrategySpec
 from .templates import RenderJob, get_template, render_many
-from .trl_templates import SOURCE_CANNOT_PATCH, SOURCE_TRL_TWIN, TrainingTemplate, training_template
+from .trl_templates import SOURCE_CANNOT_PATCH, SOURCE_OWN, SOURCE_TRL_TWIN, TrainingTemplate, training_template
 
 CONVERSATIONAL = (KIND_MESSAGES, KIND_PC_CONV)
 
@@ -29,7 +29,7 @@ class TemplatePlan:
     inference: str | None  # the tokenizer's own template (or the one given); None: no conversational rows
     training: TrainingTemplate | None  # TRL's (or MaskLens's own) choice for trl_generation strategies
     spec: StrategySpec
-    use_markers: bool  # cfg.use_generation_markers and only the assistant role trains (TRL's markers cover nothing else)
+    use_markers: bool  # use_generation_markers and only the assistant role trains (TRL's markers cover no other)
     given: bool  # cfg.chat_template was given
 
     @classmethod
@@ -41,7 +41,7 @@ class TemplatePlan:
         training = None
         if conversational and spec.trl_generation:
             training = (training_template(tokenizer, template) if cfg.template_source == "trl"
-                        else TrainingTemplate(template, "own"))
+                        else TrainingTemplate(template, SOURCE_OWN))
         return cls(template, training, spec, cfg.use_generation_markers and tuple(cfg.train_roles) == ("assistant",),
                    bool(cfg.chat_template))
 

@@ -48,8 +48,8 @@ class OldCollator:
                                     location={"template": "instruction"}))
         if res.pad_masked:
             findings.append(Finding("pad_is_eos" if self.pad_id == self.eos_id else "eos_not_trained",
-                                    f"{len(res.pad_masked)} token(s) equal to the pad id ({self.pad_id}) were masked by "
-                                    f"the old collator{self.pad_assumed}", severity="warning",
+                                    f"{len(res.pad_masked)} token(s) equal to the pad id ({self.pad_id}) were masked "
+                                    f"by the old collator{self.pad_assumed}", severity="warning",
                                     location={"tokens": res.pad_masked[:20]}))
         if enc is not None:
             findings += self._ambiguous(res, text, enc, ids)
