@@ -117,8 +117,10 @@ class Expected:
         with self._lock:
             if key not in self._cache:
                 from app.session import Session
+                from app.tab_inspect import fit_template
 
                 s = Session(data=self.datasets[sample], index=index)
+                fit_template(s)  # as the Data picker does: a sample whose tool calls need a template that renders them
                 s.settings.strategy = strategy
                 self._cache[key] = list(s.render_current().labels)
             return self._cache[key]
@@ -256,7 +258,7 @@ def views_during_audit(url: str, sessions: list[Session], data: Path, n_requests
 
     auditor = Client(url, verbose=False)
     auditor.predict(api_name="/load")
-    out = auditor.predict(handle_file(str(data)), api_name="/lambda")  # the Upload button
+    out = auditor.predict(handle_file(str(data)), api_name="/on_upload")  # the Upload button
     if out[6]:
         raise RuntimeError(f"upload failed: {out[6][:300]}")
     stop = threading.Event()

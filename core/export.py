@@ -41,11 +41,11 @@ def export_records(rendered: list[RenderedExample], *, row: bool = True, attenti
     With split_turns (examples carrying ``turn``), each record also names its turn: the assistant message it trains."""
     out = []
     turns = row and any(getattr(r, "turn", None) is not None for r in rendered)
-    weighted = any(r.weights is not None for r in rendered)
+    weighted = any(getattr(r, "weights", None) is not None for r in rendered)
     for r in rendered:
         rec = {"input_ids": list(r.input_ids), "labels": list(r.labels)}
         if weighted:  # one column for all rows: 1.0 where labelled, 0.0 where not, when a row has no weights
-            rec["loss_weights"] = list(r.weights) if r.weights is not None else [
+            rec["loss_weights"] = list(r.weights) if getattr(r, "weights", None) is not None else [
                 0.0 if lab == -100 else 1.0 for lab in r.labels]
         if attention_mask:
             rec["attention_mask"] = [1] * len(r.input_ids)
@@ -88,16 +88,7 @@ def _messages(msgs: list[dict]) -> list[dict]:
 def export_split_rows(examples: list[Example], cfg: MaskConfig, path: str | os.PathLike) -> Path:
     """Write :func:`split_turn_rows` as JSONL (load_dataset("json") reads it; see schema_nulls_injected for rows
     whose tool calls or tools differ in keys)."""
-    records = split_turn_rows(examples, cfg)
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    return _atomic_write(path, write)
+    return write_jsonl(path, split_turn_rows(examples, cfg))
 
 
 def trl_rows(examples: list[Example], *, tools_as_json: bool = True, row: bool = False) -> list[dict]:
@@ -149,12 +140,17 @@ def trl_rows(examples: list[Example], *, tools_as_json: bool = True, row: bool =
 
 def export_trl_rows(examples: list[Example], path: str | os.PathLike, **kwargs) -> Path:
     """Write :func:`trl_rows` as JSONL: TRL's `messages` data (load_dataset("json", data_files=path))."""
-    records = trl_rows(examples, **kwargs)
+    return write_jsonl(path, trl_rows(examples, **kwargs))
+
+
+def write_jsonl(path: str | os.PathLike, records, compact: bool = False) -> Path:
+    """One JSON object per line, written atomically (compact: no spaces, for token lists)."""
 
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.write((json.dumps(rec, separators=(",", ":")) if compact else json.dumps(rec, ensure_ascii=False))
+                        + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -182,16 +178,7 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
 def export_jsonl(rendered: list[RenderedExample], path: str | os.PathLike, *, row: bool = True,
                  attention_mask: bool = False) -> Path:
     """Write ``{"input_ids", "labels"[, "attention_mask"][, "row"]}`` per line; load_dataset("json") reads it."""
-    records = export_records(rendered, row=row, attention_mask=attention_mask)
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    return _atomic_write(path, write)
+    return write_jsonl(path, export_records(rendered, row=row, attention_mask=attention_mask), compact=True)
 
 
 def export_parquet(rendered: list[RenderedExample], path: str | os.PathLike, *, row: bool = True,
