@@ -231,7 +231,7 @@ def cmd_train(ns) -> int:
         ns.tokenizer = ns.model  # the labels are token ids: they must be the model's own tokenizer's
     cfg, examples, tok = _load(ns)
     rendered = render_examples(examples, tok, cfg)
-    data = [{"input_ids": r.input_ids, "labels": r.labels} for r in rendered]
+    data = [r.train_record() for r in rendered]
     given = {"learning_rate": ns.learning_rate, "per_device_train_batch_size": ns.batch_size,
              "gradient_accumulation_steps": ns.grad_accum, "seed": ns.seed}
     tc = TrainConfig(model=ns.model or "embedded", lora=ns.lora, max_steps=ns.max_steps, max_length=ns.max_length,
