@@ -68,7 +68,8 @@ def _add_option(p: argparse.ArgumentParser, o) -> None:
     elif o.kind == "choice":
         p.add_argument(o.flag, default=o.default, choices=o.choices, help=f"{h} (default: {o.default})")
     elif o.kind == "bool" and o.default:
-        p.add_argument("--no-" + o.flag[2:], dest=o.name, action="store_false", help=f"turn off: {h}")
+        p.add_argument("--no-" + o.flag[2:].removeprefix("use-"), dest=o.name, action="store_false",
+                       help=f"turn off: {h}")
     elif o.kind == "bool":
         p.add_argument(o.flag, action="store_true", help=h)
     elif o.kind in ("int", "float"):
