@@ -10,11 +10,16 @@ spans of each of them in the real rendering. Then, per assistant turn:
 - its content, reasoning and tool calls (names, argument values) are trained, and decoding its trained tokens gives
   them back exactly;
 - nothing of the prompt side (system / user / tool content, template text outside the turns) is trained;
-- no token of the role header (the text the generation prompt supplies) is trained;
+- no token of the role header (the text the generation prompt supplies) is trained; where nothing the template
+  shows lies between two assistant turns (Alpaca and Phi-3 drop tool calls and tool results), the earlier turn's
+  closer is that turn's, not the next one's header;
 - the turn's closer (the first special token the template puts after a final assistant turn; after each turn, the
-  last such token before the next message) is trained.
-A template that cannot render a case (raises, or drops the reasoning / tool calls) is skipped for that case, after
-asserting the engine says so (render_failed, content_not_rendered, reasoning_not_rendered).
+  last such token before the next message) is trained, and so is the first special token after its tool calls.
+Tool-calling conversations (one call, parallel calls, text before a call, a multi-step agent trajectory; answers after
+the results) are checked on every template that renders them: where a template drops a turn's calls, the engine must
+say so (tool_call_not_trained) and every later turn is still checked. A template that cannot render a case (raises)
+is skipped for that case, after asserting the engine says so (render_failed); so are the reasoning cases where it
+drops every reasoning (after reasoning_not_rendered); content it drops must come with content_not_rendered.
 """
 
 from __future__ import annotations
@@ -421,9 +426,9 @@ def check_turns(tok, row, r, oracle: Oracle, offsets, rfield: str, eos_mode: str
                 v.append(f"message {i}: its closer {tok.convert_ids_to_tokens(ids[t])!r} (token {t}) is "
                          f"{'not ' if want else ''}trained (eos={eos_mode}) at {show(*offsets[t])}")
         # 3b. the token closing its calls (gpt-oss <|call|>, Gemma 4 <tool_call|>, Qwen </tool_call>): what teaches
-        # the model to stop and wait for the result
+        # the model to stop and wait for the result (often the turn's end-of-turn, so with eos=every_turn only)
         calls_i = oracle.of(i, "tool_name") + oracle.of(i, "tool_arg")
-        if calls_i:
+        if calls_i and eos_mode == "every_turn":
             end = max(e for _, e in calls_i)
             nxt = oracle.next_start(i, end)
             t = next((t for t, (a, _) in enumerate(offsets) if end <= a < nxt and ids[t] in specials), None)
@@ -452,9 +457,9 @@ def check_turns(tok, row, r, oracle: Oracle, offsets, rfield: str, eos_mode: str
 
 
 def previous_turn_end(tok, row, i, oracle: Oracle, offsets, r_ids, closer_at, **kw) -> int:
-    """Where the last assistant turn before message i ends (0: none):
-    after its closer token; for a turn that shows none of its fields, where rendering the conversation up to it stops
-    agreeing with the real text. A template that drops tool calls and results (Alpaca, Phi-3) renders an empty turn
+    """Where the last assistant turn before message i ends (0: there is none): after its closer token (and an EOS
+    right after it); for a turn that shows none of its fields, where rendering the conversation up to it stops agreeing
+    with the real text. A template that drops tool calls and results (Alpaca, Phi-3) renders an empty turn
     ("### Response:\n</s>") or the text before the call, then at once the next assistant turn: that closer is the
     earlier turn's, not part of the next turn's header."""
     msgs = row["messages"]

@@ -40,13 +40,9 @@ def locate(ex: Example, rendering: Rendering, info_for: Callable[[str], Template
 
 def _rendering_findings(msgs: list[dict], spans: list[MessageSpan], text: str) -> list[Finding]:
     out, dropped = [], []
-    inlined = [text[a:b] for sp in spans if sp.inlined for a, b in (sp.inlined,)]
     for sp in spans:
         m = msgs[sp.index]
-        content = reasoning_of(m)[1] if m.get("role") == "assistant" else (m.get("content") or "")
-        if content and (not sp.found or sp.content_dropped) and not (
-                inlined and isinstance(content, str) and any(content.strip() in t for t in inlined)):
-            # (a tool result the template renders inside the calling turn, Gemma 4, is rendered)
+        if (not sp.found or sp.content_dropped) and _unrendered(m, spans, text):
             out.append(Finding("content_not_rendered",
                                f"message {sp.index} ({sp.role}): its content does not appear in the rendered text",
                                location={"message": sp.index}))
@@ -57,6 +53,16 @@ def _rendering_findings(msgs: list[dict], spans: list[MessageSpan], text: str) -
                            f"message(s) {', '.join(map(str, dropped))} carry reasoning the template does not render, "
                            "so it is neither shown to nor trained into the model", location={"messages": dropped}))
     return out
+
+
+def _unrendered(m: dict, spans: list[MessageSpan], text: str) -> bool:
+    """The message has content and the rendering does not show it: a tool result the template renders inside the
+    calling turn (Gemma 4) is shown."""
+    content = reasoning_of(m)[1] if m.get("role") == "assistant" else (m.get("content") or "")
+    if not content:
+        return False
+    inlined = [text[sp.inlined[0]:sp.inlined[1]] for sp in spans if sp.inlined]
+    return not (inlined and isinstance(content, str) and any(content.strip() in t for t in inlined))
 
 
 def _swap_difference(rendering: Rendering, msgs, twin_spans: list[MessageSpan], info_for, eos_token) -> str:

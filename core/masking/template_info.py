@@ -3,7 +3,8 @@
 `analyze_template` renders a few conversations of unique marker strings ("MLPROBEu1", ...) and reads off the
 rendering: the end-of-turn markers that close assistant turns, the role headers, the generation prompt, which
 reasoning field it renders and the text it wraps reasoning in, the scaffolding it inserts into assistant turns
-(Qwen3's empty ``<think>\\n\\n</think>\\n\\n``), and a marker that closes tool calls (gpt-oss ``<|call|>``).
+(Qwen3's empty ``<think>\\n\\n</think>\\n\\n``), the text that opens tool calls (Gemma 4 ``<|tool_call>call:``) and a
+marker that closes them (gpt-oss ``<|call|>``).
 core.masking.spans uses the result to cut each rendered conversation into messages and parts.
 
 Example: analyze_template(tok, tpl).eot -> ("<|im_end|>",); .headers["assistant"] -> "<|im_start|>assistant\\n"
