@@ -35,7 +35,7 @@ def locate(ex: Example, rendering: Rendering, info_for: Callable[[str], Template
     if rendering.inference_text is not None:
         findings.append(Finding("template_swapped", _swap_difference(rendering, ex.messages, spans, info_for,
                                                                      eos_token)))
-    findings += _rendering_findings(ex.messages, spans)
+    findings += _rendering_findings(ex.messages, spans, rendering.text)
     if any(isinstance(m.get("content"), list) for m in ex.messages) and renders_part_list(rendering.text, ex.messages):
         findings.append(Finding("content_parts_printed", "the chat template prints a message's list of content parts "
                                 "itself (its Python text), so the model trains on that text; content_parts=join "
@@ -43,11 +43,11 @@ def locate(ex: Example, rendering: Rendering, info_for: Callable[[str], Template
     return Layout(spans=spans, info=info, findings=tuple(findings))
 
 
-def _rendering_findings(msgs: list[dict], spans: list[MessageSpan]) -> list[Finding]:
+def _rendering_findings(msgs: list[dict], spans: list[MessageSpan], text: str) -> list[Finding]:
     out, dropped = [], []
     for sp in spans:
         m = msgs[sp.index]
-        if not sp.found and (reasoning_of(m)[1] if m.get("role") == "assistant" else content_text(m)):
+        if (not sp.found or sp.content_dropped) and _unrendered(m, spans, text):
             parts = " (a list of parts the template does not read: content_parts=join joins them)" if isinstance(
                 m.get("content"), list) else ""
             out.append(Finding("content_not_rendered", f"message {sp.index} ({sp.role}): its content does not appear "
@@ -59,6 +59,16 @@ def _rendering_findings(msgs: list[dict], spans: list[MessageSpan]) -> list[Find
                            f"message(s) {', '.join(map(str, dropped))} carry reasoning the template does not render, "
                            "so it is neither shown to nor trained into the model", location={"messages": dropped}))
     return out
+
+
+def _unrendered(m: dict, spans: list[MessageSpan], text: str) -> bool:
+    """The message has content and the rendering does not show it: a tool result the template renders inside the
+    calling turn (Gemma 4) is shown."""
+    content = reasoning_of(m)[1] if m.get("role") == "assistant" else content_text(m)
+    if not content:
+        return False
+    inlined = [text[sp.inlined[0]:sp.inlined[1]] for sp in spans if sp.inlined]
+    return not (inlined and isinstance(content, str) and any(content.strip() in t for t in inlined))
 
 
 def _swap_difference(rendering: Rendering, msgs, twin_spans: list[MessageSpan], info_for, eos_token) -> str:

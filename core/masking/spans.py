@@ -70,6 +70,8 @@ class MessageSpan:
     tool_calls: tuple[int, int] | None = None
     scaffold: tuple[int, int] | None = None
     has_reasoning: bool = False  # the message carries reasoning (rendered or not)
+    content_dropped: bool = False  # found by its tool calls: the template drops the text beside them
+    inlined: tuple[int, int] | None = None  # following messages' text the template puts inside this turn (Gemma 4)
     _parts: list | None = field(default=None, repr=False, compare=False)  # set once located (locate_messages)
 
     @property
@@ -139,23 +141,88 @@ class _Locator:
         role = m.get("role", "")
         reasoning, content, searched = _texts(m, role, self.info)
         hdr = self.info.headers.get(role, "")
+        calls = m.get("tool_calls") if role == "assistant" else None
         anchor = body = start = -1
         matched, rz = content, None
         if content and not searched and hdr:
             anchor, body, start = self._anchor_on_header(hdr, content, cursor)
         if start < 0:
             anchor, body, start, matched, rz = self._search(i, hdr, content, searched, cursor)
-        if role == "assistant" and not content and not rz and 0 <= body == start:
-            # No content (only tool calls): the empty think block a template inserts before the calls is scaffolding.
-            start += next((len(sc) for sc in (self.info.scaffold,) if sc and self.text.startswith(sc, body)), 0)
+        dropped = start < 0 and bool(content) and bool(calls)
+        if dropped:
+            # The template renders only the calls of a turn with text before them (Llama 3.1, gpt-oss, Mistral v3,
+            # Command-A's tool-use template): the turn is found as one without content, by its header.
+            content = ""
+            anchor, body, start, matched, rz = self._search(i, hdr, content, searched, cursor)
+        if role == "assistant" and not content and not rz:
+            anchor, body, start = self._empty_turn(calls, anchor, body, start, cursor)
         if start < 0:
             return MessageSpan(i, role, False, cursor, cursor, cursor, has_reasoning=bool(reasoning)), cursor
         sp = _span(i, role, anchor, body, start, matched, rz, bool(reasoning))
+        sp.content_dropped = dropped
         cursor = max(sp.content_end, rz[1] if rz else -1)
-        if role == "assistant" and m.get("tool_calls"):
+        if calls:
+            if sp.scaffold:
+                self._calls_before_content(sp, calls)
             # Past its tool calls: a tool result's text must not be found inside the call's arguments.
-            cursor = _past_tool_calls(self.text, m["tool_calls"], cursor, self.next_text_at(i + 1, cursor))
+            cursor = _past_tool_calls(self.text, calls, cursor, self.next_text_at(i + 1, cursor))
         return sp, cursor
+
+    def _empty_turn(self, calls, anchor: int, body: int, start: int, cursor: int) -> tuple[int, int, int]:
+        """(header start, body start, content start) of an assistant turn without text of its own (only tool calls,
+        or nothing rendered)."""
+        if calls:
+            anchor, body, start = self._calls_turn_start(calls, anchor, body, start, cursor)
+        if start == cursor and anchor < 0:
+            # Nothing of the turn is there (a template that drops tool calls and writes no header after an assistant
+            # turn, Phi-3's "<|end|>\n<|end|>\n"): it follows the previous turn's end-of-turn marker, not shares it.
+            start = self._past_marker(cursor)
+        if 0 <= body == start:
+            # The empty think block a template inserts before the calls is scaffolding.
+            start += next((len(sc) for sc in (self.info.scaffold,) if sc and self.text.startswith(sc, body)), 0)
+        return anchor, body, start
+
+    def _past_marker(self, cursor: int) -> int:
+        """After the end-of-turn marker at cursor and the whitespace around it, else cursor."""
+        head = self.text[cursor:cursor + 64]
+        at = cursor + len(head) - len(head.lstrip())
+        mk = next((mk for mk in self.info.eot if self.text.startswith(mk, at)), "")
+        if not mk:
+            return cursor
+        tail = self.text[at + len(mk):at + len(mk) + 64]
+        return at + len(mk) + len(tail) - len(tail.lstrip())
+
+    def _calls_turn_start(self, calls: list, anchor: int, body: int, start: int, cursor: int) -> tuple[int, int, int]:
+        """(header start, body start, content start) of a turn that is only tool calls. Where its header is not before
+        its first call, the template continues the turn without one after the tool results (Gemma 4
+        "...<tool_response|><|tool_call>call:", Mistral v3 "...[/TOOL_RESULTS][TOOL_CALLS]"): the turn starts at the
+        text that opens the calls (learnt by the probe), not at the end of the previous message (the tool result's
+        closing text, which is not the model's)."""
+        f = _first_call_at(self.text, calls, cursor, len(self.text))
+        if f < 0 or 0 <= anchor < f:
+            return anchor, body, start
+        for form in _opener_forms(self.info.call_opener, self.specials):
+            p = self.text.rfind(form, cursor, f)
+            if p >= 0:
+                return p, p, p
+        return anchor, body, start
+
+    def _calls_before_content(self, sp: MessageSpan, calls: list) -> None:
+        """A turn whose calls come before its content, with text between that is not the model's: Gemma 4 renders the
+        calls, then the results of the following tool messages, then the turn's text. The calls (and their closer)
+        are the turn's tool calls; the results are template text (`inlined`), never trained as this turn's."""
+        text, a, b = self.text, sp.scaffold[0], sp.content_start
+        f = _first_call_at(text, calls, a, b)
+        if f < 0:
+            return
+        sc = self.info.scaffold
+        sp.scaffold = (a, a + len(sc)) if sc and text.startswith(sc, a) and a + len(sc) <= f else None
+        q = _past_tool_calls(text, calls, f, b)
+        c = text.find(self.info.call_closer, q, b) if self.info.call_closer else -1
+        q = c + len(self.info.call_closer) if c >= 0 else q  # up to the closer: '...celsius<|"|>}<tool_call|>'
+        sp.tool_calls = (sp.scaffold[1] if sp.scaffold else a, q)
+        if q < b:
+            sp.inlined = (q, b)
 
     def _anchor_on_header(self, hdr: str, content: str, cursor: int) -> tuple[int, int, int]:
         """(header start, body start, content start) of header (+ what the template inserts) + content, so that a
@@ -233,7 +300,9 @@ class _Locator:
 
     def next_text_at(self, j: int, cursor: int) -> int:
         """Where the next message with text (content or reasoning) of its own first appears after cursor: its header +
-        text where that is found (the same text may come earlier, as this message's own), else the text."""
+        text where that is found (the same text may come earlier, as this message's own), else the text. A text the
+        template drops is passed over: Alpaca and Phi-3 drop tool results, and the bound is then the answer after them
+        (else a call's argument "Paris" is found inside that answer, and the answer is lost)."""
         for m in self.messages[j:]:
             r, c = reasoning_of(m) if m.get("role") == "assistant" else (None, content_text(m))
             for t in (r, c):
@@ -244,7 +313,8 @@ class _Locator:
                         if p >= 0:
                             return p
                     p, _ = find_content(self.text, t, cursor, specials=self.specials)
-                    return p if p >= 0 else len(self.text)
+                    if p >= 0:
+                        return p
         return len(self.text)
 
 
@@ -304,9 +374,8 @@ def _inside_special(text: str, a: int, b: int, specials: re.Pattern) -> bool:
     return False
 
 
-def _past_tool_calls(text: str, calls: list, cursor: int, stop: int) -> int:
-    """Where the rendered tool calls end, as far as their names and string arguments show, searched in order."""
-    q = cursor
+def _call_values(calls: list):
+    """Each call's name, then its string argument values, in order."""
     for tc in calls:
         fn = tc.get("function") if isinstance(tc, dict) and isinstance(tc.get("function"), dict) else tc
         if not isinstance(fn, dict):
@@ -318,14 +387,43 @@ def _past_tool_calls(text: str, calls: list, cursor: int, stop: int) -> int:
             except ValueError:
                 args = {}
         for v in [fn.get("name")] + (list(args.values()) if isinstance(args, dict) else []):
-            if not isinstance(v, str) or not v:
-                continue
-            for form in dict.fromkeys((v, json.dumps(v, ensure_ascii=False)[1:-1], json.dumps(v)[1:-1])):
-                p = text.find(form, q, max(stop, q))
-                if p >= 0:
-                    q = p + len(form)
-                    break
+            if isinstance(v, str) and v:
+                yield v
+
+
+def _value_forms(v: str):
+    return dict.fromkeys((v, json.dumps(v, ensure_ascii=False)[1:-1], json.dumps(v)[1:-1]))
+
+
+def _past_tool_calls(text: str, calls: list, cursor: int, stop: int) -> int:
+    """Where the rendered tool calls end, as far as their names and string arguments show, searched in order."""
+    q = cursor
+    for v in _call_values(calls):
+        for form in _value_forms(v):
+            p = text.find(form, q, max(stop, q))
+            if p >= 0:
+                q = p + len(form)
+                break
     return q
+
+
+def _first_call_at(text: str, calls: list, start: int, stop: int) -> int:
+    """Where the first call's name is rendered in text[start:stop] (-1: nowhere)."""
+    fn = calls[0].get("function") if calls and isinstance(calls[0], dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(name, str) or not name:
+        return -1
+    return min((p for p in (text.find(f, start, stop) for f in _value_forms(name)) if p >= 0), default=-1)
+
+
+def _opener_forms(opener: str, specials: re.Pattern | None) -> list[str]:
+    """The text that opens a turn's tool calls (Mistral '[TOOL_CALLS][{"name": "'), then its leading special token
+    alone ("[TOOL_CALLS]": the rest can differ between the probe and real calls)."""
+    forms = [opener, opener.lstrip()]
+    m = specials.match(opener.lstrip()) if specials is not None else None
+    if m:
+        forms.append(m.group())
+    return [f for f in dict.fromkeys(forms) if f]
 
 
 def _blank_reasoning(message: dict) -> str | None:
@@ -400,7 +498,7 @@ def _attach_closers(text: str, spans: list[MessageSpan], messages: list[dict], i
         if best >= 0:
             sp.eot_start, sp.eot_end = best, best + len(marker)
         if sp.role == "assistant":
-            _turn_rest(sp, bool(calls), best, tail, nxt, found[k + 1] if k + 1 < len(found) else None)
+            _turn_rest(text, sp, bool(calls), best, tail, nxt, found[k + 1] if k + 1 < len(found) else None)
         nxt = sp.header_start if 0 <= sp.header_start < sp.content_start else sp.content_start
         if sp.reasoning_part:
             nxt = min(nxt, sp.reasoning_part[0])
@@ -434,18 +532,18 @@ def _calls_closer(text, closer, n_calls, tail, nxt, best, marker, specials) -> t
     return best, marker
 
 
-def _turn_rest(sp: MessageSpan, has_calls: bool, best: int, tail: int, nxt: int, following) -> None:
+def _turn_rest(text: str, sp: MessageSpan, has_calls: bool, best: int, tail: int, nxt: int, following) -> None:
     """An assistant turn's text between its output and its closer: an empty turn's whitespace-only think block from
     the data ("<think>\\n</think>": the model writes it, like scaffolding), or its rendered tool calls."""
     if (not has_calls and best > tail and sp.content_start == sp.content_end and sp.reasoning_part is None
             and sp.scaffold is None and sp.body_start >= 0):
         sp.scaffold = (tail, best)
         sp.content_start = sp.content_end = best
-    if has_calls:
+    if has_calls and sp.tool_calls is None:  # not already found before the content (Gemma 4)
         stop = best if best >= 0 else nxt
         if following is not None and following.header_start >= 0:
             stop = min(stop, following.header_start)
-        if stop > tail:
+        if stop > tail and not text[tail:stop].isspace():  # whitespace alone: the template dropped the calls
             sp.tool_calls = (tail, stop)
 
 

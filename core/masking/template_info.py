@@ -3,7 +3,8 @@
 `analyze_template` renders a few conversations of unique marker strings ("MLPROBEu1", ...) and reads off the
 rendering: the end-of-turn markers that close assistant turns, the role headers, the generation prompt, which
 reasoning field it renders and the text it wraps reasoning in, the scaffolding it inserts into assistant turns
-(Qwen3's empty ``<think>\\n\\n</think>\\n\\n``), and a marker that closes tool calls (gpt-oss ``<|call|>``).
+(Qwen3's empty ``<think>\\n\\n</think>\\n\\n``), the text that opens tool calls (Gemma 4 ``<|tool_call>call:``) and a
+marker that closes them (gpt-oss ``<|call|>``).
 core.masking.spans uses the result to cut each rendered conversation into messages and parts.
 
 Example: analyze_template(tok, tpl).eot -> ("<|im_end|>",); .headers["assistant"] -> "<|im_start|>assistant\\n"
@@ -57,6 +58,7 @@ class TemplateInfo:
     think_close: str = ""  # text between the reasoning and the content ("\n</think>\n\n")
     scaffold: str = ""  # text the template inserts between header and content when there is no reasoning
     call_closer: str = ""  # a marker closing tool calls that is not an end-of-turn marker (gpt-oss <|call|>)
+    call_opener: str = ""  # the text that opens a turn's tool calls after its header (Gemma 4 "<|tool_call>call:")
     specials: tuple[str, ...] = ()  # the tokenizer's special tokens: content is never matched inside one
     probe_ok: bool = False
     probe_error: str = ""
@@ -117,12 +119,13 @@ def _analyze(p: _Probe) -> TemplateInfo:
     headers = {"user": (gaps.mid[gaps.mid.find(mid) + len(mid):] if mid else gaps.mid).lstrip(),
                "assistant": _assistant_header(p, gaps.user, gen, mid)}
     reasoning_field, think_open, think_close = _reasoning_wrapping(p, headers["assistant"])
-    call_closer, tool_header = _tool_markers(p, eots, headers["user"])
+    scaffold = _scaffold(p, headers["assistant"])
+    call_closer, tool_header, call_opener = _tool_markers(p, eots, headers["user"], headers["assistant"], scaffold)
     if tool_header:
         headers["tool"] = tool_header
     return TemplateInfo(eot=tuple(eots), headers=headers, generation_prompt=gen, reasoning_field=reasoning_field,
-                        think_open=think_open, think_close=think_close, scaffold=_scaffold(p, headers["assistant"]),
-                        call_closer=call_closer, specials=special_tokens(p.tokenizer), probe_ok=True)
+                        think_open=think_open, think_close=think_close, scaffold=scaffold, call_closer=call_closer,
+                        call_opener=call_opener, specials=special_tokens(p.tokenizer), probe_ok=True)
 
 
 @dataclass(frozen=True)
@@ -238,21 +241,40 @@ def _scaffold(p: _Probe, a_header: str) -> str:
     return t[h + len(a_header):c] if h >= 0 and c >= 0 else ""
 
 
-def _tool_markers(p: _Probe, eots: list[str], user_header: str) -> tuple[str, str]:
+def _tool_markers(p: _Probe, eots: list[str], user_header: str, a_header: str, scaffold: str) -> tuple[str, str, str]:
     """(a marker closing tool calls that is not an end-of-turn marker (gpt-oss <|call|>), the tool message's header:
     what follows the assistant's closer — Llama 3's <|start_header_id|>ipython<|end_header_id|>\\n\\n, Qwen3's
-    <|im_start|>user\\n<tool_response>\\n)."""
-    conv = [{"role": "user", "content": PROBE[1]},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "function": {"name": "MLPROBEfn", "arguments": {"MLPROBEk": "MLPROBEv"}}}]},
-            {"role": "tool", "name": "MLPROBEfn", "content": "MLPROBEtool"}, {"role": "assistant", "content": PROBE[4]}]
-    t = p.render(conv)
+    <|im_start|>user\\n<tool_response>\\n —, the text opening the calls after the assistant header and scaffold:
+    Gemma 4's <|tool_call>call:, Mistral v3's [TOOL_CALLS][{"name": ")."""
+    t = p.render(_tool_probe()) or p.render(_tool_probe(ids=True))
     v, r = (t.find("MLPROBEv"), t.find("MLPROBEtool")) if t is not None else (-1, -1)
     if not 0 <= v < r:
-        return "", ""
+        return "", "", ""
     c = p.specials_in(t[v:r])
     call_closer = c[0] if c and c[0] not in eots and not user_header.startswith(c[0]) else ""
     gap = t[v + len("MLPROBEv"):r]
     ends = [gap.find(mk) + len(mk) for mk in (*eots, call_closer) if mk and mk in gap]
     tool_header = gap[max(ends):].lstrip() if ends else ""  # after the last closer (Qwen3: </tool_call><|im_end|>)
-    return call_closer, tool_header if "MLPROBE" not in tool_header else ""
+    return call_closer, tool_header if "MLPROBE" not in tool_header else "", _call_opener(t, a_header, scaffold)
+
+
+def _tool_probe(ids: bool = False) -> list[dict]:
+    """A tool-calling probe conversation; with ids for templates that require them (Mistral v3: 9 alphanumerics)."""
+    call = {"type": "function", "function": {"name": "MLPROBEfn", "arguments": {"MLPROBEk": "MLPROBEv"}}}
+    result = {"role": "tool", "name": "MLPROBEfn", "content": "MLPROBEtool"}
+    if ids:
+        call, result = {"id": "MLPROBEid", **call}, {"tool_call_id": "MLPROBEid", **result}
+    return [{"role": "user", "content": PROBE[1]}, {"role": "assistant", "content": "", "tool_calls": [call]},
+            result, {"role": "assistant", "content": PROBE[4]}]
+
+
+def _call_opener(t: str, a_header: str, scaffold: str) -> str:
+    """What a probe rendering puts between the assistant header (and scaffold) and the first call's name."""
+    n, u = t.find("MLPROBEfn"), t.find(PROBE[1])
+    for h in dict.fromkeys((a_header, a_header.rstrip())):
+        at = t.rfind(h, u, n) if h and 0 <= u < n else -1
+        if at >= 0:
+            opener = t[at + len(h):n]
+            opener = opener[len(scaffold):] if scaffold and opener.startswith(scaffold) else opener
+            return opener if "MLPROBE" not in opener else ""
+    return ""
