@@ -3,7 +3,7 @@
 so a new option shows up in both by itself.
 
 kind -> control: choice -> Radio (a Dropdown in compact panels), bool -> Checkbox, int -> Number (0 = none),
-float -> Slider 0..1 (MaskConfig's floats are loss weights), roles -> CheckboxGroup, text / tokens / text_or_ids ->
+float -> Number (step 0.01: MaskConfig's floats are loss weights), roles -> CheckboxGroup, text / tokens / text_or_ids ->
 Textbox (text_or_ids also brings the "Templates are token ids" checkbox). template_file is the tab's own Chat template
 picker. `scope` says for which strategies a control shows (`applies`).
 """
@@ -70,7 +70,7 @@ def applies(scope: str, strategy: str) -> bool:
 def info_of(o: Option) -> str:
     """The help a control shows under its label: the option's help, and how to type it."""
     how = {"int": "; 0 = no limit, Enter to apply" if o.default is None else "; Enter to apply",
-           "text": "; Enter to apply", "tokens": "; comma-separated, Enter to apply",
+           "float": "; Enter to apply", "text": "; Enter to apply", "tokens": "; comma-separated, Enter to apply",
            "text_or_ids": r" (\n = newline); Enter to apply"}
     return o.help + how.get(o.kind, "")
 
@@ -85,10 +85,9 @@ def option_control(o: Option, value, elem_id: str, compact: bool = False, label:
         return (gr.Dropdown if compact else gr.Radio)(choices=choices_of(o, value), value=value, **kw)
     if o.kind == "bool":
         return gr.Checkbox(value=bool(value), **kw)
-    if o.kind == "int":
-        return gr.Number(value=value, precision=0, **kw)
-    if o.kind == "float":
-        return gr.Slider(0.0, 1.0, step=0.01, value=value, **kw)
+    if o.kind in ("int", "float"):  # no minimum/maximum: MaskConfig checks the range and the error box says so
+        return gr.Number(value=value, precision=0 if o.kind == "int" else None, step=1 if o.kind == "int" else 0.01,
+                         **kw)
     if o.kind == "roles":
         return gr.CheckboxGroup(choices=list(ROLES), value=list(value), **kw)
     if o.kind in ("text", "tokens", "text_or_ids"):
@@ -114,11 +113,9 @@ class OptionControls:
     def wire(self, fn: Callable, inputs: list, outputs: list) -> None:
         """Every control re-runs `fn`: text boxes and numbers on Enter (no blur event: a click on another control
         blurs the box first, and the blur's pending render would cover that control and swallow the click; the
-        clicked control's own event sends every box's text anyway), a slider when let go, the others on input."""
+        clicked control's own event sends every box's text anyway), the others on input."""
         for c in self.controls.values():
-            event = c.submit if isinstance(c, (gr.Textbox, gr.Number)) else \
-                c.release if isinstance(c, gr.Slider) else c.input
-            event(fn, inputs, outputs)
+            (c.submit if isinstance(c, (gr.Textbox, gr.Number)) else c.input)(fn, inputs, outputs)
 
 
 def build_option_controls(values, elem_id: Callable[[str], str], compact: bool = False,

@@ -176,9 +176,10 @@ def view(session: Session, error: str = "", notice: str = "") -> InspectOut:
         else:
             log.exception("rendering failed")
             msg, title = f"{type(e).__name__}: {e}", "Unexpected error"
+        images = render.images_hint_html(len(ex.images)) if ex.images else ""  # a text model's template, often
         return InspectOut(session, render.token_view_html([], empty="Nothing rendered: see the error above."), "",
                           "", raw, session.index + 1, render.example_caption(ex, session.index, n),
-                          error + render.error_html(msg, title), data_info, template_line="", inference="",
+                          error + render.error_html(msg, title) + images, data_info, template_line="", inference="",
                           notice=notice, **_controls(session))
     caption = render.example_caption(ex, session.index, n, turn=r.turn,
                                      turns=[x.turn for x in rendered] if r.turn is not None else None)

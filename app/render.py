@@ -533,6 +533,12 @@ def error_html(message: str, title: str = "Error") -> str:
     return f'<div class="errbox" role="alert"><b>{esc(title)}</b><div>{msg}</div></div>'
 
 
+def images_hint_html(n_images: int) -> str:
+    """Under an error on a row with images: what renders such rows (the images_not_processed fix)."""
+    return (f'<div class="hint images-hint">This row has {n_images} image{"s" if n_images != 1 else ""}. '
+            f"{esc(APP_FIXES['images_not_processed'])}</div>")
+
+
 def data_info_html(data) -> str:
     """Source line for the current dataset plus the list of rows that could not be read."""
     if data is None:
