@@ -3,9 +3,9 @@
 so a new option shows up in both by itself.
 
 kind -> control: choice -> Radio (a Dropdown in compact panels), bool -> Checkbox, int -> Number (0 = none),
-float -> Number (step 0.01: MaskConfig's floats are loss weights), roles -> CheckboxGroup, text / tokens / text_or_ids ->
-Textbox (text_or_ids also brings the "Templates are token ids" checkbox). template_file is the tab's own Chat template
-picker. `scope` says for which strategies a control shows (`applies`).
+float -> Number (step 0.01: MaskConfig's floats are loss weights), roles -> CheckboxGroup, text / tokens /
+text_or_ids -> Textbox (text_or_ids also brings the "Templates are token ids" checkbox). template_file is the tab's
+own Chat template picker. `scope` says for which strategies a control shows (`applies`).
 """
 
 from __future__ import annotations
