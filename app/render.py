@@ -618,10 +618,10 @@ def compare_summary_html(names: list[str], rendered: list[RenderedExample], same
             "different chat templates, or options that change the rendering"
         head = ('<div class="cmp-head warn">The configurations tokenize the example differently (' + esc(why)
                 + "), so labels are not compared position by position; compare counts per role instead.</div>")
-    return (head + '<table class="grid"><thead><tr><th></th><th>configuration</th><th>tokens</th><th>trained</th>'
-            + ("<th>weighted</th>" if weighted else "") + '<th>share</th><th>labels differing vs A'
-            + (" (or weights)" if weighted else "") + '</th><th>findings</th></tr></thead><tbody>' + "".join(rows)
-            + "</tbody></table>")
+    return (head + '<div class="scroll-x"><table class="grid"><thead><tr><th></th><th>configuration</th><th>tokens</th>'
+            + "<th>trained</th>" + ("<th>weighted</th>" if weighted else "") + "<th>share</th><th>labels differing vs A"
+            + (" (or weights)" if weighted else "") + "</th><th>findings</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table></div>")
 
 
 # ------------------------------------------------------------------------------------------------------ templates
