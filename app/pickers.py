@@ -53,7 +53,7 @@ def template_choice(session: Session) -> str:
     if not session.chat_template:
         return TOKENIZER_TEMPLATE
     for stem, path in trl_inference_templates().items():
-        if _read(path) == session.chat_template:
+        if read_template(path) == session.chat_template:
             return f"trl:{stem}"
     if session.chat_template == marked_template_of(session):
         return MARKED_TEMPLATE
@@ -63,7 +63,8 @@ def template_choice(session: Session) -> str:
 _TEXTS: dict[Path, str] = {}
 
 
-def _read(path: Path) -> str:
+def read_template(path: Path) -> str:
+    """A shipped template file's text (read once: every view compares against them)."""
     if path not in _TEXTS:
         _TEXTS[path] = path.read_text(encoding="utf-8")
     return _TEXTS[path]
@@ -184,7 +185,7 @@ def fit_template(session: Session) -> str:
     if not missing:
         return (f"Chat template back to <b>{render.esc(name)}</b>: it renders everything this data "
                 "holds." if was_auto else "")
-    qwen = _read(trl_inference_templates()[FEATURE_TEMPLATE])
+    qwen = read_template(trl_inference_templates()[FEATURE_TEMPLATE])
     session.chat_template, session.auto_template = qwen, (qwen, base)
     if was_auto:
         return ""

@@ -22,9 +22,9 @@ from core.masking.options import option
 from . import render
 from .controls import build_option_controls, option_control
 from .inspect_view import DISPLAY_DEFAULTS, InspectOut, err_html, view
-from .pickers import (EDITED_TEMPLATE, MARKED_PROOF_ROWS, MARKED_TEMPLATE, TOKENIZER_TEMPLATE, UPLOADED, _read,
-                      data_kind, data_value, fit_strategy, fit_template, marked_twin, template_choice, template_choices,
-                      template_name, trl_cannot_patch, trl_inference_templates)
+from .pickers import (EDITED_TEMPLATE, MARKED_PROOF_ROWS, MARKED_TEMPLATE, TOKENIZER_TEMPLATE, UPLOADED, data_kind,
+                      data_value, fit_strategy, fit_template, marked_twin, read_template, template_choice,
+                      template_choices, template_name, trl_cannot_patch, trl_inference_templates)
 from .session import (DEFAULT_SAMPLE, EMBEDDED, SETTING_FIELDS, UPLOAD_TYPES, Session, Settings, coherent, escape,
                       get_tokenizer, load_dataset, load_sample, parse_example_json, sample_choices)
 
@@ -273,7 +273,7 @@ def on_pick_template(session: Session, choice: str):
         if path is None:
             return (*view(session, err_html(MaskLensError(f"TRL ships no chat template {choice[4:]!r}",
                                                       field="chat template"))), gr.update())
-        session.chat_template = _read(path)
+        session.chat_template = read_template(path)
     # EDITED_TEMPLATE: keep what the Chat template box holds (Apply template sets it)
     return (*view(session), _template_text(session))
 
