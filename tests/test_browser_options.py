@@ -16,13 +16,19 @@ SIZES = [(1600, 1000), (1280, 800), (390, 844)]
 WEIGHTED = "#token-view span.w"
 
 
-def shots(pg, name: str, at: str = "#token-view"):
-    """A screenshot at each of SIZES, `at` scrolled into view; the page's own size back after."""
+def shots(pg, name: str, at: str = "#token-view", hover=None):
+    """A screenshot at each of SIZES, `at` scrolled into view and `hover` (a locator) hovered, its tooltip showing;
+    the page's own size back after."""
     size = pg.viewport_size
     for w, h in SIZES:
         pg.set_viewport_size({"width": w, "height": h})
         pg.wait_for_timeout(300)
         pg.locator(at).first.scroll_into_view_if_needed()
+        if hover is not None:
+            hover.hover()
+            pg.locator("#ml-tip").wait_for(state="visible", timeout=5_000)
+        else:
+            pg.mouse.move(0, 0)
         shot(pg, f"{name}_{w}x{h}")
     pg.set_viewport_size(size)
 
@@ -49,7 +55,7 @@ def test_prompt_loss_weight_shades_its_tokens_and_the_tooltip_names_the_weight(p
     assert page.locator("#legend [data-legend='weighted']").is_visible()
     assert "weighted" in page.locator("#stats .kpis").inner_text().lower()
     assert page.locator("#stats .wshare").count() == 1
-    shots(page, "weights_inspect")
+    shots(page, "weights_inspect", hover=page.locator(WEIGHTED).nth(single))
 
     # Content parts: typed text parts the embedded template cannot print render once joined
     row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " there"}]},
@@ -97,7 +103,7 @@ def test_a_run_of_image_tokens_folds_and_unfolds_in_place(page, vl_upload):
     tip = page.locator("#ml-tip")
     tip.wait_for(state="visible", timeout=5_000)
     assert "part: image" in tip.inner_text() and "image placeholder" in tip.inner_text()
-    shots(page, "image_run_unfolded")
+    shots(page, "image_run_unfolded", hover=inner.nth(4))
     summary.click()
     page.wait_for_function("() => !document.querySelector('#token-view details.imgrun').open", timeout=5_000)
 
