@@ -133,7 +133,7 @@ def on_audit(session: Session, progress=gr.Progress()):
         def cb(done: int, n: int):
             progress(done / n, desc=f"{done}/{n} examples")
 
-        rep, _ = audit(session.data.examples, tok, cfg, progress=cb, errors="finding")
+        rep, _ = audit(session.data.examples, tok, cfg, progress=cb, errors="finding", image_root=session.data.root)
     except Exception as e:  # noqa: BLE001 - shown in the page
         return (_fail(e), *empty)
     from core.export import describe  # noqa: PLC0415
