@@ -217,9 +217,8 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
         # Audit -> Inspect: a problem row opens its example there.
         audit["problems"].select(tab_audit.on_select_problem, [session], inspect.outputs + [tabs])
         # Templates -> Inspect: use the generated {% generation %} twin.
-        tpl_code = inspect.controls["chat_template"]
         templates["use"].click(tab_inspect.on_use_template, [session, templates["marked"]],
-                               inspect.outputs + [tpl_code, tabs, templates["proof"]])
+                               inspect.outputs + [inspect.chat_template, tabs, templates["proof"]])
         demo.load(tab_inspect.make_loader(default_data, default_tokenizer), [], inspect.load_outputs)
     queue_as_heavy(demo, HEAVY_TRIGGERS)
     demo.queue(default_concurrency_limit=8)

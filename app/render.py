@@ -46,9 +46,66 @@ def inline_text(text: str, limit: int = 16) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ token view
+# The token view's tooltip: one listener on the component, reading data-k from the hovered token and the view's
+# data-info table (no per-token markup beyond id, label and key; a row's fifth entry, when there, is the loss weight
+# of tokens weighted between 0 and 1). Survives value updates: the listener sits on `element` itself. Nothing is
+# remembered between hovers: Gradio patches a new value into the same elements (the
+# .tv div and the spans stay, their attributes and children change), so a cache keyed on an element would describe
+# an earlier view. Reading the table and the token list per hover costs well under a millisecond at 4,000 tokens.
+TOKEN_VIEW_JS = r"""
+const tip = document.getElementById('ml-tip') || Object.assign(document.createElement('div'), {id: 'ml-tip'});
+if (!tip.parentNode) document.body.appendChild(tip);
+element.addEventListener('mouseover', (e) => {
+  const s = e.target.closest && e.target.closest('[data-token-id]');
+  if (!s) { tip.style.display = 'none'; return; }
+  const tv = s.closest('.tv'); if (!tv) return;
+  const toks = tv.querySelectorAll('[data-token-id]');
+  const pos = Array.prototype.indexOf.call(toks, s);
+  const [msg, role, part, rule, w] = JSON.parse(tv.dataset.info || '[]')[+s.dataset.k] || [null, '', '', ''];
+  const lab = s.dataset.label;
+  const where = msg === null ? 'template text (no message)' : role ? `message ${msg} (${role})` : `example #${msg + 1}`;
+  tip.className = lab === '-100' ? 'tip-n' : 'tip-y';
+  const raw = (el) => el.textContent.replace(/·/g, ' ').replace(/→/g, '\t').replace(/↵/g, '\n').replace(/␍/g, '\r')
+    .replace(/∅/g, '');
+  const lit = (el) => '`' + JSON.stringify(raw(el)).slice(1, -1) + '`';
+  // The label shift: labels are unshifted; the model predicts token i from position i-1 (it shifts them itself).
+  let shift = '';
+  if (lab !== '-100') shift = pos > 0 ? `\npredicted from ${lit(toks[pos - 1])} at ${pos - 1}` :
+    '\nnever predicted: no token precedes position 0 (its label is dropped by the shift)';
+  const nxt = toks[pos + 1];
+  if (nxt && nxt.dataset.label !== '-100') shift += `\nthe output here is trained: it predicts #${pos + 1}`;
+  tip.textContent = `#${pos}  id ${s.dataset.tokenId}  label ${lab}${lab === '-100' ? ' (ignored)' : ''}` +
+    `${w ? `  weight ${w}` : ''}${s.classList.contains('x') ? '  special' : ''}\n` +
+    `${where} · part: ${part}\n${rule}${shift}\ntext ${JSON.stringify(raw(s))}`;
+  tip.style.display = 'block';
+  const r = s.getBoundingClientRect();
+  const x = Math.min(r.left, window.innerWidth - tip.offsetWidth - 8);
+  const y = r.bottom + 6 + tip.offsetHeight > window.innerHeight ? r.top - tip.offsetHeight - 6 : r.bottom + 6;
+  tip.style.left = Math.max(4, x) + 'px'; tip.style.top = Math.max(4, y) + 'px';
+});
+element.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
+"""
+
+
+# A finding that names a token (location {"token": n}) scrolls the token view to it and flashes it.
+FINDINGS_JS = r"""
+element.addEventListener('click', (e) => {
+  const f = e.target.closest && e.target.closest('[data-token]');
+  if (!f) return;
+  const t = document.querySelectorAll('#token-view [data-token-id]')[+f.dataset.token];
+  if (!t) return;
+  const run = t.closest('details');  // a token inside a folded image run: unfold it
+  if (run) run.open = true;
+  t.scrollIntoView({block: 'center', behavior: 'smooth'});
+  t.classList.add('flash');
+  setTimeout(() => t.classList.remove('flash'), 1800);
+});
+"""
+
+
 # Parts of a conversational example (core.spans): the underline colour in "part" mode, the legend's order.
 PART_CLASS = {"header": "ph", "reasoning": "pr", "content": "pc", "tool_calls": "pt", "eot": "pe", "scaffold": "ps",
-              "template": "po"}
+              "template": "po", "image": "pi"}
 PART_HELP = {
     "header": "role header (the generation prompt supplies it)",
     "reasoning": "think block",
@@ -57,6 +114,7 @@ PART_HELP = {
     "eot": "end-of-turn",
     "scaffold": "scaffold the template inserts (e.g. an empty think block)",
     "template": "template text outside messages",
+    "image": "image tokens (the processor's placeholder run and the markers around it)",
 }
 UNDERLINES = ("part", "role")
 
@@ -80,17 +138,27 @@ def trained_run_starts(infos: list[TokenInfo]) -> list[int]:
             if t.label != IGNORE and (k == 0 or infos[k - 1].label == IGNORE)]
 
 
+def weight_class(w: float) -> str:
+    """The shade class of a token trained with a weight strictly between 0 and 1: "w1" (lightest) .. "w9".
+    Example: weight_class(0.1) -> "w1"; weight_class(0.5) -> "w5"."""
+    return f"w{min(9, max(1, round(w * 10)))}"
+
+
 def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff: Iterable[int] = (),
                     empty: str = "No tokens.", truncated_at_start: int = 0,
                     breaks: dict[int, str] | None = None, underline: str = "part", shift: bool = False) -> str:
     """The token view: one ``<span data-token-id data-label data-k>`` per token, colour-coded by CSS.
 
     Trained vs ignored comes from ``data-label`` (-100 = ignored). The class gives the role (rs/ru/ra/rt/rd) and the
-    part (ph/pr/pc/pt/pe/ps/po); ``underline`` ("part" or "role") says which of the two colours the bar under each
-    token. ``x`` marks a special token and ``d`` a token whose label differs between compared configurations.
+    part (ph/pr/pc/pt/pe/ps/po/pi); ``underline`` ("part" or "role") says which of the two colours the bar under each
+    token. ``x`` marks a special token and ``d`` a token whose label differs between compared configurations;
+    ``w w1``..``w9`` a token trained with a loss weight strictly between 0 and 1 (lighter for smaller weights; the
+    weight itself is the fifth entry of its data-info row, for the tooltip).
     ``shift`` shows the label shift: before each run of trained tokens a marker names the token the model predicts
     the run's first token from, and that token is outlined (``pv``).
     ``breaks`` puts a labelled marker before some positions (packed rows: document boundaries).
+    A run of one repeated image token (part "image", e.g. ``<|image_pad|>`` ×256) is folded into one element that
+    unfolds in place (collapse_image_runs, image_run_html); its tokens stay in the view, in order.
     """
     if not infos:
         return f'<div id="{elem_id}" class="tv tv-empty">{esc(empty)}</div>'
@@ -98,15 +166,16 @@ def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff
     keys: dict[tuple, int] = {}
     table: list[list] = []
     vis_cache: dict[str, str] = {}
-    parts: list[str] = []
     starts = set(trained_run_starts(infos)) if shift else set()
     before_start = {i - 1 for i in starts if i > 0}
-    for t in infos:
-        key = (t.message, t.role, t.part, t.rule)
+
+    def span(t: TokenInfo) -> str:
+        weighted = 0.0 < t.weight < 1.0
+        key = (t.message, t.role, t.part, t.rule, t.weight if weighted else None)
         k = keys.get(key)
         if k is None:
             k = keys[key] = len(table)
-            table.append([t.message, t.role or "", t.part, t.rule])
+            table.append([t.message, t.role or "", t.part, t.rule] + ([f"{t.weight:g}"] if weighted else []))
         v = vis_cache.get(t.text)
         if v is None:
             v = vis_cache[t.text] = visible_text(t.text)
@@ -120,32 +189,49 @@ def token_view_html(infos: list[TokenInfo], *, elem_id: str = "token-view", diff
             cls += " d"
         if t.position in before_start:
             cls += " pv"
+        if weighted:
+            cls += " w " + weight_class(t.weight)
+        out = ""
         if breaks and t.position in breaks:
-            parts.append(f'<b class="brk">‖ {esc(breaks[t.position])}</b>')
+            out += f'<b class="brk">‖ {esc(breaks[t.position])}</b>'
         if t.position in starts:
             src = shift_source(infos, t.position)
-            short = f"from {inline_text(infos[t.position - 1].text)} #{t.position - 1}" if t.position else "#0: no input"
-            parts.append(f'<i class="sft" data-pos="{t.position}" title="{esc(f"#{t.position} is {src}")}">'
-                         f"{short} ▸</i>")
-        parts.append(f'<span class="{cls}" data-token-id="{t.id}" data-label="{t.label}" data-k="{k}">{v}</span>')
+            short = f"from {inline_text(infos[t.position - 1].text)} #{t.position - 1}" if t.position else \
+                "#0: no input"
+            out += (f'<i class="sft" data-pos="{t.position}" title="{esc(f"#{t.position} is {src}")}">'
+                    f"{short} ▸</i>")
+        return out + f'<span class="{cls}" data-token-id="{t.id}" data-label="{t.label}" data-k="{k}">{v}</span>'
+
+    image_ids = {t.id for t in infos if t.part == "image"}
+    parts = [image_run_html(x, "".join(map(span, x.tokens))) if isinstance(x, ImageRun) else span(x)
+             for x in collapse_image_runs(infos, image_ids)]
     mode = "by-role" if underline == "role" else "by-part"
     head = (f'<div id="{elem_id}" class="tv {mode}{" shift" if shift else ""}" data-n="{len(infos)}" '
             f'data-offset="{truncated_at_start}" data-info="{esc(json.dumps(table, ensure_ascii=False))}">')
     return head + "".join(parts) + "</div>"
 
 
-def legend_html(underline: str = "part", shift: bool = False) -> str:
-    """The token view's key: trained/ignored/special, then the underline colours (parts or roles)."""
+def legend_html(underline: str = "part", shift: bool = False, weighted: bool = False, images: bool = False) -> str:
+    """The token view's key: trained/ignored/special (weighted tokens and image runs when the view has them), then the
+    underline colours (parts or roles)."""
     items = ['<span class="lg"><span class="sw sw-y"></span>trained</span>',
              '<span class="lg"><span class="sw sw-n"></span>ignored (label -100)</span>',
              '<span class="lg"><span class="sw sw-x"></span>special token</span>']
+    if weighted:
+        items.append('<span class="lg" data-legend="weighted"><span class="sw sw-w w2"></span><span class="sw sw-w w5">'
+                     '</span><span class="sw sw-w w8"></span>trained with a loss weight between 0 and 1: the paler, '
+                     "the smaller (hover for the weight)</span>")
+    if images:
+        items.append('<span class="lg" data-legend="images"><span class="imgrun-sw">▸ ×N</span>a run of image tokens, '
+                     "folded (click to unfold)</span>")
+    parts = {p: c for p, c in PART_CLASS.items() if p != "image" or images}
     if underline == "role":
         items += [f'<span class="lg"><span class="ul {c}"></span>{r}</span>'
                   for r, c in (("system", "rs"), ("user", "ru"), ("assistant", "ra"), ("tool", "rt"))]
         items.append('<span class="lg"><span class="ul ro"></span>template</span>')
     else:
         items += [f'<span class="lg" title="{esc(PART_HELP[p])}"><span class="ul {c}"></span>{esc(p)}</span>'
-                  for p, c in PART_CLASS.items()]
+                  for p, c in parts.items()]
     if shift:
         items.append('<span class="lg"><i class="sft">from ↵ #41 ▸</i> the token the model predicts a trained '
                      "run's first token from (outlined)</span>")
@@ -248,19 +334,27 @@ def inference_html(rendered: RenderedExample | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ stats
-def token_stats(infos: list[TokenInfo]) -> dict:
-    """Counts for the stats panel. Example: {"tokens": 179, "trained": 114, "share": 0.637, "roles": {...}}."""
-    n = len(infos)
-    trained = sum(1 for t in infos if t.label != IGNORE)
-    roles: dict = {}
+def _counts(infos: list[TokenInfo], key) -> dict:
+    """key(token) -> [tokens, trained (weight 1), weighted (0 < weight < 1)], in first-seen order."""
+    out: dict = {}
     for t in infos:
-        r = roles.setdefault(t.role, [0, 0])
-        r[0] += 1
-        if t.label != IGNORE:
-            r[1] += 1
-    return {"tokens": n, "trained": trained, "share": trained / n if n else 0.0,
+        c = out.setdefault(key(t), [0, 0, 0])
+        c[0] += 1
+        c[1] += t.label != IGNORE and t.weight >= 1.0
+        c[2] += 0.0 < t.weight < 1.0
+    return out
+
+
+def token_stats(infos: list[TokenInfo]) -> dict:
+    """Counts for the stats panel; "trained" counts full-weight tokens, "weighted" those with a loss weight strictly
+    between 0 and 1. Example: {"tokens": 179, "trained": 114, "weighted": 0, "share": 0.637, "roles": {...}}."""
+    n = len(infos)
+    trained = sum(1 for t in infos if t.label != IGNORE and t.weight >= 1.0)
+    weighted = sum(1 for t in infos if 0.0 < t.weight < 1.0)
+    return {"tokens": n, "trained": trained, "weighted": weighted, "share": trained / n if n else 0.0,
             "special": sum(1 for t in infos if t.special),
-            "roles": {k: {"tokens": v[0], "trained": v[1]} for k, v in roles.items()}}
+            "roles": {k: {"tokens": v[0], "trained": v[1], "weighted": v[2]}
+                      for k, v in _counts(infos, lambda t: t.role).items()}}
 
 
 def pct(x: float) -> str:
@@ -268,42 +362,55 @@ def pct(x: float) -> str:
 
 
 def part_stats(infos: list[TokenInfo]) -> dict[str, list[int]]:
-    """part -> [tokens, trained], in PART_CLASS order then any other part. Example: {"reasoning": [40, 40], ...}."""
-    out: dict[str, list[int]] = {}
-    for t in infos:
-        c = out.setdefault(t.part, [0, 0])
-        c[0] += 1
-        c[1] += t.label != IGNORE
+    """part -> [tokens, trained, weighted], in PART_CLASS order then any other part.
+    Example: {"reasoning": [40, 40, 0], ...}."""
     order = list(PART_CLASS)
-    return dict(sorted(out.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    return dict(sorted(_counts(infos, lambda t: t.part).items(),
+                       key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def loss_share_html(rendered: RenderedExample) -> str:
+    """Where a loss weight lies strictly between 0 and 1: how many tokens carry one, and their share of the loss's
+    weight sum (training minimises sum(w * nll) / sum(w)); "" without such tokens."""
+    if not rendered.n_weighted:
+        return ""
+    total = rendered.weight_sum
+    part = sum(w for w in rendered.weights if 0.0 < w < 1.0)
+    return (f'<div class="wshare" data-weighted="{rendered.n_weighted}" data-weight-sum="{total:.4g}">'
+            f"<b>{rendered.n_weighted}</b> weighted tokens (0 &lt; w &lt; 1): Σw = {total:.4g} over the example, of "
+            f"which they carry <b>{pct(part / total if total else 0)}</b> (training minimises Σ w·nll / Σ w)</div>")
 
 
 def stats_html(rendered: RenderedExample, infos: list[TokenInfo]) -> str:
     s = token_stats(infos)
-    rows = []
-    for role in sorted(s["roles"], key=lambda r: ROLE_ORDER.index(r) if r in ROLE_ORDER else 99):
-        v = s["roles"][role]
-        share = v["trained"] / v["tokens"] if v["tokens"] else 0
-        name = role or "template"
-        rows.append(f'<tr><td><span class="ul {ROLE_CLASS.get(role, "ro")}"></span>{esc(name)}</td>'
-                    f'<td>{v["tokens"]}</td><td>{v["trained"]}</td><td>{pct(share)}</td></tr>')
-    prow = []
-    for part, (n, tr) in part_stats(infos).items():
-        prow.append(f'<tr data-part="{esc(part)}"><td><span class="ul {PART_CLASS.get(part, "po")}"></span>'
-                    f"{esc(part)}</td><td>{n}</td><td>{tr}</td><td>{pct(tr / n if n else 0)}</td></tr>")
-    extra = ""
+    weighted = s["weighted"] > 0
+    wcol = "<th>weighted</th>" if weighted else ""
+
+    def row(cells: str, v: list[int]) -> str:
+        n, tr, w = v
+        return (f"{cells}<td>{n}</td><td>{tr}</td>" + (f"<td>{w}</td>" if weighted else "")
+                + f"<td>{pct(tr / n if n else 0)}</td></tr>")
+
+    rows = [row(f'<tr><td><span class="ul {ROLE_CLASS.get(role, "ro")}"></span>{esc(role or "template")}</td>',
+                [v["tokens"], v["trained"], v["weighted"]])
+            for role, v in sorted(s["roles"].items(), key=lambda kv: ROLE_ORDER.index(kv[0])
+                                  if kv[0] in ROLE_ORDER else 99)]
+    prow = [row(f'<tr data-part="{esc(part)}"><td><span class="ul {PART_CLASS.get(part, "po")}"></span>'
+                f"{esc(part)}</td>", v) for part, v in part_stats(infos).items()]
+    extra = loss_share_html(rendered)
     cut = rendered.n_before_truncation - rendered.n_tokens
     if cut > 0:
-        extra = f'<div class="note">truncated: {cut} of {rendered.n_before_truncation} tokens cut</div>'
+        extra += f'<div class="note">truncated: {cut} of {rendered.n_before_truncation} tokens cut</div>'
     return (
         '<div class="stats">'
         f'<div class="kpis"><div class="kpi"><b>{s["tokens"]}</b><span>tokens</span></div>'
         f'<div class="kpi"><b>{s["trained"]}</b><span>trained</span></div>'
-        f'<div class="kpi"><b>{pct(s["share"])}</b><span>share</span></div></div>'
-        '<table class="grid"><thead><tr><th>role</th><th>tokens</th><th>trained</th><th>share</th></tr></thead>'
+        + (f'<div class="kpi"><b>{s["weighted"]}</b><span>weighted</span></div>' if weighted else "")
+        + f'<div class="kpi"><b>{pct(s["share"])}</b><span>share</span></div></div>{extra}'
+        f'<table class="grid"><thead><tr><th>role</th><th>tokens</th><th>trained</th>{wcol}<th>share</th></tr></thead>'
         f'<tbody>{"".join(rows)}</tbody></table>'
-        '<table class="grid parts"><thead><tr><th>part</th><th>tokens</th><th>trained</th><th>share</th></tr></thead>'
-        f'<tbody>{"".join(prow)}</tbody></table>{extra}</div>')
+        f'<table class="grid parts"><thead><tr><th>part</th><th>tokens</th><th>trained</th>{wcol}<th>share</th></tr>'
+        f'</thead><tbody>{"".join(prow)}</tbody></table></div>')
 
 
 # ------------------------------------------------------------------------------------------------------ findings
@@ -330,13 +437,18 @@ APP_FIXES = {
     "trl_cannot_patch": "Click 'Use a proven {% generation %}-marked copy' above the tokens (Templates → "
                         "Generate shows and downloads it), pick a chat template TRL knows under Chat template, or "
                         "export these labels pre-tokenized (Export tab): TRL trains on a labels column as it is.",
-    "template_swapped": "Nothing to fix if intended; to train on what inference shows, tick split_turns under Options "
+    "template_swapped": "Nothing to fix if intended; to train on what inference shows, tick Split turns under Options "
                         "(each turn with its history as at inference) or set Template source to MaskLens's own "
                         "masking.",
     "empty_think_trained": "Set Empty think to mask under Options to keep it rendered but untrained, or give those "
                            "turns reasoning.",
+    "images_not_processed": "Load the vision-language model's tokenizer in the Tokenizer box (a hub id or a folder "
+                            "with its processor files, preprocessor_config.json): the rows then go through TRL's "
+                            "vision collator, image tokens and all.",
+    "content_parts_printed": "Set Content parts to join under Options (the parts joined into one string), store "
+                             "content as strings, or pick a template that reads parts under Chat template.",
     "reasoning_not_rendered": "Pick a chat template that renders reasoning for every turn under Chat template (e.g. "
-                              "TRL qwen3.jinja: TRL's training twin keeps it), tick split_turns under Options, or "
+                              "TRL qwen3.jinja: TRL's training twin keeps it), tick Split turns under Options, or "
                               "drop the reasoning from history turns on purpose.",
 }
 # CLI wording in the engine's error messages -> the app's controls (error_html rewrites them).
@@ -347,7 +459,7 @@ APP_WORDING = (
      "type it in the Response template box under Options (e.g. ### Assistant:), or its ids with 'Templates are token "
      "ids' ticked"),
     ("choose --strategy assistant_only, or drop --split-turns", "choose the assistant_only strategy, or untick "
-                                                                "split_turns"),
+                                                                "Split turns"),
     ("give a path to a .jsonl/.json/.parquet/.csv file", "upload a .jsonl, .json, .parquet or .csv file (or a .zip of "
      "a dataset folder), or, when starting the app, give"),
 )
@@ -423,6 +535,12 @@ def error_html(message: str, title: str = "Error") -> str:
     return f'<div class="errbox" role="alert"><b>{esc(title)}</b><div>{msg}</div></div>'
 
 
+def images_hint_html(n_images: int) -> str:
+    """Under an error on a row with images: what renders such rows (the images_not_processed fix)."""
+    return (f'<div class="hint images-hint">This row has {n_images} image{"s" if n_images != 1 else ""}. '
+            f"{esc(APP_FIXES['images_not_processed'])}</div>")
+
+
 def data_info_html(data) -> str:
     """Source line for the current dataset plus the list of rows that could not be read."""
     if data is None:
@@ -468,27 +586,33 @@ def raw_json(ex) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ compare
-def label_diff_positions(label_lists: list[list[int]]) -> set[int]:
-    """Positions where not all configurations agree on the label (same token sequence assumed)."""
-    out = set()
-    for i, labs in enumerate(zip(*label_lists)):
-        if any(x != labs[0] for x in labs[1:]):
-            out.add(i)
-    return out
+def loss_weights(r: RenderedExample) -> list[float]:
+    """Each token's loss weight: RenderedExample.weights, else 1 where labelled and 0 where -100.
+    Example: labels [-100, 5, 6] -> [0.0, 1.0, 1.0]."""
+    return r.weights if r.weights is not None else [0.0 if lab == IGNORE else 1.0 for lab in r.labels]
+
+
+def diff_positions(seqs: list[list]) -> set[int]:
+    """Positions where not all sequences agree (same token sequence assumed). Example: [[0, 1], [0, 0.1]] -> {1}."""
+    return {i for i, xs in enumerate(zip(*seqs)) if any(x != xs[0] for x in xs[1:])}
 
 
 def compare_summary_html(names: list[str], rendered: list[RenderedExample], same_ids: bool, n_diff: int,
                          per_config_diff: list[int]) -> str:
+    """The Compare summary: how many tokens are labelled (or weighted) differently, then one row per configuration."""
+    weighted = any(r.n_weighted for r in rendered)
     rows = []
     for i, (name, r) in enumerate(zip(names, rendered)):
         share = r.n_trained / r.n_tokens if r.n_tokens else 0
         d = "—" if not same_ids else "reference" if i == 0 else f"{per_config_diff[i]}"
         codes = ", ".join(dict.fromkeys(f.code for f in by_severity(r.findings))) or "—"
+        w = f"<td>{r.n_weighted} (Σw {r.weight_sum:.4g})</td>" if weighted else ""
         rows.append(f"<tr><td><b>{chr(65 + i)}</b></td><td>{esc(name)}</td><td>{r.n_tokens}</td><td>{r.n_trained}</td>"
-                    f"<td>{pct(share)}</td><td>{d}</td><td>{esc(codes)}</td></tr>")
+                    f"{w}<td>{pct(share)}</td><td>{d}</td><td>{esc(codes)}</td></tr>")
     if same_ids:
+        how = "labelled or weighted" if weighted else "labelled"
         head = (f'<div class="cmp-head"><b class="ndiff" data-diff="{n_diff}">{n_diff}</b> token'
-                f'{"s" if n_diff != 1 else ""} labelled differently across the configurations '
+                f'{"s" if n_diff != 1 else ""} {how} differently across the configurations '
                 f"(black top edge in the views below)</div>")
     else:
         labels = sorted({r.template_label for r in rendered if r.template_label})
@@ -496,9 +620,10 @@ def compare_summary_html(names: list[str], rendered: list[RenderedExample], same
             "different chat templates, or options that change the rendering"
         head = ('<div class="cmp-head warn">The configurations tokenize the example differently (' + esc(why)
                 + "), so labels are not compared position by position; compare counts per role instead.</div>")
-    return (head + '<table class="grid"><thead><tr><th></th><th>configuration</th><th>tokens</th><th>trained</th>'
-            '<th>share</th><th>labels differing vs A</th><th>findings</th></tr></thead><tbody>' + "".join(rows)
-            + "</tbody></table>")
+    return (head + '<div class="scroll-x"><table class="grid"><thead><tr><th></th><th>configuration</th><th>tokens</th>'
+            + "<th>trained</th>" + ("<th>weighted</th>" if weighted else "") + "<th>share</th><th>labels differing vs A"
+            + (" (or weights)" if weighted else "") + "</th><th>findings</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table></div>")
 
 
 # ------------------------------------------------------------------------------------------------------ templates

@@ -13,11 +13,12 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 
 from core.data.formats import Example, load_examples_lenient, normalize_row
 from core.masking.engine import MaskConfig, RenderedExample, render_examples
+from core.masking.options import Option, options
 from core.errors import MaskLensError
 from core.models import load_tokenizer
 from core.masking.rules import Rules
@@ -241,62 +242,83 @@ def parse_ids(s: str, field_name: str) -> list[int]:
 
 # strategy name -> the rules a --rules file registered at start (their mask_tokens and roles join the configuration)
 STARTUP_RULES: dict[str, Rules] = {}
+# What the UI holds beside the options: whether the Response / Instruction template boxes hold token ids.
+TEMPLATES_AS_IDS = "templates_as_ids"
+# Where a box starts other than empty: the ChatML generation prompt (the page fills in its template's own on load).
+UI_DEFAULTS = {"response_template": r"<|im_start|>assistant\n"}
 
 
-@dataclass
-class Settings:
-    """The masking settings as the Inspect controls hold them (strings from text boxes, 0 for 'no max_length')."""
+def setting_options() -> list[Option]:
+    """The options the UI holds as settings: every MaskConfig option but the chat template (the session's own:
+    Session.chat_template, set by the Chat template picker)."""
+    return [o for o in options() if o.kind != "template_file"]
 
-    strategy: str = "assistant_only"
-    eos: str = "every_turn"
-    train_roles: tuple[str, ...] = ("assistant",)
-    response_template: str = "<|im_start|>assistant\\n"
-    instruction_template: str = ""
-    templates_as_ids: bool = False
-    max_length: int = 0
-    truncation: str = "keep_start"
-    use_generation_markers: bool = True
-    template_source: str = "trl"
-    reasoning: str = "train"
-    empty_think: str = "train"
-    mask_tokens: str | tuple[str, ...] = ""  # comma-separated as typed (the Rules tab sets a tuple)
-    split_turns: bool = False
-    pad_token: str = ""
 
-    def to_config(self, chat_template: str | None = None) -> MaskConfig:
-        """The engine's MaskConfig; raises MaskLensError (naming the field) for a bad value."""
+def ui_value(o: Option, value):
+    """An option's engine value as its control holds it: "" for no text, 0 for no number, tokens and ids as typed.
+    Example: ui_value(option("mask_tokens"), ("</think>", "\n")) -> "</think>, \\n"."""
+    if value is None:
+        return 0 if o.kind == "int" else ""
+    if o.kind == "tokens":
+        return ", ".join(escape(t) for t in value)
+    if o.kind == "text_or_ids" and isinstance(value, list):
+        return ", ".join(map(str, value))
+    return value
 
-        def tpl(s: str, name: str):
-            s = (s or "").strip("\r")
-            if not s.strip():
-                return None
-            return parse_ids(s, name) if self.templates_as_ids else unescape(s)
 
+def config_value(o: Option, value, as_ids: bool = False):
+    """A control's value as the engine takes it (the inverse of ui_value); MaskConfig then checks it. Raises
+    MaskLensError naming the option for a value that is not of its kind. Example: config_value(max_length, 0) -> None.
+    """
+    if o.kind == "bool":
+        return bool(value)
+    if o.kind in ("int", "float"):
         try:
-            max_length = int(self.max_length or 0)
+            v = (int if o.kind == "int" else float)(value or 0)
         except (TypeError, ValueError):
-            raise MaskLensError(f"{self.max_length!r} is not a number", field="max_length") from None
-        if max_length < 0:
-            raise MaskLensError(f"{max_length} is not a length: use a positive number of tokens, or 0 for no limit",
-                                field="max_length", fix="e.g. 2048 (TRL's SFTConfig default is 1024)")
-        rules = STARTUP_RULES.get(self.strategy)  # a --rules strategy trains its own roles (as core.rules does)
-        return MaskConfig(
-            strategy=self.strategy, eos=self.eos,
-            train_roles=rules.roles if rules is not None else tuple(self.train_roles) or ("assistant",),
-            response_template=tpl(self.response_template, "response_template"),
-            instruction_template=tpl(self.instruction_template, "instruction_template"),
-            max_length=max_length if max_length > 0 else None, truncation=self.truncation,
-            chat_template=chat_template or None, use_generation_markers=bool(self.use_generation_markers),
-            template_source=self.template_source, reasoning=self.reasoning, empty_think=self.empty_think,
-            mask_tokens=self.mask_token_list(), split_turns=bool(self.split_turns),
-            pad_token=(self.pad_token or "").strip() or None)
+            raise MaskLensError(f"{value!r} is not a number", field=o.name) from None
+        return None if o.kind == "int" and v == 0 and o.default is None else v  # 0 = no limit
+    if o.kind == "roles":
+        return tuple(value or ()) or o.default
+    if o.kind == "tokens":
+        return _token_list(value)
+    if o.kind in ("text", "text_or_ids"):
+        text = (value or "").strip("\r")
+        if not text.strip():
+            return None
+        if o.kind == "text":
+            return text.strip()
+        return parse_ids(text, o.name) if as_ids else unescape(text)
+    return value  # a choice
 
-    def mask_token_list(self) -> tuple[str, ...]:
-        """mask_tokens as the engine takes them: the box's tokens, then those of start-up rules chosen as strategy.
-        Example: Settings(mask_tokens="</think>, <|im_end|>").mask_token_list() -> ("</think>", "<|im_end|>")."""
-        own = _token_list(self.mask_tokens)
+
+class _SettingsMethods:
+    def to_config(self, chat_template: str | None = None) -> MaskConfig:
+        """The engine's MaskConfig; raises MaskLensError (naming the field) for a bad value. A --rules strategy joins
+        its rules (MaskConfig.with_rules: their mask_tokens after the box's, their roles)."""
+        as_ids = bool(getattr(self, TEMPLATES_AS_IDS))
+        cfg = MaskConfig(chat_template=chat_template or None,
+                         **{o.name: config_value(o, getattr(self, o.name), as_ids) for o in setting_options()})
         rules = STARTUP_RULES.get(self.strategy)
-        return tuple(dict.fromkeys((*own, *rules.mask_tokens))) if rules is not None else own
+        return cfg.with_rules(rules, self.strategy) if rules is not None else cfg
+
+
+def _setting_fields() -> list[tuple]:
+    out = [(o.name, object, field(default=UI_DEFAULTS.get(o.name, ui_value(o, o.default))))
+           for o in setting_options()]
+    return out + [(TEMPLATES_AS_IDS, bool, field(default=False))]
+
+
+# The masking settings as the controls hold them (strings from text boxes, 0 for 'no max_length'): one field per
+# MaskConfig option (core.masking.options: each is defined there once), in its order, then TEMPLATES_AS_IDS.
+# Example: Settings(strategy="full", max_length=0).to_config() == MaskConfig("full", response_template=...).
+Settings = make_dataclass("Settings", _setting_fields(), bases=(_SettingsMethods,))
+SETTING_FIELDS = [f.name for f in fields(Settings)]
+
+
+def coherent(settings) -> object:
+    """The settings as the controls show them: split_turns only with assistant_only (the box goes unticked)."""
+    return replace(settings, split_turns=bool(settings.split_turns) and settings.strategy == "assistant_only")
 
 
 def _token_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -357,7 +379,7 @@ class Session:
                                 fix="choose a sample dataset, upload a file or paste an example")
         cfg = cfg or self.config()
         self.check_rows([ex])
-        return render_examples([ex], self.tokenizer(), cfg)
+        return render_examples([ex], self.tokenizer(), cfg, image_root=self.data.root)
 
     def render_current(self, cfg: MaskConfig | None = None) -> RenderedExample:
         """The example shown: with split_turns, the one for `turn` (else the row's first)."""

@@ -17,7 +17,6 @@ from core.packing import PACKING_STRATEGIES, pack_preview, packing_summary
 
 from . import render
 from .session import Session
-from .tab_inspect import TOKEN_VIEW_JS
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ def on_audit(session: Session, progress=gr.Progress()):
         def cb(done: int, n: int):
             progress(done / n, desc=f"{done}/{n} examples")
 
-        rep, _ = audit(session.data.examples, tok, cfg, progress=cb, errors="finding")
+        rep, _ = audit(session.data.examples, tok, cfg, progress=cb, errors="finding", image_root=session.data.root)
     except Exception as e:  # noqa: BLE001 - shown in the page
         return (_fail(e), *empty)
     from core.export import describe  # noqa: PLC0415
@@ -156,7 +155,7 @@ def open_problem(session: Session, number) -> tuple:
 
 def on_select_problem(session: Session, evt: gr.SelectData):
     """A click in the problem table: open that row's example in Inspect and switch to the Inspect tab."""
-    from .tab_inspect import view  # noqa: PLC0415
+    from .inspect_view import view  # noqa: PLC0415
 
     row = evt.row_value or []
     if not row:
@@ -233,7 +232,7 @@ def on_pack(session: Session, strategy: str, max_length, show_row):
         session.check_rows()  # an edited template renders every row in the sandbox first (bounded)
         # TRL does not truncate before packing (bfd truncates documents itself): render without max_length.
         rendered = [r for r in render_examples(session.data.examples, tok, session.config(max_length=0),
-                                               errors="finding") if r.n_tokens]
+                                               errors="finding", image_root=session.data.root) if r.n_tokens]
         rows = pack_preview(rendered, max_length, strategy)
         summary = packing_summary(rows, len(rendered))
     except Exception as e:  # noqa: BLE001
@@ -280,7 +279,7 @@ def build_audit_tab(session: gr.State) -> dict:
             prow = gr.Number(value=0, precision=0, minimum=0, label="show row")
         pbtn = gr.Button("Preview packing", size="md", scale=0, min_width=150, elem_id="packing-run")
     packing = gr.HTML(elem_id="packing")
-    packed_view = gr.HTML(elem_id="packed-row", js_on_load=TOKEN_VIEW_JS, elem_classes="tvbox")
+    packed_view = gr.HTML(elem_id="packed-row", js_on_load=render.TOKEN_VIEW_JS, elem_classes="tvbox")
 
     run.click(on_audit, [session], [summary, share, length, counts, problems], **HEAVY)
     pargs = dict(fn=on_pack, inputs=[session, pstrat, plen, prow], outputs=[packing, packed_view], **HEAVY)

@@ -1,48 +1,42 @@
-"""Compare: 2-4 configurations side by side on the Inspect tab's current example; differing labels outlined and counted.
+"""Compare: 2-4 configurations side by side on the Inspect tab's current example; tokens labelled or weighted
+differently outlined and counted.
 
-Each configuration sets a strategy (any the registry holds), an EOS mode, a response template, a chat template and the
-options of the parts strategies (template source, reasoning, empty think blocks, tokens never trained, split_turns);
-everything else (train roles, max_length, truncation...) comes from the Inspect tab's settings.
+Each configuration sets a strategy, a chat template and every masking option but FROM_INSPECT (the controls are
+generated from MaskConfig's options by app.controls, as Inspect's are); the example, train roles, max_length and
+truncation come from the Inspect tab.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import namedtuple
 from dataclasses import replace
-from typing import NamedTuple
 
 import gradio as gr
 
-from core.masking.options import TRAIN_MASK
-from core.masking.engine import EOS_MODES, render_examples
-from core.masking.trl_templates import shipped_templates
 from core.errors import MaskLensError
+from core.masking.engine import render_examples
+from core.masking.options import option
+from core.masking.trl_templates import shipped_templates
 
 from . import render
-from .session import Session, unescape
-from .tab_inspect import MARKED_TEMPLATE, TOKEN_VIEW_JS, strategy_choices, template_choice
+from .controls import applies, build_option_controls, option_control, strategy_choices
+from .pickers import MARKED_TEMPLATE, template_choice
+from .session import TEMPLATES_AS_IDS, Session, coherent, setting_options, ui_value
 
 log = logging.getLogger(__name__)
 
 MAX_CONFIGS = 4
 TOKENIZER_TEMPLATE = "tokenizer"
 INSPECT_TEMPLATE = "inspect"
-
-
-class Cfg(NamedTuple):
-    """One configuration as its controls hold it (the order of the UI values)."""
-
-    strategy: str
-    eos: str = "every_turn"
-    response_template: str = ""
-    chat_template: str = INSPECT_TEMPLATE  # a template_choices() value
-    template_source: str = "trl"
-    reasoning: str = "train"
-    empty_think: str = "train"
-    mask_tokens: str = ""
-    split_turns: bool = False
-
-
+# What every configuration takes from the Inspect tab instead of setting its own (the hint above the columns says so).
+FROM_INSPECT = ("train_roles", "max_length", "truncation")
+_OPTIONS = [o for o in setting_options() if o.name not in FROM_INSPECT]
+# One configuration as its controls hold it (UI values, in the order of the UI's inputs): every option of _OPTIONS
+# (each defaulting to MaskConfig's default), then its chat template (a template_choices() value) and whether its
+# response / instruction templates are token ids.
+Cfg = namedtuple("Cfg", [o.name for o in _OPTIONS] + ["chat_template", TEMPLATES_AS_IDS],
+                 defaults=[ui_value(o, o.default) for o in _OPTIONS] + [INSPECT_TEMPLATE, False])
 # full vs assistant_only vs the old collator vs the last turn only
 DEFAULTS = [Cfg("full"), Cfg("assistant_only"), Cfg("response_template", response_template=r"<|im_start|>assistant\n"),
             Cfg("last_assistant")]
@@ -75,34 +69,15 @@ def resolve_template(session: Session, choice: str) -> tuple[str | None, str]:
     raise MaskLensError(f"unknown chat template choice {choice!r}", field="chat template")
 
 
-def config_name(strategy: str, eos: str, resp: str, tpl_name: str, options: dict | None = None) -> str:
-    """A configuration in a few words. Example: "assistant_only eos=last_turn reasoning=mask · qwen3.jinja"."""
-    name = strategy
-    if strategy == "response_template" and resp:
-        name += f" {resp!r}"
-    if eos != "every_turn" and strategy in ("assistant_only", "last_assistant"):
-        name += f" eos={eos}"
-    for k, v in (options or {}).items():
-        name += f" {k}={v}"
-    if tpl_name:
-        name += f" · {tpl_name}"
-    return name
-
-
-def _options(c: Cfg) -> dict:
-    """The options set away from TRL's behaviour (the name shows them)."""
-    out = {}
-    if c.template_source != "trl":
-        out["template_source"] = c.template_source
-    if c.reasoning != "train":
-        out["reasoning"] = c.reasoning
-    if c.empty_think != "train":
-        out["empty_think"] = c.empty_think
-    if (c.mask_tokens or "").strip():
-        out["mask_tokens"] = c.mask_tokens.strip()
-    if c.split_turns and c.strategy == "assistant_only":
-        out["split_turns"] = "on"
-    return out
+def config_name(c: Cfg, tpl_name: str) -> str:
+    """A configuration in a few words: its strategy, the options it sets away from their defaults that concern that
+    strategy, its chat template. Example: "assistant_only reasoning=mask split_turns=on · qwen3.jinja"."""
+    name = c.strategy
+    for o in _OPTIONS:
+        v = getattr(c, o.name)
+        if o.name != "strategy" and v != Cfg._field_defaults[o.name] and applies(o.scope, c.strategy):
+            name += f" {o.name}=" + ({True: "on", False: "off"}[v] if isinstance(v, bool) else str(v).strip())
+    return name + (f" · {tpl_name}" if tpl_name else "")
 
 
 def _pick(rendered: list, turn: int | None):
@@ -131,14 +106,9 @@ def on_compare(session: Session, n: int, *values):
         c = Cfg(*values[i * FIELDS:(i + 1) * FIELDS])
         try:
             template, tpl_name = resolve_template(session, c.chat_template)
-            settings = replace(session.settings, strategy=c.strategy, eos=c.eos,
-                               response_template=c.response_template if c.strategy == "response_template" else
-                               session.settings.response_template,
-                               template_source=c.template_source or "trl", reasoning=c.reasoning or "train",
-                               empty_think=c.empty_think or "train", mask_tokens=c.mask_tokens or "",
-                               split_turns=bool(c.split_turns) and c.strategy == "assistant_only")
-            cfg = settings.to_config(template)
-            r = _pick(render_examples([ex], tok, cfg), session.turn)
+            own = {k: v for k, v in c._asdict().items() if k != "chat_template"}
+            cfg = coherent(replace(session.settings, **own)).to_config(template)
+            r = _pick(render_examples([ex], tok, cfg, image_root=session.data.root), session.turn)
         except MaskLensError as e:
             views[i] = render.error_html(str(e), f"Configuration {chr(65 + i)}")
             continue
@@ -146,27 +116,23 @@ def on_compare(session: Session, n: int, *values):
             log.exception("compare failed")
             views[i] = render.error_html(f"{type(e).__name__}: {e}", f"Configuration {chr(65 + i)}")
             continue
-        name = config_name(c.strategy, c.eos, unescape(c.response_template) if c.strategy == "response_template"
-                           else "", tpl_name, _options(c))
-        names.append(name + (f" (turn {r.turn})" if r.turn is not None else ""))
+        names.append(config_name(c, tpl_name) + (f" (turn {r.turn})" if r.turn is not None else ""))
         rendered.append(r)
         slots.append(i)
     if len(rendered) < 2:
         return (render.error_html("At least two configurations must render to compare.", "Nothing to compare"),
                 *views, *lists)
+    # a token differs when its loss weight does (0 = label -100): a label, or a weight between 0 and 1
     same_ids = all(r.input_ids == rendered[0].input_ids for r in rendered)
-    diff: set[int] = set()
-    per_config = [0] * len(rendered)
-    if same_ids:
-        diff = render.label_diff_positions([r.labels for r in rendered])
-        ref = rendered[0].labels
-        per_config = [sum(1 for a, b in zip(ref, r.labels) if a != b) for r in rendered]
+    weights = [render.loss_weights(r) for r in rendered]
+    diff = render.diff_positions(weights) if same_ids else set()
+    per_config = [sum(a != b for a, b in zip(weights[0], w)) for w in weights] if same_ids else [0] * len(rendered)
     summary = render.compare_summary_html(names, rendered, same_ids, len(diff), per_config)
     for k, (i, r) in enumerate(zip(slots, rendered)):
-        infos = r.tokens(tok)
+        weighted = f", {r.n_weighted} weighted" if r.n_weighted else ""
         views[i] = (f'<div class="cmp-title"><b>{chr(65 + i)}</b> {render.esc(names[k])} · '
-                    f"{r.n_trained}/{r.n_tokens} trained</div>"
-                    + render.token_view_html(infos, elem_id=f"cmp-view-{chr(97 + i)}", diff=diff))
+                    f"{r.n_trained}/{r.n_tokens} trained{weighted}</div>"
+                    + render.token_view_html(r.tokens(tok), elem_id=f"cmp-view-{chr(97 + i)}", diff=diff))
     caption = render.example_caption(ex, session.index, len(session.data.examples))
     return (caption + summary, *views, *lists)
 
@@ -176,6 +142,28 @@ def on_count(n: int):
     return [gr.update(visible=i < n) for i in range(MAX_CONFIGS)]
 
 
+def _column(i: int, d: Cfg, tchoices: list):
+    """One configuration's controls (strategy and chat template on top, the options folded) and its token view.
+    Returns (column, its OptionControls with the strategy and chat template among them, token view)."""
+    low = chr(97 + i)
+
+    def elem_id(name: str) -> str:
+        return f"cmp-{name.replace('_', '-')}-{low}"
+
+    with gr.Column(visible=i < 2, min_width=260, elem_classes="cmpcol") as col:
+        with gr.Group(elem_classes="cmp-cfg"), gr.Row():
+            s = option_control(option("strategy"), d.strategy, elem_id("strategy"), compact=True,
+                               label=f"{chr(65 + i)} · strategy")
+            t = gr.Dropdown(choices=tchoices, value=d.chat_template, label="chat template", filterable=True,
+                            min_width=150, elem_id=elem_id("chat_template"))
+        with gr.Accordion("options", open=False, elem_classes="cmp-opts", elem_id=f"cmp-opts-{low}"):
+            opts = build_option_controls(d, elem_id, compact=True, skip=("strategy", *FROM_INSPECT))
+        s.change(opts.visibility, [s], list(opts.groups.values()))
+        v = gr.HTML(js_on_load=render.TOKEN_VIEW_JS, elem_id=f"cmp-box-{low}", elem_classes="tvbox")
+    opts.controls.update(strategy=s, chat_template=t)
+    return col, opts, v
+
+
 def build_compare_tab(session: gr.State) -> dict:
     """The Compare tab (call inside a gr.Tab). Returns its components; `args` re-runs the comparison."""
     with gr.Row(elem_classes="bar"):
@@ -183,55 +171,16 @@ def build_compare_tab(session: gr.State) -> dict:
                          elem_id="compare-count")
         run = gr.Button("Compare", variant="primary", size="md", scale=0, min_width=120, elem_id="compare-run")
         gr.HTML('<div class="hint">The example, train roles, max_length and truncation come from the Inspect tab. '
-                "Tokens whose labels differ between the configurations have a black top edge.</div>")
+                "Tokens labelled or weighted differently between the configurations have a black top edge.</div>")
     summary = gr.HTML(elem_id="compare-summary")
-    inputs, cols, views, strategies = [], [], [], []
-    tchoices = template_choices()
-    from .tab_inspect import template_source_choices  # noqa: PLC0415
-
     with gr.Row(equal_height=False):
-        for i in range(MAX_CONFIGS):
-            d = DEFAULTS[i]
-            L = chr(65 + i)
-            low = L.lower()
-            with gr.Column(visible=i < 2, min_width=260, elem_classes="cmpcol") as col:
-                with gr.Group(elem_classes="cmp-cfg"):
-                    with gr.Row():
-                        s = gr.Dropdown(choices=strategy_choices(), value=d.strategy, label=f"{L} · strategy",
-                                        min_width=150, elem_id=f"cmp-strategy-{low}")
-                        e = gr.Dropdown(choices=list(EOS_MODES), value=d.eos, label="EOS", min_width=100)
-                    with gr.Row():
-                        r = gr.Textbox(value=d.response_template, label="response template", min_width=150,
-                                       placeholder=r"<|im_start|>assistant\n")
-                        t = gr.Dropdown(choices=tchoices, value=d.chat_template, label="chat template",
-                                        filterable=True, min_width=150)
-                with gr.Accordion("options", open=False, elem_classes="cmp-opts", elem_id=f"cmp-opts-{low}"):
-                    src = gr.Dropdown(choices=template_source_choices(), value=d.template_source,
-                                      label="template source", elem_id=f"cmp-source-{low}")
-                    with gr.Row():
-                        rs = gr.Dropdown(choices=list(TRAIN_MASK), value=d.reasoning, label="reasoning",
-                                         min_width=100, elem_id=f"cmp-reasoning-{low}")
-                        et = gr.Dropdown(choices=list(TRAIN_MASK), value=d.empty_think, label="empty think",
-                                         min_width=100, elem_id=f"cmp-empty-think-{low}")
-                    mt = gr.Textbox(value=d.mask_tokens, label="never train (comma-separated)",
-                                    placeholder="</think>", elem_id=f"cmp-mask-tokens-{low}")
-                    sp = gr.Checkbox(value=d.split_turns, label="split_turns (assistant_only)",
-                                     elem_id=f"cmp-split-{low}")
-                v = gr.HTML(js_on_load=TOKEN_VIEW_JS, elem_id=f"cmp-box-{low}", elem_classes="tvbox")
-            fields = [s, e, r, t, src, rs, et, mt, sp]
-            assert len(fields) == FIELDS
-            inputs += fields
-            cols.append(col)
-            views.append(v)
-            strategies.append(s)
-    outputs = [summary, *views, *strategies]
-    count.change(on_count, [count], cols)
+        columns = [_column(i, DEFAULTS[i], template_choices()) for i in range(MAX_CONFIGS)]
+    inputs = [c for _, opts, _ in columns for c in opts.inputs(list(Cfg._fields))]
+    outputs = [summary, *(v for *_, v in columns), *(opts.controls["strategy"] for _, opts, _ in columns)]
+    count.change(on_count, [count], [col for col, *_ in columns])
     args = dict(fn=on_compare, inputs=[session, count, *inputs], outputs=outputs)
     run.click(**args)
     count.change(**args)
-    for c in inputs:
-        if isinstance(c, gr.Textbox):
-            c.submit(**args)
-        else:
-            c.input(**args)
+    for _, opts, _ in columns:
+        opts.wire(**args)
     return {"run": run, "args": args}

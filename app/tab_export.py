@@ -77,7 +77,8 @@ def on_export(session: Session, fmt: str, attention_mask: bool = False, progress
         rendered = []
         for start in range(0, len(examples), CHUNK):
             progress(start / len(examples), desc=f"{start}/{len(examples)} examples")
-            rendered += render_examples(examples[start:start + CHUNK], tok, cfg, errors="finding")
+            rendered += render_examples(examples[start:start + CHUNK], tok, cfg, errors="finding",
+                                        image_root=session.data.root)
         failed = [r.row for r in rendered if any(f.code == "render_failed" for f in r.findings)]
         rendered = [r for r in rendered if r.row not in set(failed)]
         path = Path(tempfile.mkdtemp(prefix="masklens-export-")) / export_name(session, fmt)

@@ -14,20 +14,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import NamedTuple
 
 import gradio as gr
 
-from core.masking.options import MaskConfig
+from core.masking.options import MaskConfig, option
 from core.masking.engine import render_examples
 from core.errors import MaskLensError
-from core.masking.rules import PARTS, Rules, parse_rules, register_rules, rules_config
+from core.masking.rules import PARTS, Rules, parse_rules, register_rules
 from core.masking.strategies import unregister
 
 from . import render
-from .session import DEFAULT_SAMPLE, Session, Settings, load_sample
-from .tab_inspect import TOKEN_VIEW_JS
+from .session import DEFAULT_SAMPLE, Session, load_sample, ui_value
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,6 @@ mask_tokens: ["</think>"]
 MAX_APP_RULES = 64
 _registered: OrderedDict[str, None] = OrderedDict()
 _lock = threading.Lock()
-# Settings fields carried over to the rules' configuration (everything but what the rules decide).
-_NOT_CARRIED = {"strategy", "train_roles", "split_turns", "mask_tokens"}
 
 
 class RulesOut(NamedTuple):
@@ -75,15 +72,14 @@ def register_for_app(rules: Rules) -> str:
     return name
 
 
-def rules_mask_config(session: Session, rules: Rules, name: str | None = None) -> MaskConfig:
-    """The session's options (max_length, truncation, chat template, eos...) with the rules deciding the labels."""
+def rules_mask_config(session: Session, rules: Rules, name: str) -> MaskConfig:
+    """The session's options (max_length, truncation, chat template, eos...) with the rules registered as `name`
+    deciding the labels (MaskConfig.with_rules: their mask_tokens after the session's, their roles)."""
     try:
-        base = replace(session.settings, strategy="full").to_config(session.chat_template)
+        base = replace(session.settings, strategy="full", split_turns=False).to_config(session.chat_template)
     except MaskLensError:  # a bad value in an Inspect box (e.g. a response template) does not concern the rules
         base = MaskConfig("full", chat_template=session.chat_template)
-    kw = {f.name: getattr(base, f.name) for f in fields(MaskConfig) if f.name not in _NOT_CARRIED}
-    cfg = rules_config(rules, unique=True, mask_tokens=base.mask_tokens, **kw)
-    return replace(cfg, strategy=name) if name else cfg
+    return base.with_rules(rules, name)
 
 
 def _ensure_data(session: Session) -> None:
@@ -97,7 +93,7 @@ def preview(session: Session, text: str) -> RulesOut:
 
 
 def apply(session: Session, text: str) -> RulesOut:
-    """Validate, render, and make the rules the session's strategy (their mask_tokens too, where Settings has them)."""
+    """Validate, render, and make the rules the session's strategy (their mask_tokens too)."""
     return _run(session, text, apply=True)
 
 
@@ -120,7 +116,7 @@ def _run(session: Session, text: str, apply: bool) -> RulesOut:
                                                             empty="No valid example in this dataset."), "", "", "",
                             status)
         tok = session.tokenizer()
-        r = render_examples([ex], tok, cfg, errors="finding")[0]
+        r = render_examples([ex], tok, cfg, errors="finding", image_root=session.data.root)[0]
         infos = r.tokens(tok)
     except MaskLensError as e:
         return RulesOut(session, gr.update(), gr.update(), gr.update(), render.error_html(str(e)), status)
@@ -128,10 +124,9 @@ def _run(session: Session, text: str, apply: bool) -> RulesOut:
         log.exception("rules rendering failed")
         return RulesOut(session, gr.update(), gr.update(), gr.update(),
                         render.error_html(f"{type(e).__name__}: {e}", "Unexpected error"), status)
-    if apply:
-        session.settings.strategy = name
-        if "mask_tokens" in {f.name for f in fields(Settings)}:
-            setattr(session.settings, "mask_tokens", cfg.mask_tokens)
+    if apply:  # the Mask tokens box then shows the rules' tokens too (the user may take them out there)
+        session.settings = replace(session.settings, strategy=name,
+                                   mask_tokens=ui_value(option("mask_tokens"), cfg.mask_tokens))
         status = _status(session)
     where = f"example {session.index + 1} of {len(session.data.examples)} (row {ex.row})"
     summary = (f'<div class="rules-summary"><b>{render.esc(name)}</b> on {render.esc(where)}'
@@ -167,7 +162,7 @@ def build_rules_tab(session: gr.State) -> dict:
         with gr.Column(scale=4, min_width=420, elem_classes="viewcol"):
             gr.HTML(render.legend_html())
             view = gr.HTML(render.token_view_html([], elem_id="rules-token-view", empty="Apply rules to see them."),
-                           js_on_load=TOKEN_VIEW_JS, elem_id="rules-view-box", elem_classes="tvbox")
+                           js_on_load=render.TOKEN_VIEW_JS, elem_id="rules-view-box", elem_classes="tvbox")
         with gr.Column(scale=2, min_width=300, elem_classes="sidecol"):
             stats = gr.HTML(elem_id="rules-stats")
             findings = gr.HTML(elem_id="rules-findings")

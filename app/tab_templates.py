@@ -21,7 +21,7 @@ from core.masking.trl_templates import SOURCE_TRL_TWIN, training_template, trl_v
 
 from . import render
 from .session import Session, unescape
-from .tab_inspect import MARKED_TEMPLATE, marked_twin, template_choice
+from .pickers import MARKED_TEMPLATE, marked_twin, template_choice
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def rendered_texts(session: Session) -> list[str]:
     examples = [e for e in session.data.examples if e.kind != "tokens"]
     session.check_template()
     session.check_rows(examples)  # an edited template renders every row in the sandbox first (bounded)
-    return [r.text for r in render_examples(examples, session.tokenizer(), cfg, errors="finding") if r.text]
+    return [r.text for r in render_examples(examples, session.tokenizer(), cfg, errors="finding",
+                                            image_root=session.data.root) if r.text]
 
 
 def on_usage(session: Session, string: str) -> str:

@@ -188,7 +188,7 @@ def on_start(session: Session, selected: list[str] | None, model, lora, max_step
                                      mask_config=tv.mask_config_dict(mask), data_path=session.data.name)
         check_model_tokenizer(config.model, tokenizer, session.tokenizer_name)
         session.check_rows(train)  # an edited template renders every row in the sandbox first (bounded)
-        rendered = render_examples(train, tokenizer, mask)
+        rendered = render_examples(train, tokenizer, mask, image_root=session.data.root)
         data = [r.train_record() for r in rendered]
         run_dir = runs.create_run(data, config, name=free_name(tv.run_name(name, mask.strategy), bool(name)))
         prompts = [p for p in (tv.prompt_of(e) for e in held) if p]
@@ -226,7 +226,8 @@ def tokens_per_example(session: Session, max_length, limit: int = 200) -> float:
     examples = session.data.examples[:limit] if session.data is not None else []
     if not examples:
         return 0.0
-    rendered = render_examples(examples, session.tokenizer(), session.config(), errors="finding")
+    rendered = render_examples(examples, session.tokenizer(), session.config(), errors="finding",
+                               image_root=session.data.root)
     cap = int(max_length or 0) or None
     lengths = [min(r.n_tokens, cap) if cap else r.n_tokens for r in rendered if r.n_tokens]
     return sum(lengths) / len(lengths) if lengths else 0.0

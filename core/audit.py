@@ -117,15 +117,16 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def audit(examples: list[Example], tokenizer, cfg: MaskConfig, progress=None,
-          keep_rendered: bool = False, errors: str = "raise") -> tuple[AuditReport, list[RenderedExample]]:
+def audit(examples: list[Example], tokenizer, cfg: MaskConfig, progress=None, keep_rendered: bool = False,
+          errors: str = "raise", image_root=None) -> tuple[AuditReport, list[RenderedExample]]:
     """Render every example and summarise. progress(done, total) is called after each chunk.
-    errors="finding" keeps going past examples the template cannot render (see render_examples)."""
+    errors="finding" keeps going past examples the template cannot render; image paths must lie inside image_root
+    (see render_examples)."""
     rep = AuditReport(max_length=cfg.max_length, rows=len(examples))
     kept: list[RenderedExample] = []
     total = len(examples)
     for start in range(0, total, CHUNK):
-        for r in render_examples(examples[start:start + CHUNK], tokenizer, cfg, errors=errors):
+        for r in render_examples(examples[start:start + CHUNK], tokenizer, cfg, errors=errors, image_root=image_root):
             add(rep, r)
             if keep_rendered:
                 kept.append(r)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app import render, tab_audit, tab_compare, tab_export, tab_inspect, tab_templates
-from app.session import SAMPLES_DIR, Session, Settings, load_sample, parse_ids, sample_choices, unescape
+from app import pickers, render, tab_audit, tab_compare, tab_export, tab_inspect, tab_templates
+from app.session import (SAMPLES_DIR, SETTING_FIELDS, Session, Settings, load_sample, parse_ids, sample_choices,
+                         unescape)
 from core.audit import audit
 from core.data.formats import normalize_row
 from core.masking.engine import IGNORE, STRATEGIES, MaskConfig, render_examples
@@ -16,7 +17,6 @@ from core.errors import MaskLensError
 from core.masking.strategies import strategy_names
 
 TOKEN_RE = re.compile(r'<span class="([^"]*)" data-token-id="(-?\d+)" data-label="(-?\d+)" data-k="(\d+)">')
-SETTING_NAMES = tab_inspect.SETTING_FIELDS
 
 
 def tokens_of(html: str) -> list[tuple[str, int, int]]:
@@ -31,7 +31,7 @@ def inspect_out(res) -> "tab_inspect.InspectOut":
 
 def settings_values(**overrides) -> list:
     s = Settings(**overrides)
-    return [getattr(s, n) for n in SETTING_NAMES]
+    return [getattr(s, n) for n in SETTING_FIELDS]
 
 
 @pytest.fixture
@@ -573,7 +573,7 @@ def test_out_of_range_numbers_open_the_nearest_example_or_an_error_box(loaded):
     from app.main import build_app
 
     demo = build_app()
-    for elem_id in ("example-number", "inspect-max-length"):  # Inspect's numbers: bounds are checked here instead
+    for elem_id in ("example-number", "max-length"):  # Inspect's numbers: bounds are checked here instead
         box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
         assert box.minimum is None and box.maximum is None
 
@@ -714,7 +714,7 @@ def test_samples_render_with_a_template_that_shows_their_feature(loaded, sample,
     vocabulary), and the notice says so; other data goes back to the tokenizer's own."""
     out, _ = loaded
     s = out.session
-    assert tab_inspect.unrendered_features(Session(data=load_sample(sample))) == missing
+    assert pickers.unrendered_features(Session(data=load_sample(sample))) == missing
     res = inspect_out(tab_inspect.on_sample(s, sample))
     assert tab_inspect.template_choice(s) == "trl:qwen3" and "qwen3.jinja" in res.notice
     assert " and ".join(missing) in res.notice

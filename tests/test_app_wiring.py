@@ -3,7 +3,6 @@ so every session lists them (in-process through build_app, and in a real `python
 file stops the start with exit 2 naming the file and registers nothing."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -112,9 +111,9 @@ def test_flags_parse_and_repeat():
 
 # ------------------------------------------------------------------------------------------------------ a real server
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from tests.test_browser import free_port  # noqa: PLC0415  (the ports this machine's tests may serve on)
+
+    return free_port()
 
 
 def test_a_served_app_lists_the_startup_strategies(tmp_path):

@@ -21,10 +21,19 @@ TOKENS = "#token-view [data-token-id]"
 UPLOAD = ".data-row input[type=file]"  # UploadButton(elem_id="upload") keeps its <input> beside the button
 
 
+PORTS = range(7901, 7910)  # the ports this machine's browser tests may serve on
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """The first of PORTS nothing listens on."""
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 @pytest.fixture(scope="module")

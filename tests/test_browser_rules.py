@@ -6,7 +6,6 @@ applied there show in the Inspect tab (its strategy list and its token view).
 """
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from app.session import DEFAULT_SAMPLE, SAMPLES_DIR, Session
 from app.tab_rules import EXAMPLE_RULES, MAX_APP_RULES, apply, preview, register_for_app
 from core.masking.rules import parse_rules
 from core.masking.strategies import get_strategy, strategy_names, unregister
-from tests.test_browser import ARGS, CHROMIUM, shot
+from tests.test_browser import ARGS, CHROMIUM, free_port, shot
 from tests.helpers import trained_text
 
 IGNORE = -100
@@ -88,12 +87,6 @@ def test_app_registrations_are_bounded_and_content_named():
 
 
 # ------------------------------------------------------------------------------------------------------ browser
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def rules_url():
     """The whole app (app.main.build_app), as users get it: the Rules tab beside Inspect, Compare, Audit..."""

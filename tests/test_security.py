@@ -10,7 +10,6 @@ import inspect
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import httpx
@@ -162,9 +161,9 @@ def test_app_main_installs_the_policy(monkeypatch, tmp_path, policy):
 
 # ------------------------------------------------------------------------------------------------------ the server
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from tests.test_browser import free_port  # noqa: PLC0415  (the ports this machine's tests may serve on)
+
+    return free_port()
 
 
 @pytest.fixture(scope="module")

@@ -78,3 +78,31 @@ def raw_trl_batch(processor, row: dict, images: list, *, assistant_only_loss=Fal
     example["images"] = images
     out = collator([example])
     return out["input_ids"][0].tolist(), out["labels"][0].tolist()
+
+
+def save_vision_tokenizer(base, dest, family: str = "llava_next"):
+    """A processor built here, saved (tokenizer + processor files) into `dest`: the app loads that folder by path as
+    its tokenizer and finds the processor beside it (core.masking.vision.processor_for). qwen2_5_vl cannot come back
+    from disk here (its video processor needs torchvision), so LLaVA-NeXT: one 28x28 crop is <image> x9. Its tokenizer
+    alone (a text model's folder: no processor) goes to dest/tokenizer_only. Returns dest."""
+    from pathlib import Path
+
+    proc = build_processor(base, family)
+    proc.save_pretrained(dest)
+    proc.tokenizer.save_pretrained(Path(dest) / "tokenizer_only")
+    return dest
+
+
+def save_vision_data(dest):
+    """A one-row conversation about one image (dest/red.png) in dest/vl.jsonl, the image path relative to the file.
+    Returns dest."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    Image.new("RGB", (56, 56), (200, 0, 0)).save(Path(dest) / "red.png")
+    row = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "Red."}]}], "images": ["red.png"]}
+    (Path(dest) / "vl.jsonl").write_text(json.dumps(row) + "\n")
+    return dest

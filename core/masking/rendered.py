@@ -33,6 +33,7 @@ class TokenInfo:
     part: str
     rule: str
     special: bool
+    weight: float = 1.0  # the token's loss weight where it is trained (RenderedExample.weights); 0 where not
 
 
 @dataclass
@@ -137,12 +138,16 @@ class RenderedExample:
                 seg = self.segments[k] if 0 <= k < len(self.segments) else None
             else:
                 txt, seg = pieces[i], (self.segments[0] if self.segments else None)
+            w = (1.0 if lab != IGNORE else 0.0) if self.weights is None else self.weights[i]
             rule = self.token_rules.get(i)
             if rule is None and seg is not None:
                 rule = seg.rule
-                if (lab != IGNORE) != seg.trained:  # a token straddling a segment boundary
+                if 0.0 < w < 1.0:  # a weight decided it, not (only) the strategy
+                    rule = (f"weight {w:g} (the message's or the rule's weight); " if seg.trained else
+                            f"weight {w:g} (prompt_loss_weight); the strategy alone: ") + seg.rule
+                elif (lab != IGNORE) != seg.trained:  # a token straddling a segment boundary
                     rule = ("trained: token overlaps a trained span (" if lab != IGNORE else
                             "not trained: token overlaps an untrained span (") + seg.rule + ")"
             out.append(TokenInfo(i, tid, txt, lab, seg.message if seg else None, seg.role if seg else None,
-                                 seg.part if seg else "tokens", rule or "", tid in special_ids))
+                                 seg.part if seg else "tokens", rule or "", tid in special_ids, w))
         return out
