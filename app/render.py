@@ -430,8 +430,6 @@ def location_text(location: dict, items: int = 3, chars: int = 48) -> str:
 # Fixes as the app says them: its own controls, not the CLI's flags or the config's field names (core.findings
 # words them for every front end).
 APP_FIXES = {
-    "images_not_processed": "Load the vision-language model's tokenizer in the Tokenizer box (a hub id, or a folder "
-                            "holding its processor files such as preprocessor_config.json).",
     "template_ambiguous": "Tick 'Templates are token ids' under Options and give the in-context ids from the message, "
                           "or use assistant_only.",
     "trl_cannot_patch": "Click 'Use a proven {% generation %}-marked copy' above the tokens (Templates → "
