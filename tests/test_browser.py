@@ -157,8 +157,10 @@ def test_upload_a_broken_file_lists_bad_rows_and_keeps_the_valid_ones(page, tmp_
 
 
 def test_audit_finding_opens_in_inspect(page):
-    choose_sample(page, "text.jsonl", 3)  # plain text: the strategy follows the data (full) and says so
-    page.wait_for_selector("#inspect-notice:has-text('Strategy set to full')", timeout=20_000)
+    choose_sample(page, "text.jsonl", 3)  # plain text: the strategy follows the data (full; the notice is tested in
+    page.wait_for_function(  # test_browser_first_use)
+        "() => [...document.querySelectorAll('input[type=radio]')].some(r => r.value === 'full' && r.checked)",
+        timeout=20_000)
     page.get_by_role("radio", name="assistant_only", exact=True).check()  # every example is then a problem
     page.wait_for_selector("#findings [data-code='strategy_not_applicable']", timeout=20_000)
     page.get_by_role("tab", name="Audit").click()
