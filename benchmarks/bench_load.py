@@ -127,12 +127,12 @@ class Expected:
 
 
 def settings_values(strategy: str) -> list:
-    """The Inspect tab's masking controls, in Settings' field order, with this strategy."""
-    from app.session import Settings
+    """The Inspect tab's masking controls (generated from MaskConfig's options), in Settings' field order, with this
+    strategy: the values on_settings takes."""
+    from app.session import SETTING_FIELDS, Settings
 
     s = Settings(strategy=strategy)
-    return [s.strategy, s.eos, list(s.train_roles), s.response_template, s.instruction_template, s.templates_as_ids,
-            s.max_length, s.truncation, s.use_generation_markers]
+    return [list(v) if isinstance(v := getattr(s, f), tuple) else v for f in SETTING_FIELDS]
 
 
 # ------------------------------------------------------------------------------------------------------ sessions
