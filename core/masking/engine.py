@@ -18,7 +18,6 @@ Example: render_examples([ex], tok, MaskConfig("assistant_only"))[0].labels -> [
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -94,28 +93,14 @@ def join_parts(ex: Example) -> Example:
 
 
 def _render_text(examples: list[Example], tokenizer, cfg: MaskConfig, errors: str) -> list[RenderedExample]:
-    """Stages 1-5 for rows without images processed (see the module docstring), in slices of SLICE examples: a slice's
-    tokenization (Rust, without the GIL) runs on a thread while this one renders the next slice and labels the
-    previous one, so the tokenizer uses the cores Python leaves idle."""
+    """Stages 1-5 for rows without images processed (see the module docstring)."""
     spec = get_strategy(cfg.strategy)
     batch = _Batch.start(examples, tokenizer, cfg, spec)
-    out: list[RenderedExample] = []
-    pending = None
-    for k in range(0, len(examples), SLICE):
-        staged = _stages_1_to_3(examples[k:k + SLICE], tokenizer, batch, errors)
-        live = [s for s in staged if isinstance(s, _Staged)]
-        encoding = _encoder().submit(_encode, tokenizer, live) if len(examples) > SLICE else None
-        if encoding is None:
-            _encode(tokenizer, live)
-        if pending is not None:
-            out += _stages_4_and_5(*pending, tokenizer, batch)
-        pending = (staged, live, encoding)
-    if pending is not None:
-        out += _stages_4_and_5(*pending, tokenizer, batch)
-    return out
-
-
-SLICE = 128  # examples tokenized per call while the next slice renders
+    staged = _stages_1_to_3(examples, tokenizer, batch, errors)
+    live = [s for s in staged if isinstance(s, _Staged)]
+    _encode(tokenizer, live)  # one batch call (the tokenizer holds the GIL: a thread would not overlap it)
+    lctx = batch.label_context(tokenizer, live)
+    return [s if isinstance(s, RenderedExample) else _finish(s, k, lctx, batch) for k, s in enumerate(staged)]
 
 
 def _stages_1_to_3(examples: list[Example], tokenizer, batch: _Batch, errors: str) -> list:
@@ -135,27 +120,6 @@ def _stages_1_to_3(examples: list[Example], tokenizer, batch: _Batch, errors: st
                                           findings=[Finding("render_failed", str(e))], strategy=cfg.strategy,
                                           turn=ex.turn))
     return staged
-
-
-def _stages_4_and_5(staged: list, live: list, encoding, tokenizer, batch: _Batch) -> list[RenderedExample]:
-    if encoding is not None:
-        encoding.result()  # its tokenization, done on the encoder thread (an error there is raised here)
-    lctx = batch.label_context(tokenizer, live)
-    return [s if isinstance(s, RenderedExample) else _finish(s, k, lctx, batch) for k, s in enumerate(staged)]
-
-
-_ENCODER: list = []
-_ENCODER_LOCK = threading.Lock()
-
-
-def _encoder():
-    """One thread that tokenizes while the calling thread works (created on first use, shared by all calls)."""
-    with _ENCODER_LOCK:
-        if not _ENCODER:
-            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
-            _ENCODER.append(ThreadPoolExecutor(1, thread_name_prefix="masklens-encode"))
-    return _ENCODER[0]
 
 
 def render_example(example: Example, tokenizer, cfg: MaskConfig) -> RenderedExample:
