@@ -59,11 +59,11 @@ def run_views() -> list[dict]:
 
 
 def _run_dir(name: str) -> Path:
-    """A run directory by name; only names listed under the runs root (nothing from the page reaches the disk)."""
-    base = runs.runs_root_dir()
-    path = base / name
-    if not name or "/" in name or name in (".", "..") or not (path / runs.RUN_FILE).is_file():
-        raise MaskLensError(f"no run named {name!r} in {base}.", fix="pick a run from the list.")
+    """A run directory by name ("run", or "experiment/run" for an experiment's); only names listed under the runs
+    root (nothing from the page reaches the disk: core.training.runs.find_run)."""
+    path = runs.find_run(name) if isinstance(name, str) else None
+    if path is None:
+        raise MaskLensError(f"no run named {name!r} in {runs.runs_root_dir()}.", fix="pick a run from the list.")
     return path
 
 

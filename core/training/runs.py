@@ -41,11 +41,13 @@ from ..models import embedded_checkpoint_dir, is_embedded
 from .train import (
     METRICS_FILE,
     STOP_FILE,
+    WEIGHTS,
     TrainConfig,
     ids_and_labels,
     lora_config,
     prepare_examples,
     sft_config_kwargs,
+    weights_of,
 )
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "RunHandle",
     "create_run",
     "export_script",
+    "find_run",
     "launch_command",
     "list_runs",
     "read_log",
@@ -266,25 +269,58 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     if not base.is_dir():
         return []
     out = []
-    for run_dir in base.iterdir():
-        if not (run_dir / RUN_FILE).is_file():
-            continue
+    for run_dir, name in _run_dirs(base):
         try:
             record = read_run(run_dir)
         except OSError as exc:  # e.g. the lock file cannot be created (read-only directory)
             record = _corrupted(run_dir, {}, [f"unreadable ({type(exc).__name__}: {exc})"])
         if record["problems"] and record["status"] != CORRUPTED:
             record = _corrupted(run_dir, record, record["problems"])
+        record["name"] = name
         out.append(record)
     return sorted(out, key=lambda r: (r.get("created_at") or 0, r["name"]))
+
+
+EXPERIMENT_MARKER = "experiment.json"  # an experiment directory (core.training.experiment) holds its runs in runs/
+
+
+def _run_dirs(base: Path) -> Iterator[tuple[Path, str]]:
+    """(run directory, listed name) of the runs under `base`: its run directories, and the runs of the experiments
+    it holds, named "<experiment>/<run>"."""
+    for child in base.iterdir():
+        if (child / RUN_FILE).is_file():
+            yield child, child.name
+        elif (child / EXPERIMENT_MARKER).is_file() and (child / "runs").is_dir():
+            for run_dir in (child / "runs").iterdir():
+                if (run_dir / RUN_FILE).is_file():
+                    yield run_dir, f"{child.name}/{run_dir.name}"
+
+
+def find_run(name: str, root: str | os.PathLike | None = None) -> Path | None:
+    """The directory of a run by the name `list_runs` gives it ("run" or "experiment/run"); None when no such run
+    is listed. Names never reach the disk unchecked: only those two shapes, without "..", are looked up."""
+    base = runs_root_dir(root)
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or len(parts) > 2 or any(p in ("", ".", "..") for p in parts):
+        return None
+    path = base / parts[0] if len(parts) == 1 else base / parts[0] / "runs" / parts[1]
+    if len(parts) == 2 and not (base / parts[0] / EXPERIMENT_MARKER).is_file():
+        return None
+    return path if (path / RUN_FILE).is_file() else None
 
 
 # Data and metrics.
 
 
 def write_examples(path: Path, examples: list[dict]) -> None:
-    pairs = (ids_and_labels(e) for e in examples)
-    lines = (json.dumps({"input_ids": list(i), "labels": list(y)}, separators=(",", ":")) for i, y in pairs)
+    """One {"input_ids", "labels"[, "loss_weights"]} per line."""
+
+    def record(e) -> dict:
+        ids, labels = ids_and_labels(e)
+        w = weights_of(e)
+        return {"input_ids": list(ids), "labels": list(labels), **({WEIGHTS: list(w)} if w is not None else {})}
+
+    lines = (json.dumps(record(e), separators=(",", ":")) for e in examples)
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -394,11 +430,12 @@ def create_run(
     return run_dir
 
 
-def launch(run_dir: str | os.PathLike) -> RunHandle:
+def launch(run_dir: str | os.PathLike, env: dict[str, str] | None = None) -> RunHandle:
     """Start `python -m core.run_child --run-dir DIR` for a created run: its own session (process group), output to
-    log.txt, an argument list (never a shell)."""
+    log.txt, an argument list (never a shell). `env`: variables set for the child on top of this process's
+    (e.g. CUDA_VISIBLE_DEVICES, so that runs share out the GPUs)."""
     run_dir = Path(run_dir).resolve()
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # log.txt follows the run as it happens
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
