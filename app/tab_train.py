@@ -183,7 +183,7 @@ def on_start(session: Session, selected: list[str] | None, model, lora, max_step
         check_model_tokenizer(config.model, tokenizer, session.tokenizer_name)
         session.check_rows(train)  # an edited template renders every row in the sandbox first (bounded)
         rendered = render_examples(train, tokenizer, mask)
-        data = [{"input_ids": r.input_ids, "labels": r.labels} for r in rendered]
+        data = runs.training_rows(rendered)  # + loss_weights when the mask has fractional weights
         run_dir = runs.create_run(data, config)
         prompts = [p for p in (tv.prompt_of(e) for e in held) if p]
         if prompts:

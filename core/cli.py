@@ -301,8 +301,10 @@ def cmd_train(ns) -> int:
     if ns.model and ns.tokenizer is None:
         ns.tokenizer = ns.model  # the labels are token ids: they must be the model's own tokenizer's
     cfg, examples, tok = _load(ns)
+    from .training.train import training_rows
+
     rendered = render_examples(examples, tok, cfg)
-    data = [{"input_ids": r.input_ids, "labels": r.labels} for r in rendered]
+    data = training_rows(rendered)  # + loss_weights when weights are fractional (prompt_loss_weight...)
     given = {"learning_rate": ns.learning_rate, "per_device_train_batch_size": ns.batch_size,
              "gradient_accumulation_steps": ns.grad_accum, "seed": ns.seed}
     tc = TrainConfig(model=ns.model or "embedded", lora=ns.lora, max_steps=ns.max_steps, max_length=ns.max_length,
@@ -411,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=("json", "text"), default="text", help="output format (default: text)")
     c.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     c.set_defaults(func=cmd_checks)
+    from .training.commands import add_evaluate_parser, add_experiment_parser  # noqa: PLC0415
+
+    add_experiment_parser(sub)
+    add_evaluate_parser(sub)
     return p
 
 

@@ -47,6 +47,7 @@ from .train import (
     lora_config,
     prepare_examples,
     sft_config_kwargs,
+    training_rows,
     weights_of,
 )
 
@@ -514,18 +515,19 @@ def launch_command(num_processes: int = 2, script: str = "train.py") -> str:
     return f"accelerate launch --num_processes {int(num_processes)} {script}"
 
 
-_SCRIPT = '''\
-"""Reproduce MaskLens run {name}: TRL SFT on exactly the pre-tokenized examples of data.jsonl.
+_SCRIPT = """\
+\"\"\"Reproduce MaskLens run {name}: TRL SFT on exactly the pre-tokenized examples of data.jsonl.
 
-The labels are used as they are (unshifted, -100 = not trained): TRL keeps a `labels` column untouched.
+The labels are used as they are (unshifted, -100 = not trained): TRL keeps a `labels` column untouched.{weights_note}
 
     python train.py                                           # one process: CPU or one GPU
-    {launch}             # several GPUs (N processes)
+    {launch}             # several GPUs (N processes), or several nodes (accelerate config)
 
 With N processes the effective batch is per_device_train_batch_size x gradient_accumulation_steps x N: divide
-gradient_accumulation_steps by N to keep the run's batch size.
+gradient_accumulation_steps by N to keep the run's batch size. report_to (SFT_ARGS) sends the logs to tensorboard,
+trackio or wandb, as TRL does.
 Made with transformers=={transformers} trl=={trl} datasets=={datasets} peft=={peft}.
-"""
+\"\"\"
 
 import argparse
 import json
@@ -546,13 +548,14 @@ SFT_ARGS = {sft_args}
 LORA = {lora}  # None: full fine-tune
 # The mask configuration the labels were built with (a record; training reads only data.jsonl).
 MASK_CONFIG = {mask_config}
-
+{trainer_code}
 
 def read_examples(path):
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     # As MaskLens does (and TRL after truncation): an example without any trained token is dropped.
-    return [{{"input_ids": r["input_ids"], "labels": r["labels"]}} for r in rows if any(y != -100 for y in r["labels"])]
+    keys = ("input_ids", "labels", "loss_weights") if any("loss_weights" in r for r in rows) else ("input_ids", "labels")
+    return [{{k: r[k] for k in keys}} for r in rows if any(y != -100 for y in r["labels"])]
 
 
 def main():
@@ -561,18 +564,20 @@ def main():
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--output-dir", default="masklens-sft-output")
     parser.add_argument("--max-steps", type=int, default=SFT_ARGS["max_steps"])
+    parser.add_argument("--seed", type=int, default=SFT_ARGS["seed"])
     args = parser.parse_args()
 
     examples = read_examples(args.data)
-    dataset = Dataset.from_dict({{k: [e[k] for e in examples] for k in ("input_ids", "labels")}})
+    dataset = Dataset.from_dict({{k: [e[k] for e in examples] for k in examples[0]}})
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     config = SFTConfig(
-        **{{**SFT_ARGS, "output_dir": args.output_dir, "max_steps": args.max_steps}},
+        **{{**SFT_ARGS, "output_dir": args.output_dir, "max_steps": args.max_steps, "seed": args.seed,
+            "data_seed": args.seed}},
         use_cpu=not is_torch_cuda_available(),
         bf16=is_torch_bf16_gpu_available(),
     )
-    trainer = SFTTrainer(
+    trainer = {trainer_class}(
         model=model,
         args=config,
         train_dataset=dataset,
@@ -587,24 +592,34 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
+
+_WEIGHTS_NOTE = """
+Rows carry loss_weights (prompt_loss_weight, rules' part weights or per-message weights): TRL, axolotl and
+LLaMA-Factory do not read that column, so this script trains with WeightedSFTTrainer below (MaskLens'
+core/training/weighted.py, copied): the loss is sum(w * nll) / sum(w) over each optimizer step's tokens."""
 
 
-def export_script(run_dir: str | os.PathLike) -> str:
-    """A standalone, reproducible train.py for a run (imports only transformers, trl, datasets, peft), with the
-    same SFTConfig values; it reads the run's data.jsonl (or one beside it). Its docstring carries the
-    `accelerate launch --num_processes N train.py` line for several GPUs (see `launch_command`)."""
+def weighted_trainer_source() -> str:
+    """core/training/weighted.py without its docstring: the trainer snippet that reads `loss_weights` (exported
+    scripts embed it; it imports only torch, transformers and trl)."""
+    import inspect  # noqa: PLC0415
+
+    from . import weighted  # noqa: PLC0415
+
+    src = inspect.getsource(weighted)
+    doc = weighted.__doc__ or ""
+    body = src.split('"""' + doc + '"""', 1)[-1] if doc else src
+    return "\n# ---- MaskLens WeightedSFTTrainer (core/training/weighted.py) ----\n" + body.strip() + "\n"
+
+
+def script_for(config: TrainConfig, name: str, data: str, weighted: bool) -> str:
+    """A standalone train.py for this TrainConfig and data file (see export_script)."""
     import datasets
     import peft
     import transformers
     import trl
 
-    run_dir = Path(run_dir).resolve()
-    try:
-        config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
-    except FileNotFoundError:
-        raise MaskLensError("not a run directory (no config.json).", file=str(run_dir),
-                            fix="pick a directory listed by `list_runs`.") from None
     if is_embedded(config.model):
         model = str(embedded_checkpoint_dir())
         note = ("# MaskLens' embedded SmolLM2-135M-Instruct (its Q4_1 GGUF, de-quantized). Elsewhere: copy this\n"
@@ -619,15 +634,36 @@ def export_script(run_dir: str | os.PathLike) -> str:
         lora = dict(r=lc.r, lora_alpha=lc.lora_alpha, lora_dropout=lc.lora_dropout, target_modules=target,
                     task_type="CAUSAL_LM")
     return _SCRIPT.format(
-        name=run_dir.name,
+        name=name,
         launch="accelerate launch --num_processes N train.py",
         transformers=transformers.__version__, trl=trl.__version__, datasets=datasets.__version__,
         peft=peft.__version__,
-        model=model, model_note=note, data=str(run_dir / DATA_FILE),
+        model=model, model_note=note, data=data,
         sft_args=_literal(kwargs),
         lora=_literal(lora),
         mask_config=_literal(config.mask_config),
+        weights_note=_WEIGHTS_NOTE if weighted else "",
+        trainer_code=weighted_trainer_source() if weighted else "",
+        trainer_class="WeightedSFTTrainer" if weighted else "SFTTrainer",
     )
+
+
+def export_script(run_dir: str | os.PathLike) -> str:
+    """A standalone, reproducible train.py for a run (imports only transformers, trl, datasets, peft; plus torch
+    when the rows carry loss_weights, with the weighted trainer embedded), with the same SFTConfig values; it reads
+    the run's data.jsonl (or one beside it). Its docstring carries the `accelerate launch --num_processes N train.py`
+    line for several GPUs (see `launch_command`)."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    except FileNotFoundError:
+        raise MaskLensError("not a run directory (no config.json).", file=str(run_dir),
+                            fix="pick a directory listed by `list_runs`.") from None
+    weighted = False
+    with contextlib.suppress(OSError):
+        with open(run_dir / DATA_FILE) as f:
+            weighted = any(f'"{WEIGHTS}"' in line for line in f)
+    return script_for(config, run_dir.name, str(run_dir / DATA_FILE), weighted)
 
 
 def _literal(value: Any) -> str:

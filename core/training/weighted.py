@@ -28,8 +28,6 @@ Example: WeightedSFTTrainer(model=m, args=SFTConfig(...), train_dataset=Dataset.
          "labels": [[5, 6, 7]], "loss_weights": [[0.1, 0.1, 1.0]]})) trains on 0.1 * nll(6) + 1.0 * nll(7) / 1.1.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch
