@@ -109,7 +109,7 @@ def cmd_experiment(ns) -> int:
     from .report import markdown  # noqa: PLC0415
 
     print(markdown(results, figure=None))
-    return 0 if results.get("status") in ("completed", "running", None) else 1
+    return 0 if results.get("status") in ("completed", "stopped") else 1  # failed: a run did not complete
 
 
 def cmd_evaluate(ns) -> int:
@@ -125,7 +125,7 @@ def cmd_evaluate(ns) -> int:
             raise MaskLensError("--data is required (or --eval-set)", fix="give the data file whose rows are scored")
         examples = load_examples(ns.data)
         held = select_rows(len(examples), ns.rows if ns.rows is not None else ns.held_out,
-                           "--rows" if ns.rows is not None else "--held-out")
+                           "--rows" if ns.rows is not None else "--held-out", leave_some=False)
         tpl = None
         if ns.chat_template is not None:
             tpl = ns.chat_template.read_text(encoding="utf-8")

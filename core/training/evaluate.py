@@ -95,8 +95,10 @@ def load_eval_set(path: str | os.PathLike) -> EvalSet:
                             fix="rebuild it (an experiment writes eval_set.json)") from None
 
 
-def select_rows(n_rows: int, held_out: int | list[int] | None, what: str = "held_out") -> list[int]:
+def select_rows(n_rows: int, held_out: int | list[int] | None, what: str = "held_out",
+                leave_some: bool = True) -> list[int]:
     """The row indices `held_out` names: a count (the last rows) or a list of indices (negative from the end).
+    `leave_some`: some rows must stay to train on (an experiment; `evaluate` may score them all).
     Example: select_rows(10, 2) -> [8, 9]; select_rows(10, [0, -1]) -> [0, 9]"""
     if held_out is None:
         return list(range(n_rows))
@@ -104,9 +106,11 @@ def select_rows(n_rows: int, held_out: int | list[int] | None, what: str = "held
         raise MaskLensError(f"is a boolean ({held_out})", field=what,
                             fix="give a count of rows (the last ones) or a list of row indices")
     if isinstance(held_out, int):
-        if not 1 <= held_out < n_rows:
+        top = n_rows - 1 if leave_some else n_rows
+        if not 1 <= held_out <= top:
             raise MaskLensError(f"{held_out} rows held out of {n_rows}", field=what,
-                                fix=f"hold out at least 1 row and leave some to train on (1 to {n_rows - 1})")
+                                fix=f"hold out at least 1 row and leave some to train on (1 to {top})" if leave_some
+                                else f"score 1 to {top} rows")
         return list(range(n_rows - held_out, n_rows))
     if isinstance(held_out, (list, tuple)):
         if not held_out:
