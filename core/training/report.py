@@ -265,18 +265,22 @@ def markdown(results: dict[str, Any], figure: str | None = REPORT_PNG) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(results: dict[str, Any], path: str | os.PathLike) -> None:
-    """report.png: held-out loss curves with seed bands, metric bars with 95% intervals, loss vs prompt_loss_weight."""
-    import matplotlib  # noqa: PLC0415
+def figure(results: dict[str, Any], path: str | os.PathLike | None = None):
+    """report.png: held-out loss curves with seed bands, metric bars with 95% intervals, stop rate, loss against
+    prompt_loss_weight. Returns the Figure (a bare matplotlib Figure: no pyplot state, safe in a server thread);
+    saves it when `path` is given."""
+    from matplotlib import colormaps  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    class plt:  # noqa: N801 - the one pyplot name used below, without pyplot
+        get_cmap = staticmethod(lambda name: colormaps[name])
 
     summary = results.get("summary") or []
     names = [s["name"] for s in summary]
     colors = {n: plt.get_cmap("tab10")(k % 10) for k, n in enumerate(names)}
     base = (results.get("base") or {}).get("eval") or {}
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig = Figure(figsize=(12, 8.5))
+    axes = fig.subplots(2, 2)
     ax = axes[0][0]
     for name in names:
         curves = [r["curve"] for r in results["runs"] if r["name"] == name and r.get("curve")]
@@ -369,8 +373,9 @@ def figure(results: dict[str, Any], path: str | os.PathLike) -> None:
     fig.suptitle(f"{results.get('experiment')}: {results.get('eval_tokens')} held-out tokens, seeds "
                  f"{results.get('seeds')}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
 
 
 def write_report(out_dir: str | os.PathLike, results: dict[str, Any] | None = None, figure_too: bool = True) -> None:
