@@ -80,15 +80,13 @@ def _exp_dir(name: str | None) -> Path:
 
 
 def session_data_path(session: Session | None) -> str:
-    """The file the session's data came from (relative to the app's folder when inside it), else the chat sample."""
-    ex = session.data.examples if session is not None and session.data is not None else []
-    src = getattr(ex[0], "source", None) if ex else None
-    if src and Path(src).is_file():
-        p = Path(src).resolve()
-        try:
-            return str(p.relative_to(REPO))
-        except ValueError:
-            return str(p)
+    """Inspect's data file when it is a bundled sample (relative to the app's folder), else the chat sample: an
+    upload lives in a temporary file the experiment's driver cannot rely on (write its path in the config)."""
+    from .session import SAMPLES_DIR, sample_choices  # noqa: PLC0415
+
+    name = session.data.name if session is not None and session.data is not None else None
+    if name in {n for _, n in sample_choices()}:
+        return str((SAMPLES_DIR / name).resolve().relative_to(REPO))
     return "assets/samples/chat_multiturn.jsonl"
 
 

@@ -301,7 +301,8 @@ def figure(results: dict[str, Any], path: str | os.PathLike | None = None):
     ax.set_title("held-out loss during training (band: min-max over seeds)")
     ax.set_xlabel("step")
     ax.set_ylabel("mean NLL on the held-out assistant tokens")
-    ax.legend(fontsize=8)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
     def bars(ax, metric, title, pct=False):
