@@ -587,8 +587,6 @@ def _drive(out: Path, config: ExperimentConfig, stop: _Stop, progress, poll_s: f
             _stop_all([d for d, _, _ in active.values()], progress)
             return "stopped", None
         for name, (run_dir, gpu, handle) in list(active.items()):
-            if handle.process is not None:
-                handle.process.poll()
             record = runs.read_run(run_dir)
             if record["status"] in ACTIVE:
                 continue
@@ -616,6 +614,8 @@ def _drive(out: Path, config: ExperimentConfig, stop: _Stop, progress, poll_s: f
                 handle = runs.RunHandle(run_dir)
             else:
                 handle = runs.launch(run_dir, env={"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None)
+                # the child records its status just before it exits: reap it whenever it does (no zombie)
+                threading.Thread(target=handle.process.wait, daemon=True, name=f"reap-{name}").start()
             active[name] = (run_dir, gpu, handle)
             if in_process:
                 break  # one at a time: record it before the next
