@@ -87,8 +87,6 @@ def step_ratio(demo, steps: int) -> dict:
 
 def demo_run(demo) -> dict:
     """One demo run (assistant_only, first seed) with its final evaluation, in this process."""
-    import dataclasses
-
     from core.data.formats import load_examples
     from core.masking.engine import render_examples
     from core.models import load_tokenizer
@@ -103,14 +101,14 @@ def demo_run(demo) -> dict:
     es = build_eval_set([examples[i] for i in held], tok, template_source=demo.template_source)
     es.save(work / "eval_set.json")
     entry = demo.configs[0]
-    cfg = dataclasses.replace(demo.train_config(entry, demo.seeds[0], str(work / "eval_set.json")),
-                              eval_every_steps=0)
+    cfg = demo.train_config(entry, demo.seeds[0], str(work / "eval_set.json"))
     rows = training_rows(render_examples(train, tok, demo.mask_config(entry)))
     result = run_training(rows, cfg, work / "run")
     import json
 
     ev = json.loads((work / "run" / "eval.json").read_text())
     return {"train_s": ev["train_seconds"], "eval_s": ev["seconds"], "eval_loss_s": ev["loss_seconds"],
+            "periodic_s": ev.get("periodic_eval_seconds", 0.0), "every": cfg.eval_every_steps,
             "steps": result.global_step, "eval_rows": len(es.rows), "eval_tokens": es.tokens,
             "max_new_tokens": cfg.eval_max_new_tokens, "mean_new_tokens": ev.get("mean_new_tokens")}
 
@@ -133,15 +131,16 @@ def main() -> None:
     print(f"| **ratio weighted / unweighted** | **{s['ratio']:.3f}x** (target <= 1.05x) |")
     if not ns.skip_run:
         r = demo_run(demo)
-        share = r["eval_s"] / r["train_s"]
+        share = (r["eval_s"] + r["periodic_s"]) / r["train_s"]
         print(f"\n### Evaluation against training, one demo run ({r['steps']} steps; {r['eval_rows']} held-out rows, "
               f"{r['eval_tokens']} scored tokens, greedy <= {r['max_new_tokens']} new tokens, mean "
               f"{r['mean_new_tokens']:.1f})\n")
         print("| | s |\n|---|---:|")
-        print(f"| training (model load + {r['steps']} steps) | {r['train_s']:.1f} |")
-        print(f"| evaluation: held-out loss | {r['eval_loss_s']:.1f} |")
-        print(f"| evaluation: loss + generation | {r['eval_s']:.1f} |")
-        print(f"| **evaluation / training** | **{100 * share:.0f}%** (target <= 25%) |")
+        print(f"| training (model load + {r['steps']} steps, periodic evaluations excluded) | {r['train_s']:.1f} |")
+        print(f"| periodic held-out loss (every {r['every']} steps) | {r['periodic_s']:.1f} |")
+        print(f"| final evaluation: held-out loss | {r['eval_loss_s']:.1f} |")
+        print(f"| final evaluation: loss + generation | {r['eval_s']:.1f} |")
+        print(f"| **all evaluation / training** | **{100 * share:.0f}%** (target <= 25%) |")
 
 
 if __name__ == "__main__":

@@ -452,10 +452,14 @@ def _make_eval_callback(run_dir: Path, eval_set, every: int):
     class EvalCallback(TrainerCallback):
         """Held-out eval loss every `every` steps (the last step is scored by the final evaluation)."""
 
+        seconds = 0.0  # time spent evaluating, inside the training time
+
         def on_step_end(self, args, state, control, model=None, **kwargs):
             step = state.global_step
             if model is not None and step % every == 0 and step < state.max_steps and state.is_world_process_zero:
+                started = time.monotonic()
                 _append_eval_point(run_dir, step, eval_loss(model, eval_set)["loss"])
+                self.seconds += time.monotonic() - started
 
     return EvalCallback()
 
@@ -554,7 +558,9 @@ def run_training(
         from .runs import atomic_write_json  # noqa: PLC0415
 
         result = evaluate_model(trainer.model, eval_set, tokenizer, max_new_tokens=config.eval_max_new_tokens)
-        result.update(step=trainer.state.global_step, train_seconds=round(train_seconds, 3))
+        periodic = sum(getattr(c, "seconds", 0.0) for c in callbacks[1:])
+        result.update(step=trainer.state.global_step, train_seconds=round(train_seconds - periodic, 3),
+                      periodic_eval_seconds=round(periodic, 3))
         _append_eval_point(run_dir, trainer.state.global_step, result["loss"])
         atomic_write_json(run_dir / EVAL_FILE, _finite(result))
     loss = output.training_loss
