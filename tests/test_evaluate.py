@@ -68,3 +68,15 @@ def test_generation_metrics_on_hand_written_replies(smol_tok):
     assert m["length_ratio"] == pytest.approx(sum(len(r) - (r[-1] == end) for r in replies[:5]) / 4 / 5)
     assert [s["row"] for s in m["samples"]] == [0, 1, 2] and m["samples"][0] == {"row": 0, "reply": "Paris.",
                                                                                   "stopped": True}
+
+
+def test_batched_loss_equals_row_by_row(reasoning_set, smol_tok):
+    from core.training.evaluate import _batches
+
+    model = tiny_llama(smol_tok, 5)
+    one = eval_loss(model, reasoning_set, batch_tokens=1)  # every row alone: no padding at all
+    batched = eval_loss(model, reasoning_set, batch_tokens=4096)
+    assert len(_batches(reasoning_set.rows, 4096)) < len(reasoning_set.rows) == len(_batches(reasoning_set.rows, 1))
+    assert batched["tokens"] == one["tokens"] and batched["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    for part, v in one["parts"].items():
+        assert batched["parts"][part]["loss"] == pytest.approx(v["loss"], rel=1e-6)

@@ -121,6 +121,7 @@ def test_t_interval_and_pair_sentences():
     assert s["mean"] == 2.0 and s["sd"] == 1.0 and t_quantile(2) == 4.303
     assert s["ci95"] == pytest.approx([2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)])
     assert summarize([1.5]) == {"mean": 1.5, "sd": None, "n": 1, "ci95": None, "note": "no interval (1 seed)"}
+    assert summarize([0.9, 1.0], (0.0, 1.0))["ci95"][1] == 1.0 and summarize([0.1, 0.9], (0.0, 1.0))["ci95"][0] == 0
     assert t_quantile(1000) == pytest.approx(1.962, abs=0.001) and t_quantile(60) == pytest.approx(2.000, abs=0.002)
     larger = compare_pair("a", "b", {1: 1.0, 2: 1.1, 3: 1.2}, {1: 1.5, 2: 1.62, 3: 1.69})
     assert larger["verdict"] == "larger" and "larger than the seed-to-seed spread" in larger["sentence"]

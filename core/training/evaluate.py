@@ -5,7 +5,8 @@ different things. Here the held-out rows are rendered ONCE with `MaskConfig("ass
 template source) into an `EvalSet`, and every model (the base model and each run) is scored on exactly those ids and
 labels:
 - **loss**: token-weighted mean negative log-likelihood (nats) over the held-out tokens `assistant_only` trains
-  (position 0 is never predicted), also per part (content, reasoning, tool_calls, eot) and as perplexity;
+  (position 0 is never predicted), also per part (content, reasoning, tool_calls, eot) and as perplexity; rows are
+  scored in right-padded batches fixed by the eval set (`EVAL_BATCH_TOKENS`);
 - **generation**: greedy replies (`max_new_tokens`) to each held-out prompt (the conversation up to its last
   assistant message, rendered with the tokenizer's own inference template and the generation prompt):
   stop rate (the reply ends with the template's end of turn or EOS before the limit), role-leak rate (the reply
@@ -207,9 +208,29 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def eval_loss(model, eval_set: EvalSet) -> dict[str, Any]:
-    """Mean NLL (nats) over the eval set's scored tokens, per part, and perplexity. One row per forward pass (no
-    padding, so a row's score never depends on its batch), sums in float64. The model's train/eval mode is
+EVAL_BATCH_TOKENS = 2048  # padded tokens per forward pass of the loss evaluation (logits: tokens x vocab floats)
+
+
+def _batches(rows: list[EvalRow], budget: int) -> list[list[EvalRow]]:
+    """Consecutive rows, as many per batch as fit `budget` padded tokens (a long row alone). Fixed by the eval set
+    alone, so every model is scored in the same batches."""
+    out: list[list[EvalRow]] = []
+    cur: list[EvalRow] = []
+    for r in rows:
+        longest = max([len(x.input_ids) for x in cur] + [len(r.input_ids)])
+        if cur and longest * (len(cur) + 1) > budget:
+            out.append(cur)
+            cur = []
+        cur.append(r)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def eval_loss(model, eval_set: EvalSet, batch_tokens: int = EVAL_BATCH_TOKENS) -> dict[str, Any]:
+    """Mean NLL (nats) over the eval set's scored tokens, per part, and perplexity; sums in float64. Rows are
+    right-padded into batches of at most `batch_tokens` tokens: a causal model's outputs for a row's tokens do not
+    depend on the padding after them, and the batches depend on the eval set only. The model's train/eval mode is
     restored. Example: -> {"loss": 2.31, "tokens": 412, "perplexity": 10.1, "parts": {"content": {...}}}"""
     import torch  # noqa: PLC0415
 
@@ -220,22 +241,29 @@ def eval_loss(model, eval_set: EvalSet) -> dict[str, Any]:
     by_part: dict[str, list] = {}
     try:
         with torch.no_grad():
-            for r in eval_set.rows:
-                ids = torch.tensor([r.input_ids], device=device)
-                pos = [p for p in range(1, len(r.labels)) if r.labels[p] != IGNORE]
-                if not pos:
-                    continue
-                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0]
-                picked = logits[torch.tensor([p - 1 for p in pos], device=device)].float()
-                logp = torch.log_softmax(picked, dim=-1)
-                targets = torch.tensor([r.labels[p] for p in pos], device=device)
-                nll = (-logp.gather(1, targets[:, None])[:, 0]).double().cpu().tolist()
-                for p, v in zip(pos, nll):
-                    total += v
-                    n += 1
-                    acc = by_part.setdefault(r.parts[p] or "other", [0.0, 0])
-                    acc[0] += v
-                    acc[1] += 1
+            for batch in _batches(eval_set.rows, batch_tokens):
+                width = max(len(r.input_ids) for r in batch)
+                ids = torch.zeros((len(batch), width), dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for i, r in enumerate(batch):
+                    ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
+                    mask[i, : len(r.input_ids)] = 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+                for i, r in enumerate(batch):
+                    pos = [p for p in range(1, len(r.labels)) if r.labels[p] != IGNORE]
+                    if not pos:
+                        continue
+                    picked = logits[i, torch.tensor([p - 1 for p in pos], device=logits.device)].float()
+                    logp = torch.log_softmax(picked, dim=-1)
+                    targets = torch.tensor([r.labels[p] for p in pos], device=logits.device)
+                    nll = (-logp.gather(1, targets[:, None])[:, 0]).double().cpu().tolist()
+                    for p, v in zip(pos, nll):
+                        total += v
+                        n += 1
+                        acc = by_part.setdefault(r.parts[p] or "other", [0.0, 0])
+                        acc[0] += v
+                        acc[1] += 1
+                del logits
     finally:
         model.train(was_training)
     loss = total / n if n else float("nan")

@@ -1,7 +1,7 @@
 """An experiment's results you can trust: results.json (scripts read it), report.md and report.png (paste into a PR).
 
-Per mask config: the mean over seeds of each held-out metric and its 95% t-interval (with one seed: no interval,
-said so), a ranking by held-out loss, and one plain sentence per pair of configs: is the difference larger than the
+Per mask config: the mean over seeds of each held-out metric and its 95% t-interval, cut to the metric's range (a
+rate's to [0, 1], a loss's to >= 0; with one seed: no interval, said so), a ranking by held-out loss, and one plain sentence per pair of configs: is the difference larger than the
 seed-to-seed spread? The pair test is paired by seed (every config ran with the same seeds, rows and model): the
 95% t-interval of the per-seed differences; when it excludes 0 the difference is larger than the seed-to-seed
 spread, otherwise it is within it.
@@ -58,8 +58,15 @@ def t_quantile(df: int) -> float:
     return 1.960 + (2.042 - 1.960) * 30 / df
 
 
-def summarize(values: list[float]) -> dict[str, Any]:
-    """Mean, sample SD and 95% t-interval of the values (None values skipped). With one value: no interval."""
+# The range each metric lives in: a t-interval is cut to it (a rate's interval never leaves [0, 1]).
+BOUNDS = {"eval_loss": (0.0, None), "perplexity": (1.0, None), "length_ratio": (0.0, None),
+          "stop_rate": (0.0, 1.0), "role_leak_rate": (0.0, 1.0), "empty_rate": (0.0, 1.0),
+          "think_open_rate": (0.0, 1.0), "think_close_rate": (0.0, 1.0)}
+
+
+def summarize(values: list[float], bounds: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
+    """Mean, sample SD and 95% t-interval of the values (None values skipped), the interval cut to `bounds`. With
+    one value: no interval."""
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(xs)
     if n == 0:
@@ -69,7 +76,12 @@ def summarize(values: list[float]) -> dict[str, Any]:
         return {"mean": mean, "sd": None, "n": 1, "ci95": None, "note": "no interval (1 seed)"}
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = t_quantile(n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "sd": sd, "n": n, "ci95": [mean - half, mean + half], "min": min(xs), "max": max(xs)}
+    lo, hi = mean - half, mean + half
+    if bounds[0] is not None:
+        lo = max(lo, bounds[0])
+    if bounds[1] is not None:
+        hi = min(hi, bounds[1])
+    return {"mean": mean, "sd": sd, "n": n, "ci95": [lo, hi], "min": min(xs), "max": max(xs)}
 
 
 def compare_pair(a: str, b: str, by_seed_a: dict[int, float], by_seed_b: dict[int, float],
@@ -167,9 +179,10 @@ def collect_results(out_dir: str | os.PathLike) -> dict[str, Any]:
         for metric in METRICS:
             values = [_metric(r["eval"], metric) for r in done]
             if any(v is not None for v in values):
-                entry[metric] = summarize(values)
+                entry[metric] = summarize(values, BOUNDS.get(metric, (None, None)))
         parts = sorted({p for r in done for p in (r["eval"].get("parts") or {})})
-        entry["parts"] = {p: summarize([(r["eval"]["parts"].get(p) or {}).get("loss") for r in done]) for p in parts}
+        entry["parts"] = {p: summarize([(r["eval"]["parts"].get(p) or {}).get("loss") for r in done], (0.0, None))
+                          for p in parts}
         summary.append(entry)
     ranked = sorted((s for s in summary if s.get("eval_loss", {}).get("mean") is not None),
                     key=lambda s: s["eval_loss"]["mean"])
