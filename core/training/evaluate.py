@@ -75,7 +75,7 @@ class EvalSet:
         return {"version": 1, "tokens": self.tokens, **asdict(self)}
 
     def save(self, path: str | os.PathLike) -> None:
-        from .runs import atomic_write_text  # noqa: PLC0415
+        from .records import atomic_write_text  # noqa: PLC0415
 
         atomic_write_text(Path(path), json.dumps(self.to_json(), separators=(",", ":")) + "\n")
 

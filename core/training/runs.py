@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 from ..errors import MaskLensError
 from ..models import embedded_checkpoint_dir, is_embedded
+from .records import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported: runs.atomic_write_json)
 from .train import (
     METRICS_FILE,
     STOP_FILE,
@@ -92,24 +93,6 @@ def runs_root_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 # Records: atomic writes, locked updates.
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + fsync + os.replace: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 @contextlib.contextmanager

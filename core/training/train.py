@@ -555,7 +555,7 @@ def run_training(
         tokenizer.save_pretrained(str(final_dir))
     if eval_set is not None and not callback.stopped:
         from .evaluate import evaluate_model  # noqa: PLC0415
-        from .runs import atomic_write_json  # noqa: PLC0415
+        from .records import atomic_write_json  # noqa: PLC0415
 
         result = evaluate_model(trainer.model, eval_set, tokenizer, max_new_tokens=config.eval_max_new_tokens)
         periodic = sum(getattr(c, "seconds", 0.0) for c in callbacks[1:])
