@@ -124,7 +124,7 @@ def summary_rows(results: dict) -> list[list]:
         ci = loss.get("ci95")
         interval = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else (loss.get("note") or "")
 
-        def mean(m, pct=False):
+        def mean(m, pct=False, s=s):
             v = (s.get(m) or {}).get("mean")
             return _pct(v) if pct else _num(v, 2)
 

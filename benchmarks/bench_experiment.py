@@ -123,7 +123,8 @@ def main() -> None:
     ns = p.parse_args()
     demo = load_experiment_config(ns.config)
     s = step_ratio(demo, ns.steps)
-    print(f"\n### Weighted vs unweighted training step ({demo.model}, batch {demo.train.get('per_device_train_batch_size')},"
+    batch = demo.train.get("per_device_train_batch_size")
+    print(f"\n### Weighted vs unweighted training step ({demo.model}, batch {batch},"
           f" LoRA {bool(demo.train.get('lora'))}, {s['tokens_per_batch']} tokens/batch, median of {ns.steps})\n")
     print("| trainer | s/step |\n|---|---:|")
     for name, v in s["median_s"].items():

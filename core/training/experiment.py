@@ -292,7 +292,7 @@ def parse_experiment_config(obj_or_text: Any, base_dir: str | os.PathLike = ".",
         raise ExperimentError(f"is a {_type(train)}, not a mapping", "train", f,
                               "write e.g. train: {max_steps: 20, learning_rate: 2.0e-5}")
     known = [x.name for x in dataclasses.fields(TrainConfig)]
-    for key, value in train.items():
+    for key in train:
         if key in _FIXED_TRAIN:
             raise ExperimentError("is set by the experiment, not per training option", f"train.{key}", f,
                                   f"set it with {_FIXED_TRAIN[key]} instead")
@@ -337,7 +337,8 @@ def parse_experiment_config(obj_or_text: Any, base_dir: str | os.PathLike = ".",
             raise ExperimentError(f"{cname!r} is not a usable name" if cname is not None else "has no name",
                                   f"{where}.name", f, "name each config: 1-48 letters, digits, '_', '-', '+' or '.'")
         if cname in names:
-            raise ExperimentError(f"the name {cname!r} is used twice", f"{where}.name", f, "give each config its own name")
+            raise ExperimentError(f"the name {cname!r} is used twice", f"{where}.name", f,
+                                  "give each config its own name")
         names.add(cname)
         options, rules = {}, None
         for key, value in c.items():
@@ -586,7 +587,7 @@ def _drive(out: Path, config: ExperimentConfig, stop: _Stop, progress, poll_s: f
         if stop.requested():
             _stop_all([d for d, _, _ in active.values()], progress)
             return "stopped", None
-        for name, (run_dir, gpu, handle) in list(active.items()):
+        for name, (run_dir, gpu, _handle) in list(active.items()):
             record = runs.read_run(run_dir)
             if record["status"] in ACTIVE:
                 continue

@@ -8,7 +8,8 @@ MaskLens schedules runs itself only on this machine (one per visible GPU); beyon
     DEST/data_<config>.jsonl  that config's pre-tokenized training rows (the held-out rows left out)
     DEST/eval_set.json        the held-out rows, rendered once: `python -m core evaluate --model out/X --eval-set
                               eval_set.json` scores each result on the same tokens
-Example: export_experiment(load_experiment_config("assets/experiments/demo.yaml"), "export") -> Path("export/run_all.sh")
+Example: export_experiment(load_experiment_config("assets/experiments/demo.yaml"), "out")
+         -> Path("out/run_all.sh")
 """
 
 from __future__ import annotations

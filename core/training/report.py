@@ -1,10 +1,10 @@
 """An experiment's results you can trust: results.json (scripts read it), report.md and report.png (paste into a PR).
 
 Per mask config: the mean over seeds of each held-out metric and its 95% t-interval, cut to the metric's range (a
-rate's to [0, 1], a loss's to >= 0; with one seed: no interval, said so), a ranking by held-out loss, and one plain sentence per pair of configs: is the difference larger than the
-seed-to-seed spread? The pair test is paired by seed (every config ran with the same seeds, rows and model): the
-95% t-interval of the per-seed differences; when it excludes 0 the difference is larger than the seed-to-seed
-spread, otherwise it is within it.
+rate's to [0, 1], a loss's to >= 0; with one seed: no interval, said so), a ranking by held-out loss, and one plain
+sentence per pair of configs: is the difference larger than the seed-to-seed spread? The pair test is paired by
+seed (every config ran with the same seeds, rows and model): the 95% t-interval of the per-seed differences; when it
+excludes 0 the difference is larger than the seed-to-seed spread, otherwise it is within it.
 
 results.json (the contract)::
 

@@ -48,7 +48,7 @@ from .train import (
     lora_config,
     prepare_examples,
     sft_config_kwargs,
-    training_rows,
+    training_rows,  # noqa: F401  (re-exported: the app builds a run's rows with runs.training_rows)
     weights_of,
 )
 
@@ -537,7 +537,8 @@ def read_examples(path):
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     # As MaskLens does (and TRL after truncation): an example without any trained token is dropped.
-    keys = ("input_ids", "labels", "loss_weights") if any("loss_weights" in r for r in rows) else ("input_ids", "labels")
+    weighted = any("loss_weights" in r for r in rows)
+    keys = ("input_ids", "labels", "loss_weights") if weighted else ("input_ids", "labels")
     return [{{k: r[k] for k in keys}} for r in rows if any(y != -100 for y in r["labels"])]
 
 

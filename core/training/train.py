@@ -157,7 +157,8 @@ class TrainConfig:
             bad("max_length", f"must be a whole number of at least 2 or None, got {self.max_length!r}.",
                 "set max_length to e.g. 1024, or None for no truncation (not with packing).")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1):
-            bad("learning_rate", f"must be between 0 and 1, got {self.learning_rate!r}.", "try 2e-5 (or 2e-4 with LoRA).")
+            bad("learning_rate", f"must be between 0 and 1, got {self.learning_rate!r}.",
+                "try 2e-5 (or 2e-4 with LoRA).")
         if not 0 <= self.lora_dropout < 1:
             bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}.", "try 0.05.")
         if self.packing_strategy not in PACKING_STRATEGIES:
@@ -176,7 +177,8 @@ class TrainConfig:
             bad("report_to", f"must be a name or a list of names, got {self.report_to!r}.",
                 "use e.g. 'none', 'tensorboard' or ['tensorboard', 'wandb'].")
         if not isinstance(self.mask_config, dict):
-            bad("mask_config", f"must be a dict, got {type(self.mask_config).__name__}.", "pass the mask config as a dict.")
+            bad("mask_config", f"must be a dict, got {type(self.mask_config).__name__}.",
+                "pass the mask config as a dict.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
