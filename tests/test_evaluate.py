@@ -80,3 +80,13 @@ def test_batched_loss_equals_row_by_row(reasoning_set, smol_tok):
     assert batched["tokens"] == one["tokens"] and batched["loss"] == pytest.approx(one["loss"], rel=1e-6)
     for part, v in one["parts"].items():
         assert batched["parts"][part]["loss"] == pytest.approx(v["loss"], rel=1e-6)
+
+
+def test_batched_generation_equals_one_prompt_at_a_time(reasoning_set, smol_tok):
+    from core.training.evaluate import generate_replies
+
+    model = tiny_llama(smol_tok, 7)
+    one = generate_replies(model, smol_tok, reasoning_set, 6, batch_size=1)
+    batched = generate_replies(model, smol_tok, reasoning_set, 6, batch_size=16)
+    assert len({len(r.prompt_ids) for r in reasoning_set.rows}) > 1  # prompts of different lengths: padding
+    assert batched == one and all(r is not None and 1 <= len(r) <= 6 for r in one)

@@ -8,7 +8,8 @@ labels:
   (position 0 is never predicted), also per part (content, reasoning, tool_calls, eot) and as perplexity; rows are
   scored in right-padded batches fixed by the eval set (`EVAL_BATCH_TOKENS`);
 - **generation**: greedy replies (`max_new_tokens`) to each held-out prompt (the conversation up to its last
-  assistant message, rendered with the tokenizer's own inference template and the generation prompt):
+  assistant message, rendered with the tokenizer's own inference template and the generation prompt; left-padded
+  batches of `GEN_BATCH` fixed by the eval set):
   stop rate (the reply ends with the template's end of turn or EOS before the limit), role-leak rate (the reply
   contains another turn's header), empty-reply rate, length against the reference reply, and with reasoning data
   the think block opened and closed.
@@ -272,27 +273,41 @@ def eval_loss(model, eval_set: EvalSet, batch_tokens: int = EVAL_BATCH_TOKENS) -
             "parts": parts}
 
 
-def generate_replies(model, tokenizer, eval_set: EvalSet, max_new_tokens: int) -> list[list[int] | None]:
-    """Greedy new token ids for each row's prompt (None for a row without one). One prompt at a time: no padding,
-    so a reply never depends on the others in its batch."""
+GEN_BATCH = 16  # prompts generated together (left-padded)
+
+
+def generate_replies(model, tokenizer, eval_set: EvalSet, max_new_tokens: int,
+                     batch_size: int = GEN_BATCH) -> list[list[int] | None]:
+    """Greedy new token ids for each row's prompt (None for a row without one), up to and including the first end
+    of turn / EOS. Prompts are generated `batch_size` at a time, left-padded: the batches depend on the eval set
+    alone, so every model generates in the same batches (batch_size=1: no padding at all)."""
     import torch  # noqa: PLC0415
 
     was_training = model.training
     model.eval()
     device = _device(model)
+    stops = set(eval_set.stop_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eval_set.stop_ids or [0])[0]
-    out: list[list[int] | None] = []
+    todo = [(i, r.prompt_ids) for i, r in enumerate(eval_set.rows) if r.prompt_ids]
+    out: list[list[int] | None] = [None] * len(eval_set.rows)
     try:
         with torch.no_grad():
-            for r in eval_set.rows:
-                if not r.prompt_ids:
-                    out.append(None)
-                    continue
-                ids = torch.tensor([r.prompt_ids], device=device)
-                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                     do_sample=False, eos_token_id=list(eval_set.stop_ids) or None,
-                                     pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-                out.append(gen[0, ids.shape[1]:].tolist())
+            for k in range(0, len(todo), max(1, batch_size)):
+                chunk = todo[k:k + max(1, batch_size)]
+                width = max(len(p) for _, p in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for j, (_, p) in enumerate(chunk):
+                    ids[j, width - len(p):] = torch.tensor(p)
+                    mask[j, width - len(p):] = 1
+                gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=list(eval_set.stop_ids) or None, pad_token_id=pad,
+                                     temperature=None, top_p=None, top_k=None)
+                for j, (i, _) in enumerate(chunk):
+                    new = gen[j, width:].tolist()
+                    end = next((n for n, t in enumerate(new) if t in stops), None)
+                    out[i] = new[: end + 1] if end is not None else new  # a finished row is padded after its stop
     finally:
         model.train(was_training)
     return out
