@@ -306,3 +306,38 @@ def test_detached_driver_runs_children_stops_all_and_resumes(tiny, tmp_path):
     runs.atomic_write_json(out / "experiment.json", state)  # (shorten the rest of the test)
     resumed = run_experiment(out, None, progress=None, in_process=True)
     assert resumed["status"] == "completed" and [r["status"] for r in resumed["runs"]] == ["completed"] * 2
+
+
+def test_one_run_per_visible_gpu_each_with_its_own_device(tiny, tmp_path, monkeypatch):
+    """With CUDA_VISIBLE_DEVICES=3,5 two runs go at once, one on each GPU (the children are faked here: this machine
+    has no GPU; each 'run' completes after a moment with an eval.json)."""
+    import threading
+
+    from core.training import experiment
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    launched, lock = [], threading.Lock()
+
+    def fake_launch(run_dir, env=None):
+        with lock:
+            active = [d.name for d, _ in launched if runs.read_run(d)["status"] == "running"]
+            launched.append((Path(run_dir), dict(env or {})))
+        runs.update_run_record(run_dir, status="running", pid=os.getpid(),
+                               pid_start=runs.process_start_time(os.getpid()))
+        (Path(run_dir) / "active_at_launch.json").write_text(json.dumps(active))
+
+        def finish():
+            time.sleep(1.0)
+            runs.atomic_write_json(Path(run_dir) / "eval.json", {"loss": 1.0, "tokens": 0})
+            runs.update_run_record(run_dir, status="completed")
+
+        threading.Thread(target=finish, daemon=True).start()
+        return runs.RunHandle(Path(run_dir))
+
+    monkeypatch.setattr(experiment.runs, "launch", fake_launch)
+    cfg = parse_experiment_config(_config(tiny, seeds=[1, 2], eval={"max_new_tokens": 0}), default_name="gpus")
+    run_experiment(tmp_path / "gpus", cfg, progress=None, poll_s=0.1)
+    assert len(launched) == 4
+    assert [e["CUDA_VISIBLE_DEVICES"] for _, e in launched[:2]] == ["3", "5"]  # the first two at once
+    assert json.loads((launched[1][0] / "active_at_launch.json").read_text()) == [launched[0][0].name]
+    assert {e["CUDA_VISIBLE_DEVICES"] for _, e in launched} == {"3", "5"}

@@ -616,7 +616,8 @@ def _drive(out: Path, config: ExperimentConfig, stop: _Stop, progress, poll_s: f
             else:
                 handle = runs.launch(run_dir, env={"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None)
                 # the child records its status just before it exits: reap it whenever it does (no zombie)
-                threading.Thread(target=handle.process.wait, daemon=True, name=f"reap-{name}").start()
+                if handle.process is not None:
+                    threading.Thread(target=handle.process.wait, daemon=True, name=f"reap-{name}").start()
             active[name] = (run_dir, gpu, handle)
             if in_process:
                 break  # one at a time: record it before the next
