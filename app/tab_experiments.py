@@ -281,6 +281,33 @@ def on_resume(name: str | None) -> str:
     return (f'<div class="hint">Resuming {esc(name)}: completed runs are kept, the others start again.</div>')
 
 
+def on_export(config_text: str, num_processes=None):
+    """The config box as scripts for a GPU machine (core.training.export): run_all.sh with one `accelerate launch`
+    per run, each config's train_<config>.py and pre-tokenized data, eval_set.json; zipped for download."""
+    import tempfile  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    from core.training.export import export_experiment  # noqa: PLC0415
+
+    try:
+        config = parse_experiment_config(config_text or "", base_dir=REPO, source="the config box",
+                                         default_name="experiment", check_paths=True)
+        work = Path(tempfile.mkdtemp(prefix="masklens-experiment-"))  # gradio serves files from the temp folder
+        n = int(num_processes) if num_processes and int(num_processes) > 1 else None
+        run_all = export_experiment(config, work / config.name, num_processes=n)
+        out = work / f"{config.name}-accelerate.zip"
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(run_all.parent.iterdir()):
+                z.write(f, f"{config.name}/{f.name}")
+    except Exception as e:  # noqa: BLE001
+        return None, _err(e, "Could not export")
+    runs_n = len(config.configs) * len(config.seeds)
+    return str(out), (f'<div class="hint">{runs_n} runs as <code>run_all.sh</code> (one <code>accelerate launch</code> '
+                      "each: several GPUs or nodes through <code>accelerate config</code>), each config's "
+                      "<code>train_&lt;config&gt;.py</code> and data, and <code>eval_set.json</code> to score every "
+                      "result on the same tokens with <code>python -m core evaluate --eval-set</code>.</div>")
+
+
 def on_tick(name: str | None, signature: Any):
     try:
         return tuple(view(name, signature))
@@ -322,6 +349,11 @@ def build_experiments_tab(session: gr.State) -> dict:
                 stop = gr.Button("Stop", variant="stop", elem_id="exp-stop")
                 resume = gr.Button("Resume", elem_id="exp-resume")
             message = gr.HTML(elem_id="exp-message")
+            with gr.Accordion("Export as accelerate scripts (GPU machines, several GPUs or nodes)", open=False):
+                with gr.Row():
+                    gpus = gr.Number(value=1, label="processes per run", precision=0, minimum=1, min_width=100)
+                    export = gr.Button("Export", elem_id="exp-export")
+                export_file = gr.File(label="run_all.sh + scripts + data", interactive=False, elem_id="exp-export-file")
         with gr.Column(scale=3, min_width=480):
             pick = gr.Dropdown(choices=list_experiments(), value=None, label="Experiment", elem_id="exp-pick",
                                info="Experiments in the runs folder; their runs are in the Train tab too.")
@@ -343,6 +375,7 @@ def build_experiments_tab(session: gr.State) -> dict:
     start.click(on_start, [session, name, config], [message, pick, watched], **HEAVY).then(
         on_pick, [watched], outputs)
     stop.click(on_stop, [watched], [message])
+    export.click(on_export, [config, gpus], [export_file, message], **HEAVY)
     resume.click(on_resume, [watched], [message])
     pick.input(lambda n: n, [pick], [watched]).then(on_pick, [watched], outputs)
     timer.tick(on_tick, [watched, signature], outputs, show_progress="hidden")

@@ -104,3 +104,17 @@ def test_app_builds_with_the_tab():
     demo = build_app()
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"tab-experiments", "exp-config", "exp-start", "exp-stop", "exp-resume", "exp-summary"} <= ids
+
+
+def test_export_zips_accelerate_scripts(tiny):
+    import zipfile
+
+    path, message = te.on_export(_yaml(tiny, seeds="[1, 2]"), 2)
+    assert path and "run_all.sh" in message
+    names = zipfile.ZipFile(path).namelist()
+    assert {"experiment/run_all.sh", "experiment/train_a.py", "experiment/data_b.jsonl",
+            "experiment/eval_set.json"} <= set(names)
+    run_all = zipfile.ZipFile(path).read("experiment/run_all.sh").decode()
+    assert run_all.count("accelerate launch --num_processes 2 ") == 4
+    path, message = te.on_export("held_out: 2\n", 1)
+    assert path is None and "field &#x27;data&#x27;: is missing" in message
