@@ -184,6 +184,7 @@ class LoginGate:
 def build_app(default_data: str | None = None, default_tokenizer: str | None = None) -> gr.Blocks:
     """The whole app. default_data / default_tokenizer: what a page opens with (CLI --data / --tokenizer)."""
     from . import tab_audit, tab_compare, tab_export, tab_inspect, tab_rules, tab_templates, tab_train  # noqa: PLC0415
+    from . import tab_experiments  # noqa: PLC0415
 
     with gr.Blocks(title="MaskLens", fill_width=True) as demo:
         gr.HTML(HEADER, js_on_load=NARROW_JS)
@@ -203,6 +204,8 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
                 export = tab_export.build_export_tab(session)
             with gr.Tab("Train", id="train", elem_id="tab-train") as train_tab:
                 train = tab_train.build_train_tab(session)
+            with gr.Tab("Experiments", id="experiments", elem_id="tab-experiments") as experiments_tab:
+                experiments = tab_experiments.build_experiments_tab(session)
 
         # Tabs that show the Inspect tab's current state refresh when opened.
         compare_tab.select(**compare["args"])
@@ -214,6 +217,7 @@ def build_app(default_data: str | None = None, default_tokenizer: str | None = N
         export_tab.select(**export["refresh"])
         export_tab.select(**export["formats"])
         train_tab.select(**train["estimate"])  # the estimate follows the data and masking chosen in Inspect
+        experiments_tab.select(**experiments["refresh"])
         # Audit -> Inspect: a problem row opens its example there.
         audit["problems"].select(tab_audit.on_select_problem, [session], inspect.outputs + [tabs])
         # Templates -> Inspect: use the generated {% generation %} twin.

@@ -59,11 +59,11 @@ def run_views() -> list[dict]:
 
 
 def _run_dir(name: str) -> Path:
-    """A run directory by name; only names listed under the runs root (nothing from the page reaches the disk)."""
-    base = runs.runs_root_dir()
-    path = base / name
-    if not name or "/" in name or name in (".", "..") or not (path / runs.RUN_FILE).is_file():
-        raise MaskLensError(f"no run named {name!r} in {base}.", fix="pick a run from the list.")
+    """A run directory by name ("run", or "experiment/run" for an experiment's); only names listed under the runs
+    root (nothing from the page reaches the disk: core.training.runs.find_run)."""
+    path = runs.find_run(name) if isinstance(name, str) else None
+    if path is None:
+        raise MaskLensError(f"no run named {name!r} in {runs.runs_root_dir()}.", fix="pick a run from the list.")
     return path
 
 
@@ -189,7 +189,7 @@ def on_start(session: Session, selected: list[str] | None, model, lora, max_step
         check_model_tokenizer(config.model, tokenizer, session.tokenizer_name)
         session.check_rows(train)  # an edited template renders every row in the sandbox first (bounded)
         rendered = render_examples(train, tokenizer, mask, image_root=session.data.root)
-        data = [r.train_record() for r in rendered]
+        data = runs.training_rows(rendered)  # + loss_weights when the mask has fractional weights
         run_dir = runs.create_run(data, config, name=free_name(tv.run_name(name, mask.strategy), bool(name)))
         prompts = [p for p in (tv.prompt_of(e) for e in held) if p]
         if prompts:

@@ -231,10 +231,13 @@ def cmd_train(ns) -> int:
     if ns.model and ns.tokenizer is None:
         ns.tokenizer = ns.model  # the labels are token ids: they must be the model's own tokenizer's
     cfg, examples, tok = _load(ns)
+    from .training.train import training_rows
+
     rendered = render_examples(examples, tok, cfg)
-    data = [r.train_record() for r in rendered]
+    data = training_rows(rendered)  # + loss_weights when weights are fractional (prompt_loss_weight...)
     given = {"learning_rate": ns.learning_rate, "per_device_train_batch_size": ns.batch_size,
-             "gradient_accumulation_steps": ns.grad_accum, "seed": ns.seed}
+             "gradient_accumulation_steps": ns.grad_accum, "seed": ns.seed, "loss_type": ns.loss_type,
+             "report_to": ns.report_to}
     tc = TrainConfig(model=ns.model or "embedded", lora=ns.lora, max_steps=ns.max_steps, max_length=ns.max_length,
                      packing=ns.packing, mask_config=_mask_dict(cfg), data_path=str(ns.data),
                      **{k: v for k, v in given.items() if v is not None})
@@ -305,6 +308,15 @@ def cmd_checks(ns) -> int:
     return 0 if all(c.passed is not False for c in checks) or not ns.strict else 1
 
 
+def _add_train_field(p: argparse.ArgumentParser, name: str, **kw) -> None:
+    """A TrainConfig field as a flag, its help and choices read from the field (defined once there)."""
+    from .training.train import TrainConfig
+
+    meta = TrainConfig.help()[name]
+    p.add_argument("--" + name.replace("_", "-"), default=None, choices=meta.get("choices"),
+                   help=_help(f"{meta['help']} (default: {meta['default']})"), **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core", description="MaskLens: see what SFT trains on.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -328,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps")
     t.add_argument("--packing", action="store_true", help="pack examples into full-length sequences")
     t.add_argument("--seed", type=int, default=None, help="random seed")
+    _add_train_field(t, "loss_type")
+    _add_train_field(t, "report_to", metavar="NAME")
     t.add_argument("--output-dir", required=True, type=Path, help="a new directory for the run")
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("checks", help="check a chat template against the known pitfalls")
@@ -338,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=("json", "text"), default="text", help="output format (default: text)")
     c.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     c.set_defaults(func=cmd_checks)
+    from .training.commands import add_evaluate_parser, add_experiment_parser  # noqa: PLC0415
+
+    add_experiment_parser(sub)
+    add_evaluate_parser(sub)
     return p
 
 

@@ -220,8 +220,10 @@ def describe(cfg: MaskConfig) -> str:
 LOSS_WEIGHTS_NOTE = (
     "the pre-tokenized export carries a loss_weights column (a weight in [0, 1] per token; the labels hold the token "
     "id wherever the weight is above 0). TRL 1.16, axolotl and LLaMA-Factory do not read it: their loss averages "
-    "every labelled token alike, so they would train the prompt at full weight. MaskLens's training reads it "
-    "(`python -m core train`, or core.training's weighted SFTTrainer: loss = sum(w * nll) / sum(w)).")
+    "every labelled token alike, so they would train the prompt at full weight. MaskLens's training reads it: "
+    "`python -m core train` / experiments, or in your own script core.training.weighted.WeightedSFTTrainer (an "
+    "SFTTrainer whose compute_loss is sum(w * nll) / sum(w) over the whole accumulated step; a run's exported "
+    "train.py embeds it).")
 FAITHFUL = ("The pre-tokenized export (input_ids + labels, JSONL or Parquet) is the only faithful export of these "
             "options and of custom rules: train on it to get exactly MaskLens' labels.")
 

@@ -23,7 +23,7 @@ SUBCOMMANDS = sorted(_subparsers())
 
 
 def test_every_known_subcommand_is_covered():
-    assert {"render", "audit", "train", "checks"} <= set(SUBCOMMANDS)
+    assert {"render", "audit", "train", "checks", "experiment", "evaluate"} <= set(SUBCOMMANDS)
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)

@@ -102,13 +102,6 @@ class RenderedExample:
         """sum(w) over the tokens: how much of the loss this example carries."""
         return float(self.n_trained) if self.weights is None else float(sum(self.weights))
 
-    def train_record(self) -> dict:
-        """What training takes: {"input_ids", "labels"[, "loss_weights"]} (weights only when some is neither 0 nor 1)."""
-        rec = {"input_ids": self.input_ids, "labels": self.labels}
-        if self.weights is not None:
-            rec["loss_weights"] = self.weights
-        return rec
-
     def to_json(self) -> dict:
         """The CLI/export record: one per input row."""
         d = {"row": self.row}

@@ -33,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.run_child", description=main.__doc__)
     parser.add_argument("--run-dir", required=True, type=Path)
     ns = parser.parse_args(argv)
-    run_dir = ns.run_dir.resolve()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    return train_run_dir(ns.run_dir)
+
+
+def train_run_dir(run_dir: Path) -> int:
+    """Train a created run directory in this process (the child's body; an experiment's in-process mode for tests
+    calls it directly). Returns the exit status: 0 completed or stopped cleanly, 1 failed."""
+    run_dir = Path(run_dir).resolve()
     runs.update_run_record(run_dir, status="running", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
                            started_at=time.time())
     try:

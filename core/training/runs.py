@@ -38,14 +38,18 @@ from typing import Any, Iterator
 
 from ..errors import MaskLensError
 from ..models import embedded_checkpoint_dir, is_embedded
+from .records import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported: runs.atomic_write_json)
 from .train import (
     METRICS_FILE,
     STOP_FILE,
+    WEIGHTS,
     TrainConfig,
     ids_and_labels,
     lora_config,
     prepare_examples,
     sft_config_kwargs,
+    training_rows,  # noqa: F401  (re-exported: the app builds a run's rows with runs.training_rows)
+    weights_of,
 )
 
 __all__ = [
@@ -54,6 +58,7 @@ __all__ = [
     "RunHandle",
     "create_run",
     "export_script",
+    "find_run",
     "launch_command",
     "list_runs",
     "read_log",
@@ -88,24 +93,6 @@ def runs_root_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 # Records: atomic writes, locked updates.
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + fsync + os.replace: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -266,25 +253,58 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     if not base.is_dir():
         return []
     out = []
-    for run_dir in base.iterdir():
-        if not (run_dir / RUN_FILE).is_file():
-            continue
+    for run_dir, name in _run_dirs(base):
         try:
             record = read_run(run_dir)
         except OSError as exc:  # e.g. the lock file cannot be created (read-only directory)
             record = _corrupted(run_dir, {}, [f"unreadable ({type(exc).__name__}: {exc})"])
         if record["problems"] and record["status"] != CORRUPTED:
             record = _corrupted(run_dir, record, record["problems"])
+        record["name"] = name
         out.append(record)
     return sorted(out, key=lambda r: (r.get("created_at") or 0, r["name"]))
+
+
+EXPERIMENT_MARKER = "experiment.json"  # an experiment directory (core.training.experiment) holds its runs in runs/
+
+
+def _run_dirs(base: Path) -> Iterator[tuple[Path, str]]:
+    """(run directory, listed name) of the runs under `base`: its run directories, and the runs of the experiments
+    it holds, named "<experiment>/<run>"."""
+    for child in base.iterdir():
+        if (child / RUN_FILE).is_file():
+            yield child, child.name
+        elif (child / EXPERIMENT_MARKER).is_file() and (child / "runs").is_dir():
+            for run_dir in (child / "runs").iterdir():
+                if (run_dir / RUN_FILE).is_file():
+                    yield run_dir, f"{child.name}/{run_dir.name}"
+
+
+def find_run(name: str, root: str | os.PathLike | None = None) -> Path | None:
+    """The directory of a run by the name `list_runs` gives it ("run" or "experiment/run"); None when no such run
+    is listed. Names never reach the disk unchecked: only those two shapes, without "..", are looked up."""
+    base = runs_root_dir(root)
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or len(parts) > 2 or any(p in ("", ".", "..") for p in parts):
+        return None
+    path = base / parts[0] if len(parts) == 1 else base / parts[0] / "runs" / parts[1]
+    if len(parts) == 2 and not (base / parts[0] / EXPERIMENT_MARKER).is_file():
+        return None
+    return path if (path / RUN_FILE).is_file() else None
 
 
 # Data and metrics.
 
 
 def write_examples(path: Path, examples: list[dict]) -> None:
-    pairs = (ids_and_labels(e) for e in examples)
-    lines = (json.dumps({"input_ids": list(i), "labels": list(y)}, separators=(",", ":")) for i, y in pairs)
+    """One {"input_ids", "labels"[, "loss_weights"]} per line."""
+
+    def record(e) -> dict:
+        ids, labels = ids_and_labels(e)
+        w = weights_of(e)
+        return {"input_ids": list(ids), "labels": list(labels), **({WEIGHTS: list(w)} if w is not None else {})}
+
+    lines = (json.dumps(record(e), separators=(",", ":")) for e in examples)
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -394,11 +414,12 @@ def create_run(
     return run_dir
 
 
-def launch(run_dir: str | os.PathLike) -> RunHandle:
+def launch(run_dir: str | os.PathLike, env: dict[str, str] | None = None) -> RunHandle:
     """Start `python -m core.run_child --run-dir DIR` for a created run: its own session (process group), output to
-    log.txt, an argument list (never a shell)."""
+    log.txt, an argument list (never a shell). `env`: variables set for the child on top of this process's
+    (e.g. CUDA_VISIBLE_DEVICES, so that runs share out the GPUs)."""
     run_dir = Path(run_dir).resolve()
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # log.txt follows the run as it happens
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -477,18 +498,19 @@ def launch_command(num_processes: int = 2, script: str = "train.py") -> str:
     return f"accelerate launch --num_processes {int(num_processes)} {script}"
 
 
-_SCRIPT = '''\
-"""Reproduce MaskLens run {name}: TRL SFT on exactly the pre-tokenized examples of data.jsonl.
+_SCRIPT = """\
+\"\"\"Reproduce MaskLens run {name}: TRL SFT on exactly the pre-tokenized examples of data.jsonl.
 
-The labels are used as they are (unshifted, -100 = not trained): TRL keeps a `labels` column untouched.
+The labels are used as they are (unshifted, -100 = not trained): TRL keeps a `labels` column untouched.{weights_note}
 
     python train.py                                           # one process: CPU or one GPU
-    {launch}             # several GPUs (N processes)
+    {launch}             # several GPUs (N processes), or several nodes (accelerate config)
 
 With N processes the effective batch is per_device_train_batch_size x gradient_accumulation_steps x N: divide
-gradient_accumulation_steps by N to keep the run's batch size.
+gradient_accumulation_steps by N to keep the run's batch size. report_to (SFT_ARGS) sends the logs to tensorboard,
+trackio or wandb, as TRL does.
 Made with transformers=={transformers} trl=={trl} datasets=={datasets} peft=={peft}.
-"""
+\"\"\"
 
 import argparse
 import json
@@ -509,13 +531,15 @@ SFT_ARGS = {sft_args}
 LORA = {lora}  # None: full fine-tune
 # The mask configuration the labels were built with (a record; training reads only data.jsonl).
 MASK_CONFIG = {mask_config}
-
+{trainer_code}
 
 def read_examples(path):
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     # As MaskLens does (and TRL after truncation): an example without any trained token is dropped.
-    return [{{"input_ids": r["input_ids"], "labels": r["labels"]}} for r in rows if any(y != -100 for y in r["labels"])]
+    weighted = any("loss_weights" in r for r in rows)
+    keys = ("input_ids", "labels", "loss_weights") if weighted else ("input_ids", "labels")
+    return [{{k: r[k] for k in keys}} for r in rows if any(y != -100 for y in r["labels"])]
 
 
 def main():
@@ -524,18 +548,20 @@ def main():
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--output-dir", default="masklens-sft-output")
     parser.add_argument("--max-steps", type=int, default=SFT_ARGS["max_steps"])
+    parser.add_argument("--seed", type=int, default=SFT_ARGS["seed"])
     args = parser.parse_args()
 
     examples = read_examples(args.data)
-    dataset = Dataset.from_dict({{k: [e[k] for e in examples] for k in ("input_ids", "labels")}})
+    dataset = Dataset.from_dict({{k: [e[k] for e in examples] for k in examples[0]}})
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     config = SFTConfig(
-        **{{**SFT_ARGS, "output_dir": args.output_dir, "max_steps": args.max_steps}},
+        **{{**SFT_ARGS, "output_dir": args.output_dir, "max_steps": args.max_steps, "seed": args.seed,
+            "data_seed": args.seed}},
         use_cpu=not is_torch_cuda_available(),
         bf16=is_torch_bf16_gpu_available(),
     )
-    trainer = SFTTrainer(
+    trainer = {trainer_class}(
         model=model,
         args=config,
         train_dataset=dataset,
@@ -550,24 +576,34 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
+
+_WEIGHTS_NOTE = """
+Rows carry loss_weights (prompt_loss_weight, rules' part weights or per-message weights): TRL, axolotl and
+LLaMA-Factory do not read that column, so this script trains with WeightedSFTTrainer below (MaskLens'
+core/training/weighted.py, copied): the loss is sum(w * nll) / sum(w) over each optimizer step's tokens."""
 
 
-def export_script(run_dir: str | os.PathLike) -> str:
-    """A standalone, reproducible train.py for a run (imports only transformers, trl, datasets, peft), with the
-    same SFTConfig values; it reads the run's data.jsonl (or one beside it). Its docstring carries the
-    `accelerate launch --num_processes N train.py` line for several GPUs (see `launch_command`)."""
+def weighted_trainer_source() -> str:
+    """core/training/weighted.py without its docstring: the trainer snippet that reads `loss_weights` (exported
+    scripts embed it; it imports only torch, transformers and trl)."""
+    import inspect  # noqa: PLC0415
+
+    from . import weighted  # noqa: PLC0415
+
+    src = inspect.getsource(weighted)
+    doc = weighted.__doc__ or ""
+    body = src.split('"""' + doc + '"""', 1)[-1] if doc else src
+    return "\n# ---- MaskLens WeightedSFTTrainer (core/training/weighted.py) ----\n" + body.strip() + "\n"
+
+
+def script_for(config: TrainConfig, name: str, data: str, weighted: bool) -> str:
+    """A standalone train.py for this TrainConfig and data file (see export_script)."""
     import datasets
     import peft
     import transformers
     import trl
 
-    run_dir = Path(run_dir).resolve()
-    try:
-        config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
-    except FileNotFoundError:
-        raise MaskLensError("not a run directory (no config.json).", file=str(run_dir),
-                            fix="pick a directory listed by `list_runs`.") from None
     if is_embedded(config.model):
         model = str(embedded_checkpoint_dir())
         note = ("# MaskLens' embedded SmolLM2-135M-Instruct (its Q4_1 GGUF, de-quantized). Elsewhere: copy this\n"
@@ -582,15 +618,36 @@ def export_script(run_dir: str | os.PathLike) -> str:
         lora = dict(r=lc.r, lora_alpha=lc.lora_alpha, lora_dropout=lc.lora_dropout, target_modules=target,
                     task_type="CAUSAL_LM")
     return _SCRIPT.format(
-        name=run_dir.name,
+        name=name,
         launch="accelerate launch --num_processes N train.py",
         transformers=transformers.__version__, trl=trl.__version__, datasets=datasets.__version__,
         peft=peft.__version__,
-        model=model, model_note=note, data=str(run_dir / DATA_FILE),
+        model=model, model_note=note, data=data,
         sft_args=_literal(kwargs),
         lora=_literal(lora),
         mask_config=_literal(config.mask_config),
+        weights_note=_WEIGHTS_NOTE if weighted else "",
+        trainer_code=weighted_trainer_source() if weighted else "",
+        trainer_class="WeightedSFTTrainer" if weighted else "SFTTrainer",
     )
+
+
+def export_script(run_dir: str | os.PathLike) -> str:
+    """A standalone, reproducible train.py for a run (imports only transformers, trl, datasets, peft; plus torch
+    when the rows carry loss_weights, with the weighted trainer embedded), with the same SFTConfig values; it reads
+    the run's data.jsonl (or one beside it). Its docstring carries the `accelerate launch --num_processes N train.py`
+    line for several GPUs (see `launch_command`)."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    except FileNotFoundError:
+        raise MaskLensError("not a run directory (no config.json).", file=str(run_dir),
+                            fix="pick a directory listed by `list_runs`.") from None
+    weighted = False
+    with contextlib.suppress(OSError):
+        with open(run_dir / DATA_FILE) as f:
+            weighted = any(f'"{WEIGHTS}"' in line for line in f)
+    return script_for(config, run_dir.name, str(run_dir / DATA_FILE), weighted)
 
 
 def _literal(value: Any) -> str:

@@ -35,19 +35,25 @@ from ..models import EMBEDDED
 
 __all__ = [
     "IGNORE_INDEX",
+    "WEIGHTS",
     "TrainConfig",
     "TrainResult",
     "prepare_examples",
     "run_training",
     "sample_generations",
     "sft_config_kwargs",
+    "training_rows",
 ]
 
 IGNORE_INDEX = -100
 STOP_FILE = "STOP"
 METRICS_FILE = "metrics.jsonl"
+WEIGHTS = "loss_weights"  # the training rows' per-token weights (core.training.weighted reads the same name)
 FINAL_DIR = "final"
 PACKING_STRATEGIES = ("bfd", "bfd_split", "wrapped")
+LOSS_TYPES = ("nll", "dft")
+EVAL_FILE = "eval.json"  # the final held-out evaluation of a run
+EVAL_CURVE_FILE = "eval_curve.jsonl"  # {"step", "loss"} per periodic held-out evaluation
 
 
 @dataclass
@@ -109,6 +115,28 @@ class TrainConfig:
     save_final: bool = field(
         default=True, metadata={"help": "Save the final weights (or the LoRA adapter) and tokenizer into final/."}
     )
+    loss_type: str = field(
+        default="nll",
+        metadata={"help": "TRL's loss: 'nll' (cross-entropy) or 'dft' (Dynamic Fine-Tuning: each token's loss scaled "
+                          "by its probability). With loss weights: sum(w * loss) / sum(w) either way.",
+                  "choices": list(LOSS_TYPES)},
+    )
+    report_to: str | list[str] = field(
+        default="none",
+        metadata={"help": "Where TRL also logs: 'none', or e.g. 'tensorboard', 'trackio', 'wandb' (a list for "
+                          "several); the package must be installed."},
+    )
+    eval_set: str = field(
+        default="",
+        metadata={"help": "A held-out evaluation set (eval_set.json, written by an experiment or `python -m core "
+                          "evaluate`): scored every eval_every_steps and after training (eval.json in the run)."},
+    )
+    eval_every_steps: int = field(
+        default=0, metadata={"help": "Held-out eval loss every this many steps (0: only after training)."}
+    )
+    eval_max_new_tokens: int = field(
+        default=64, metadata={"help": "Greedy generation length of the final held-out evaluation (0: no generation)."}
+    )
     mask_config: dict = field(
         default_factory=dict,
         metadata={"help": "The mask configuration the examples were built with (stored with the run, not used "
@@ -129,7 +157,8 @@ class TrainConfig:
             bad("max_length", f"must be a whole number of at least 2 or None, got {self.max_length!r}.",
                 "set max_length to e.g. 1024, or None for no truncation (not with packing).")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1):
-            bad("learning_rate", f"must be between 0 and 1, got {self.learning_rate!r}.", "try 2e-5 (or 2e-4 with LoRA).")
+            bad("learning_rate", f"must be between 0 and 1, got {self.learning_rate!r}.",
+                "try 2e-5 (or 2e-4 with LoRA).")
         if not 0 <= self.lora_dropout < 1:
             bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}.", "try 0.05.")
         if self.packing_strategy not in PACKING_STRATEGIES:
@@ -137,8 +166,19 @@ class TrainConfig:
                 f"use one of {', '.join(PACKING_STRATEGIES)}.")
         if self.packing and self.max_length is None:
             bad("max_length", "packing needs max_length (the length of each pack).", "set max_length, e.g. 1024.")
+        if self.loss_type not in LOSS_TYPES:
+            bad("loss_type", f"unknown loss type {self.loss_type!r}.", f"use one of {', '.join(LOSS_TYPES)}.")
+        for name in ("eval_every_steps", "eval_max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(name, f"must be a whole number of at least 0, got {value!r}.", f"set {name} to 0 or more.")
+        if not (isinstance(self.report_to, str) or (isinstance(self.report_to, list)
+                                                     and all(isinstance(x, str) for x in self.report_to))):
+            bad("report_to", f"must be a name or a list of names, got {self.report_to!r}.",
+                "use e.g. 'none', 'tensorboard' or ['tensorboard', 'wandb'].")
         if not isinstance(self.mask_config, dict):
-            bad("mask_config", f"must be a dict, got {type(self.mask_config).__name__}.", "pass the mask config as a dict.")
+            bad("mask_config", f"must be a dict, got {type(self.mask_config).__name__}.",
+                "pass the mask config as a dict.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,17 +226,60 @@ def ids_and_labels(example: Any) -> tuple[Any, Any]:
     return getattr(example, "input_ids", None), getattr(example, "labels", None)
 
 
+def weights_of(example: Any) -> Any:
+    """The per-token loss weights of a row (`loss_weights`) or of a RenderedExample (`weights`), or None."""
+    if isinstance(example, dict):
+        return example.get(WEIGHTS)
+    return getattr(example, "weights", None)
+
+
+def training_rows(rendered: list) -> list[dict]:
+    """The engine's RenderedExamples as training rows: {"input_ids", "labels"} plus "loss_weights" when the example
+    has fractional weights (prompt_loss_weight, rules' part weights, per-message weights)."""
+    rows = []
+    for r in rendered:
+        row = {"input_ids": list(r.input_ids), "labels": list(r.labels)}
+        w = weights_of(r)
+        if w is not None:
+            row[WEIGHTS] = [float(x) for x in w]
+        rows.append(row)
+    return rows
+
+
+def _check_weights(weights: Any, ids: list, labels: list, row: int) -> list[float]:
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(ids):
+        n = len(weights) if isinstance(weights, (list, tuple)) else "no"
+        raise MaskLensError(f"{n} loss_weights for {len(ids)} input_ids.", row=row, field=WEIGHTS,
+                            fix="give one weight in [0, 1] per token (0 where the label is -100), or drop the column.")
+    out = []
+    for pos, (w, y) in enumerate(zip(weights, labels)):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+            raise MaskLensError(f"weight {w!r} at position {pos} is not a number in [0, 1].", row=row, field=WEIGHTS,
+                                fix="weights lie between 0 (not trained) and 1 (trained fully).")
+        if (y == IGNORE_INDEX) != (w == 0):
+            raise MaskLensError(
+                f"position {pos} has label {y} and weight {w}: a weight is 0 exactly where the label is -100.",
+                row=row, field=WEIGHTS,
+                fix="set the label to the token id where the weight is > 0, and to -100 where it is 0.")
+        out.append(float(w))
+    return out
+
+
 def prepare_examples(examples: list[dict], config: TrainConfig) -> tuple[list[dict], dict[str, int]]:
     """Validate the engine's examples and apply TRL's own truncation + drop, so the trainer changes nothing.
 
-    Keeps only `input_ids` and `labels`. Raises MaskLensError naming the row for a malformed example; labels must be
-    unshifted: each one is -100 or the token id at the same position.
+    Keeps `input_ids`, `labels` and, when any example has them, `loss_weights` (every kept row then has them: 1 where
+    the label trains, 0 where it is -100, for rows without their own). Raises MaskLensError naming the row for a
+    malformed example; labels must be unshifted: each one is -100 or the token id at the same position; a weight lies
+    in [0, 1] and is 0 exactly where the label is -100. Weights are truncated with the ids; a row whose weights are
+    all 0 (no trained token) is dropped, as TRL drops fully masked rows.
     Example: [{"input_ids": [5, 6], "labels": [-100, -100]}, {"input_ids": [7], "labels": [7]}]
              -> ([{"input_ids": [7], "labels": [7]}], {"n_examples": 1, "n_dropped": 1, "n_truncated": 0})
     """
     if not examples:
         raise MaskLensError("no examples to train on.", fix="load a data file with at least one example.")
     truncate = config.max_length if not config.packing else None  # TRL: packing truncates while packing
+    weighted = any(weights_of(ex) is not None for ex in examples)
     kept, dropped, truncated = [], 0, 0
     for row, ex in enumerate(examples):
         ids, labels = ids_and_labels(ex)
@@ -213,12 +296,18 @@ def prepare_examples(examples: list[dict], config: TrainConfig) -> tuple[list[di
                     f"label {y} at position {pos} is neither -100 nor the token id {t}.", row=row, field="labels",
                     fix="labels are unshifted (the model shifts them): copy the token id, or -100 to not train it.")
         ids, labels = [int(t) for t in ids], [int(y) for y in labels]
+        weights = None
+        if weighted:
+            w = weights_of(ex)
+            weights = (_check_weights(w, ids, labels, row) if w is not None
+                       else [0.0 if y == IGNORE_INDEX else 1.0 for y in labels])
         if truncate is not None and len(ids) > truncate:
             ids, labels, truncated = ids[:truncate], labels[:truncate], truncated + 1
+            weights = weights[:truncate] if weights is not None else None
         if all(y == IGNORE_INDEX for y in labels):
             dropped += 1
             continue
-        kept.append({"input_ids": ids, "labels": labels})
+        kept.append({"input_ids": ids, "labels": labels, **({WEIGHTS: weights} if weights is not None else {})})
     if not kept:
         raise MaskLensError(
             f"all {len(examples)} examples are fully masked (no token trains)"
@@ -254,7 +343,8 @@ def sft_config_kwargs(config: TrainConfig, output_dir: str | os.PathLike) -> dic
         shuffle_dataset=False,
         eval_strategy="no",
         save_strategy="no",  # only the final weights, saved explicitly
-        report_to="none",
+        report_to=config.report_to,
+        loss_type=config.loss_type,
         dataloader_num_workers=0,
         # "non_padding" counts tokens != pad when there is no attention mask (padding-free packing), and SmolLM2's
         # pad token is its EOS <|im_end|>: padding-free batches have no padding, so count them all.
@@ -338,6 +428,44 @@ def _make_metrics_callback(run_dir: Path):
     return MetricsCallback()
 
 
+def _finite(obj: Any) -> Any:
+    """NaN/inf are not JSON: None instead, at any depth."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _append_eval_point(run_dir: Path, step: int, loss: float) -> None:
+    with open(run_dir / EVAL_CURVE_FILE, "a") as f:
+        f.write(json.dumps(_finite({"step": step, "loss": loss})) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _make_eval_callback(run_dir: Path, eval_set, every: int):
+    from transformers import TrainerCallback
+
+    from .evaluate import eval_loss  # noqa: PLC0415
+
+    class EvalCallback(TrainerCallback):
+        """Held-out eval loss every `every` steps (the last step is scored by the final evaluation)."""
+
+        seconds = 0.0  # time spent evaluating, inside the training time
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            if model is not None and step % every == 0 and step < state.max_steps and state.is_world_process_zero:
+                started = time.monotonic()
+                _append_eval_point(run_dir, step, eval_loss(model, eval_set)["loss"])
+                self.seconds += time.monotonic() - started
+
+    return EvalCallback()
+
+
 def check_trainer_labels(trainer, kept: list[dict]) -> None:
     """Assert the trainer's prepared dataset holds exactly the engine's labels.
 
@@ -356,6 +484,8 @@ def check_trainer_labels(trainer, kept: list[dict]) -> None:
     assert len(ds) == len(kept), f"the trainer dropped examples: {len(ds)} of {len(kept)} left"
     assert ds["input_ids"] == [e["input_ids"] for e in kept], "the trainer changed input_ids"
     assert ds["labels"] == [e["labels"] for e in kept], "the trainer changed the labels: not the engine's mask"
+    if WEIGHTS in kept[0]:
+        assert ds[WEIGHTS] == [e[WEIGHTS] for e in kept], "the trainer changed the loss weights"
 
 
 def run_training(
@@ -391,19 +521,33 @@ def run_training(
         bf16=not cpu and is_torch_bf16_gpu_available(),
     )
     callback = _make_metrics_callback(run_dir)
-    dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in kept], "labels": [e["labels"] for e in kept]})
-    trainer = SFTTrainer(
+    callbacks = [callback]
+    eval_set = None
+    if config.eval_set:
+        from .evaluate import load_eval_set  # noqa: PLC0415
+
+        eval_set = load_eval_set(config.eval_set)
+        if config.eval_every_steps:
+            callbacks.append(_make_eval_callback(run_dir, eval_set, config.eval_every_steps))
+    columns = ["input_ids", "labels"] + ([WEIGHTS] if WEIGHTS in kept[0] else [])
+    dataset = Dataset.from_dict({c: [e[c] for e in kept] for c in columns})
+    if WEIGHTS in columns:  # fractional weights: sum(w * nll) / sum(w); else TRL's own loss, untouched
+        from .weighted import WeightedSFTTrainer as trainer_class  # noqa: PLC0415
+    else:
+        trainer_class = SFTTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(config) if config.lora else None,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
     check_trainer_labels(trainer, kept)
     if on_trainer is not None:
         on_trainer(trainer)
     output = trainer.train()
+    train_seconds = time.monotonic() - started
     with contextlib.suppress(OSError):  # Trainer's output_dir: empty, since nothing is saved mid-run
         os.rmdir(args.output_dir)
     final_dir = None
@@ -411,6 +555,16 @@ def run_training(
         final_dir = run_dir / FINAL_DIR
         trainer.save_model(str(final_dir))
         tokenizer.save_pretrained(str(final_dir))
+    if eval_set is not None and not callback.stopped:
+        from .evaluate import evaluate_model  # noqa: PLC0415
+        from .records import atomic_write_json  # noqa: PLC0415
+
+        result = evaluate_model(trainer.model, eval_set, tokenizer, max_new_tokens=config.eval_max_new_tokens)
+        periodic = sum(getattr(c, "seconds", 0.0) for c in callbacks[1:])
+        result.update(step=trainer.state.global_step, train_seconds=round(train_seconds - periodic, 3),
+                      periodic_eval_seconds=round(periodic, 3))
+        _append_eval_point(run_dir, trainer.state.global_step, result["loss"])
+        atomic_write_json(run_dir / EVAL_FILE, _finite(result))
     loss = output.training_loss
     return TrainResult(
         status="stopped" if callback.stopped else "completed",
