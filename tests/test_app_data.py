@@ -17,8 +17,15 @@ from core.errors import MaskLensError
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
+    """A fresh cache for uploads, the embedded model's converted checkpoint linked in (not converted again: 20 s)."""
+    from core.models import embedded_checkpoint_dir, ensure_embedded_checkpoint
+
+    converted = ensure_embedded_checkpoint()
     d = tmp_path / "cache"
     monkeypatch.setenv("MASKLENS_CACHE", str(d))
+    target = embedded_checkpoint_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(converted, target_is_directory=True)
     return d
 
 

@@ -230,20 +230,6 @@ def test_no_data_is_an_error_not_a_crash():
 
 
 # ------------------------------------------------------------------------------------------------------ runs
-def test_started_run_completes_and_is_listed(started):
-    name = started["a"]
-    _wait_for(lambda: _status(name) not in runs.ACTIVE, 120, "run a to finish")
-    r = tab_train.refresh(name, [])
-    assert _status(name) == "completed", r.log
-    metrics = runs.read_metrics(Path(os.environ["MASKLENS_RUNS"]) / name)
-    assert [m["step"] for m in metrics] == [1, 2, 3] and all(math.isfinite(m["loss"]) for m in metrics)
-    assert _listed(name)[1:3] == ["completed", "assistant_only"] and _listed(name)[4] == "3/3"
-    assert 'data-status="completed"' in r.progress and "step 3/3" in r.progress
-    series = tv.figure_series(r.plot)
-    assert list(series) == [f"{name} (assistant_only)"] and [x for x, _ in series[f"{name} (assistant_only)"]] == [1, 2, 3]
-    assert (Path(os.environ["MASKLENS_RUNS"]) / name / tab_train.PROMPTS_FILE).is_file()  # 2 held out
-
-
 def test_killed_run_is_listed_as_failed(started):
     name = started["kill"]
     run_dir = Path(os.environ["MASKLENS_RUNS"]) / name
@@ -265,6 +251,20 @@ def test_stop_callback_ends_a_run(started):
     _wait_for(lambda: _status(name) not in runs.ACTIVE, 60, "the stop")
     assert _status(name) == "stopped" and _listed(name)[1] == "stopped"
     assert "nothing to stop" in tab_train.on_stop(None, [name])
+
+
+def test_started_run_completes_and_is_listed(started):
+    name = started["a"]
+    _wait_for(lambda: _status(name) not in runs.ACTIVE, 120, "run a to finish")
+    r = tab_train.refresh(name, [])
+    assert _status(name) == "completed", r.log
+    metrics = runs.read_metrics(Path(os.environ["MASKLENS_RUNS"]) / name)
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all(math.isfinite(m["loss"]) for m in metrics)
+    assert _listed(name)[1:3] == ["completed", "assistant_only"] and _listed(name)[4] == "3/3"
+    assert 'data-status="completed"' in r.progress and "step 3/3" in r.progress
+    series = tv.figure_series(r.plot)
+    assert list(series) == [f"{name} (assistant_only)"] and [x for x, _ in series[f"{name} (assistant_only)"]] == [1, 2, 3]
+    assert (Path(os.environ["MASKLENS_RUNS"]) / name / tab_train.PROMPTS_FILE).is_file()  # 2 held out
 
 
 def test_compare_overlays_two_runs_and_samples_them(started):

@@ -49,7 +49,7 @@ def check_tooltips(pg, when: str) -> int:
     assert len(positions) >= 4, when
     for i in positions:
         pg.locator(TOKENS).nth(i).hover()
-        pg.locator("#ml-tip").wait_for(state="visible", timeout=5_000)
+        pg.locator("#ml-tip").wait_for(state="visible", timeout=10_000)
         h = pg.evaluate(HOVERED, i)
         lines = h["tip"].split("\n")
         m = TIP_HEAD.match(lines[0])
@@ -157,13 +157,13 @@ def test_samples_show_their_feature(page, sample, n, part):
     page.wait_for_selector("#inspect-notice:has-text('qwen3.jinja')", timeout=30_000)
     assert "qwen3" in page.locator("#template-pick input").input_value()
     trained = f'#token-view span.{part}:not([data-label="-100"])'
-    page.wait_for_function(f"() => document.querySelectorAll({trained!r}).length > 0", timeout=20_000)
+    page.wait_for_function(f"() => document.querySelectorAll({trained!r}).length > 0", timeout=40_000)
     assert page.locator("#findings [data-code='tool_call_not_trained']").count() == 0
     assert page.locator("#findings [data-code='reasoning_not_rendered']").count() == 0
     if part == "pr":  # the Reasoning option now does something: think blocks rendered, not trained
         page.locator("#reasoning").get_by_role("radio", name="mask").check()
         page.wait_for_function(f"() => document.querySelectorAll({trained!r}).length === 0 && "
-                               "document.querySelectorAll('#token-view span.pr').length > 0", timeout=20_000)
+                               "document.querySelectorAll('#token-view span.pr').length > 0", timeout=40_000)
     shot(page, f"sample_{sample.split('.')[0]}")
 
 
@@ -171,12 +171,12 @@ def test_the_strategy_follows_the_data(page):
     from tests.test_browser import choose_sample
 
     choose_sample(page, "prompt_completion.jsonl", 4)
-    page.wait_for_selector("#inspect-notice:has-text('Strategy set to completion_only')", timeout=20_000)
+    page.wait_for_selector("#inspect-notice:has-text('Strategy set to completion_only')", timeout=40_000)
     assert page.get_by_role("radio", name="completion_only", exact=True).is_checked()
     assert page.locator('#token-view [data-token-id]:not([data-label="-100"])').count() > 0
     assert page.locator("#findings .sev-error").count() == 0
     choose_sample(page, "chat_multiturn.jsonl", 6)
-    page.wait_for_selector("#inspect-notice:has-text('Strategy set to assistant_only')", timeout=20_000)
+    page.wait_for_selector("#inspect-notice:has-text('Strategy set to assistant_only')", timeout=40_000)
     assert page.get_by_role("radio", name="assistant_only", exact=True).is_checked()
 
 
@@ -214,13 +214,13 @@ def test_an_upload_is_selected_in_the_data_picker_and_can_be_picked_again(page):
     from tests.test_browser import choose_sample
 
     page.locator(UPLOAD).set_input_files(str(REPO / "assets" / "samples" / "weighted.jsonl"))
-    page.wait_for_selector("#data-info:has-text('weighted.jsonl')", timeout=20_000)
+    page.wait_for_selector("#data-info:has-text('weighted.jsonl')", timeout=40_000)
     page.wait_for_function("() => document.querySelector('#sample input').value.includes('your file')",
-                           timeout=20_000)
+                           timeout=40_000)
     choose_sample(page, "chat_multiturn.jsonl", 6)
     page.locator("#sample input").click()
     page.get_by_role("option", name="weighted.jsonl — your file").click()
-    page.wait_for_selector("#caption:has-text('of 3')", timeout=20_000)
+    page.wait_for_selector("#caption:has-text('of 3')", timeout=40_000)
     assert "weighted.jsonl" in page.locator("#data-info").inner_text()
 
 
@@ -251,10 +251,10 @@ def test_a_number_out_of_range_says_which_example_is_shown(page):
     box = page.locator("#example-number input")
     box.fill("99")
     box.press("Enter")
-    page.wait_for_selector("#inspect-notice:has-text('There is no example 99')", timeout=20_000)
+    page.wait_for_selector("#inspect-notice:has-text('There is no example 99')", timeout=40_000)
     assert "example 6 of 6" in page.locator("#caption").inner_text()
     page.get_by_role("button", name="◀ Prev").click()
-    page.wait_for_selector("#caption:has-text('example 5 of 6')", timeout=20_000)
+    page.wait_for_selector("#caption:has-text('example 5 of 6')", timeout=40_000)
     assert page.locator("#inspect-notice .notice").count() == 0  # a notice lasts one view
 
 
@@ -274,13 +274,13 @@ def test_compare_opens_on_two_configurations_with_its_own_marker(page):
 
 def test_export_offers_split_rows_only_with_split_turns(page):
     page.get_by_role("tab", name="Export").click()
-    page.wait_for_selector("#export-format input[value='JSONL']", timeout=20_000)
+    page.wait_for_selector("#export-format input[value='JSONL']", timeout=40_000)
     assert page.locator("#export-format input[value^='split rows']").count() == 0
     page.get_by_role("tab", name="Inspect").click()
     page.locator("#split-turns input").check()
-    page.wait_for_selector("#turn-pick", timeout=20_000)
+    page.wait_for_selector("#turn-pick", timeout=40_000)
     page.get_by_role("tab", name="Export").click()
-    page.wait_for_selector("#export-format input[value^='split rows']", timeout=20_000)
+    page.wait_for_selector("#export-format input[value^='split rows']", timeout=40_000)
 
 
 def test_train_estimates_the_time_before_start(page):
@@ -291,7 +291,7 @@ def test_train_estimates_the_time_before_start(page):
     steps = page.locator("#train-steps input")
     steps.fill("40")
     steps.press("Enter")
-    page.wait_for_selector("#train-estimate:has-text('Estimate: 40 steps')", timeout=20_000)
+    page.wait_for_selector("#train-estimate:has-text('Estimate: 40 steps')", timeout=40_000)
     assert page.locator("#train-name input, #train-name textarea").first.get_attribute("placeholder").startswith(
         "empty: strategy + time")
     shot(page, "train_estimate")
@@ -314,18 +314,18 @@ def test_a_named_run_stops_and_its_stopping_message_goes(page, tiny_model_dir):
     page.locator("#train-model textarea, #train-model input").first.fill(str(tiny_model_dir))
     page.locator("#train-steps input").fill("5000")
     page.locator("#train-steps input").press("Enter")
-    page.wait_for_selector("#train-estimate:has-text('No time estimate for this model yet')", timeout=20_000)
+    page.wait_for_selector("#train-estimate:has-text('No time estimate for this model yet')", timeout=40_000)
     page.locator("#train-name textarea, #train-name input").first.fill("my first run")
     page.locator("#train-start").click()
     page.wait_for_selector("#train-message:has-text('Started my-first-run')", timeout=60_000)
     page.wait_for_selector("#train-progress [data-status='running']:has-text('s/step')", timeout=120_000)
     page.locator("#train-stop").click()
-    page.wait_for_selector("#train-message:has-text('Stopping my-first-run')", timeout=20_000)
+    page.wait_for_selector("#train-message:has-text('Stopping my-first-run')", timeout=40_000)
     page.wait_for_selector("#train-progress [data-status='stopped']", timeout=120_000)
     page.wait_for_function("() => !document.querySelector('#train-message').innerText.includes('Stopping')",
-                           timeout=20_000)
+                           timeout=40_000)
     assert "my-first-run" in page.locator("#train-runs").inner_text()
     page.locator("#train-steps input").fill("100")
     page.locator("#train-steps input").press("Enter")  # now measured here: the estimate rests on that run
-    page.wait_for_selector("#train-estimate:has-text('by the last 1 run of this model here')", timeout=20_000)
+    page.wait_for_selector("#train-estimate:has-text('by the last 1 run of this model here')", timeout=40_000)
     shot(page, "train_stopped")

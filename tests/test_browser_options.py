@@ -26,7 +26,7 @@ def shots(pg, name: str, at: str = "#token-view", hover=None):
         pg.locator(at).first.scroll_into_view_if_needed()
         if hover is not None:
             hover.hover()
-            pg.locator("#ml-tip").wait_for(state="visible", timeout=5_000)
+            pg.locator("#ml-tip").wait_for(state="visible", timeout=10_000)
         else:
             pg.mouse.move(0, 0)
         shot(pg, f"{name}_{w}x{h}")
@@ -41,7 +41,7 @@ def test_prompt_loss_weight_shades_its_tokens_and_the_tooltip_names_the_weight(p
     box = page.locator("#prompt-loss-weight input")
     box.fill("0.1")
     box.press("Enter")
-    page.wait_for_function(f"() => document.querySelectorAll({WEIGHTED!r}).length > 0", timeout=20_000)
+    page.wait_for_function(f"() => document.querySelectorAll({WEIGHTED!r}).length > 0", timeout=40_000)
     assert page.locator('#token-view [data-label="-100"]').count() == 0  # every untrained token now weighs 0.1
     trained = '#token-view span[data-token-id]:not(.w):not(.x)'
     assert background(page, f"{WEIGHTED}.w1") != background(page, trained)
@@ -49,7 +49,7 @@ def test_prompt_loss_weight_shades_its_tokens_and_the_tooltip_names_the_weight(p
         s => s.getClientRects().length === 1 && !s.querySelector('br'))""")
     page.locator(WEIGHTED).nth(single).hover()
     tip = page.locator("#ml-tip")
-    tip.wait_for(state="visible", timeout=5_000)
+    tip.wait_for(state="visible", timeout=10_000)
     head, _, rule = tip.inner_text().split("\n")[:3]
     assert "weight 0.1" in head and rule.startswith("weight 0.1 (prompt_loss_weight)"), tip.inner_text()
     assert page.locator("#legend [data-legend='weighted']").is_visible()
@@ -62,9 +62,9 @@ def test_prompt_loss_weight_shades_its_tokens_and_the_tooltip_names_the_weight(p
                         {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]}]}
     (p := tmp_path / "typed.jsonl").write_text(json.dumps(row) + "\n")
     page.locator(UPLOAD).set_input_files(str(p))
-    page.wait_for_selector("#inspect-error:has-text('failed to render')", timeout=20_000)
+    page.wait_for_selector("#inspect-error:has-text('failed to render')", timeout=40_000)
     page.locator("#content-parts").get_by_role("radio", name="join").check()
-    page.wait_for_selector(TOKENS, timeout=20_000)
+    page.wait_for_selector(TOKENS, timeout=40_000)
     assert page.locator("#inspect-error .errbox").count() == 0
 
 
@@ -97,15 +97,15 @@ def test_a_run_of_image_tokens_folds_and_unfolds_in_place(page, vl_upload):
     assert page.locator("#legend [data-legend='images']").is_visible()
     shots(page, "image_run_folded")
     summary.click()
-    inner.first.wait_for(state="visible", timeout=5_000)
+    inner.first.wait_for(state="visible", timeout=10_000)
     assert run.evaluate("d => d.open")
     inner.nth(4).hover()
     tip = page.locator("#ml-tip")
-    tip.wait_for(state="visible", timeout=5_000)
+    tip.wait_for(state="visible", timeout=10_000)
     assert "part: image" in tip.inner_text() and "image placeholder" in tip.inner_text()
     shots(page, "image_run_unfolded", hover=inner.nth(4))
     summary.click()
-    page.wait_for_function("() => !document.querySelector('#token-view details.imgrun').open", timeout=5_000)
+    page.wait_for_function("() => !document.querySelector('#token-view details.imgrun').open", timeout=10_000)
 
 
 def test_compare_counts_a_weighted_configurations_tokens_as_differing(page):
@@ -114,12 +114,13 @@ def test_compare_counts_a_weighted_configurations_tokens_as_differing(page):
     page.wait_for_selector("#compare-summary .ndiff", timeout=30_000)
     page.locator("#cmp-strategy-a input").click()
     page.get_by_role("option", name="assistant_only", exact=True).click()
-    page.wait_for_selector("#cmp-view-a [data-label='-100']", timeout=20_000)
+    page.wait_for_selector("#cmp-view-a [data-label='-100']", timeout=40_000)
     page.locator("#cmp-opts-b > button").click()  # B's options, folded
-    box = page.locator("#cmp-prompt-loss-weight-b input")
-    box.fill("0.1")
-    box.press("Enter")
-    page.wait_for_selector("#compare-summary:has-text('labelled or weighted differently')", timeout=20_000)
+    page.locator("#cmp-prompt-loss-weight-b input").fill("0.1")
+    # the Compare button sends every box's value (Enter on a box is tested in Inspect above); on a loaded CI machine
+    # an Enter pressed while the strategy change's follow-up events were still settling was once not seen
+    page.locator("#compare-run").click()
+    page.wait_for_selector("#compare-summary:has-text('labelled or weighted differently')", timeout=45_000)
     n_diff = int(page.locator("#compare-summary .ndiff").get_attribute("data-diff"))
     assert n_diff == page.locator("#cmp-view-a [data-label='-100']").count() > 0  # A ignores what B weighs 0.1
     assert page.locator("#cmp-view-b span.w").count() == n_diff == page.locator("#cmp-view-b span.d").count()

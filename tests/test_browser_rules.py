@@ -146,9 +146,9 @@ def test_editing_rules_in_the_browser_changes_the_labels(browser, rules_url, smo
 
         edit_rules(pg, ALL_TURNS)
         pg.locator("#rules-apply").click()
-        pg.wait_for_selector("#rules-status [data-strategy^='rules:all_turns@']", timeout=20_000)
+        pg.wait_for_selector("#rules-status [data-strategy^='rules:all_turns@']", timeout=40_000)
         pg.wait_for_function(f"() => [...document.querySelectorAll({TOKENS!r})].filter(e => e.dataset.label !== "
-                             f"'-100').length > {sum(lab != IGNORE for lab in labels)}", timeout=20_000)
+                             f"'-100').length > {sum(lab != IGNORE for lab in labels)}", timeout=40_000)
         toks = dom_tokens(pg)
         assert [t for t, _ in toks] == ids  # same tokens, other labels
         assert trained_text(smol_tok, ids, [lab for _, lab in toks]) == [a + "<|im_end|>" for a in ANSWERS]
@@ -157,11 +157,11 @@ def test_editing_rules_in_the_browser_changes_the_labels(browser, rules_url, smo
         # Inspect renders with the applied rules and lists them among the strategies, selected
         pg.get_by_role("tab", name="Inspect").click()
         radio = pg.get_by_role("radio", name=applied, exact=True)
-        radio.wait_for(timeout=20_000)
+        radio.wait_for(timeout=40_000)
         assert radio.is_checked()
         pg.wait_for_function("(n) => [...document.querySelectorAll('#token-view [data-token-id]')].filter("
                              "e => e.dataset.label !== '-100').length === n",
-                             arg=sum(lab != IGNORE for _, lab in toks), timeout=20_000)
+                             arg=sum(lab != IGNORE for _, lab in toks), timeout=40_000)
         inspect_toks = pg.eval_on_selector_all("#token-view [data-token-id]",
                                                "els => els.map(e => [+e.dataset.tokenId, +e.dataset.label])")
         assert inspect_toks == toks
@@ -171,21 +171,21 @@ def test_editing_rules_in_the_browser_changes_the_labels(browser, rules_url, smo
 
         edit_rules(pg, USER_LAST)
         pg.locator("#rules-validate").click()  # a preview: the session keeps all_turns
-        pg.wait_for_selector("#rules-stats:has-text('rules:user_last@')", timeout=20_000)
+        pg.wait_for_selector("#rules-stats:has-text('rules:user_last@')", timeout=40_000)
         toks = dom_tokens(pg)
         assert trained_text(smol_tok, ids, [lab for _, lab in toks]) == [FIRST[3]["content"]]
         assert pg.locator("#rules-status [data-strategy^='rules:all_turns@']").count() == 1
 
         edit_rules(pg, "name: broken\ntrain:\n  - role: assistant\n    turns: second\n")
         pg.locator("#rules-apply").click()
-        pg.wait_for_selector("#rules-error .errbox:has-text('train[0].turns')", timeout=20_000)
+        pg.wait_for_selector("#rules-error .errbox:has-text('train[0].turns')", timeout=40_000)
         assert "use all, first, last" in pg.locator("#rules-error").inner_text()
         assert dom_tokens(pg) == toks  # the last good rendering stays
         shot(pg, "rules_error")
 
         pg.locator(TOKENS).nth(len(toks) - 3).hover()
         tip = pg.locator("#ml-tip")
-        tip.wait_for(state="visible", timeout=5_000)
+        tip.wait_for(state="visible", timeout=10_000)
         assert "no rule selects assistant turn 1" in tip.inner_text()
     finally:
         ctx.close()
