@@ -186,10 +186,18 @@ def test_experiment_runs_are_ordinary_runs_the_train_tab_lists(experiment):
         assert runs.find_run(bad, root) is None
 
 
-def test_same_config_and_seed_give_the_same_eval_loss(experiment, tiny, tmp_path):
+def test_same_config_and_seed_give_the_same_eval_loss(experiment, tiny, tmp_path, monkeypatch):
     root, out, results = experiment
+    from core.training import report
+
+    seen = []  # the experiment's state each time the report is written: the final report comes before "completed"
+    write = report.write_results_and_report
+    monkeypatch.setattr(report, "write_results_and_report",
+                        lambda d, *a, **k: seen.append((experiment_state(d).get("status"), k)) or write(d, *a, **k))
     again = run_experiment(tmp_path / "again", parse_experiment_config(_config(
         tiny, seeds=[1], configs=[{"name": "plw_0.5", "prompt_loss_weight": 0.5}])), progress=None, in_process=True)
+    assert seen[-1] == ("running", {"status": "completed"}) and again["status"] == "completed"
+    assert (tmp_path / "again" / report.REPORT_PNG).is_file()
     first = next(r for r in results["runs"] if r["run"] == "plw_0.5-s1")
     assert again["runs"][0]["eval"]["loss"] == first["eval"]["loss"]
     assert again["base"]["eval"]["loss"] == results["base"]["eval"]["loss"]

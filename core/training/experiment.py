@@ -506,16 +506,17 @@ def run_experiment(out_dir: str | os.PathLike, config: ExperimentConfig | None =
         status, error = _drive(out, config, stop, progress, poll_s, in_process)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
-        _update_state(out, status="stopped" if interrupted else "failed",
-                      error=None if interrupted else f"{type(exc).__name__}: {exc}", ended_at=time.time(), pid=None)
+        ended = "stopped" if interrupted else "failed"
         with contextlib.suppress(Exception):
-            write_results_and_report(out)
+            write_results_and_report(out, status=ended)
+        _update_state(out, status=ended, error=None if interrupted else f"{type(exc).__name__}: {exc}",
+                      ended_at=time.time(), pid=None)
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    results = write_results_and_report(out, status=status)  # before the state says it ended: readers find the report
     _update_state(out, status=status, error=error, ended_at=time.time(), pid=None)
-    results = write_results_and_report(out)
     _say(progress, f"experiment {status}: {out / RESULTS_FILE}")
     return results
 

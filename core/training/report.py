@@ -400,12 +400,15 @@ def write_report(out_dir: str | os.PathLike, results: dict[str, Any] | None = No
     runs.atomic_write_text(out / REPORT_MD, markdown(results, REPORT_PNG if (out / REPORT_PNG).exists() else None))
 
 
-def write_results_and_report(out_dir: str | os.PathLike, figure: bool = True) -> dict[str, Any]:
-    """Collect, write results.json (atomically) and the report; returns the results."""
+def write_results_and_report(out_dir: str | os.PathLike, figure: bool = True, status: str | None = None) -> dict[str, Any]:
+    """Collect, write results.json (atomically) and the report; returns the results. `status`: the experiment's
+    final status, written into the results before the state says so (a reader that sees it finished finds both)."""
     from .train import _finite  # noqa: PLC0415
 
     out = Path(out_dir)
     results = _finite(collect_results(out))
+    if status is not None:
+        results["status"] = status
     runs.atomic_write_json(out / RESULTS_FILE, results)
     write_report(out, results, figure_too=figure)
     return results
