@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .options import MaskConfig
 from ..data.formats import ROLES, is_trained_flag_off, message_weight
-from ..errors import MaskLensError
+from ..errors import MaskLensError, read_text_file
 from .spans import PARTS
 from .strategies import Decider, StrategyContext, register
 
@@ -126,13 +126,8 @@ class Rules:
 def load_rules(path: str | Path) -> Rules:
     """Read rules from a .json, .yaml or .yml file. Errors name the file, the key path and the fix."""
     p = Path(path)
-    if not p.is_file():
-        raise MaskLensError("no such rules file" if not p.exists() else "is not a file", file=str(path),
-                            fix="give the path of a .json or .yaml rules file (see the README's rules format)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MaskLensError(f"is not UTF-8 text ({e.reason})", file=str(path), fix="save the file as UTF-8") from None
+    text = read_text_file(path, "rules file",
+                          "give the path of a .json or .yaml rules file (see the README's rules format)")
     syntax = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(p.suffix.lower())
     return parse_rules(text, source=str(path), default_name=p.stem, syntax=syntax)
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import MaskLensError
+from ..errors import MaskLensError, read_text_file
 from . import runs
 from .evaluate import EVAL_SET_FILE, build_eval_set, evaluate_model, load_eval_set, select_rows
 from .train import EVAL_FILE, TrainConfig, training_rows
@@ -166,13 +166,8 @@ def _jsonable(d: dict) -> dict:
 def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     """Read an experiment config (.yaml, .yml or .json). Relative paths in it are relative to its folder."""
     p = Path(path)
-    if not p.is_file():
-        raise MaskLensError("no such experiment config" if not p.exists() else "is not a file", file=str(path),
-                            fix="give the path of a .yaml or .json experiment config (see assets/experiments/)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MaskLensError(f"is not UTF-8 text ({e.reason})", file=str(path), fix="save the file as UTF-8") from None
+    text = read_text_file(path, "experiment config",
+                          "give the path of a .yaml or .json experiment config (see assets/experiments/)")
     return parse_experiment_config(text, base_dir=p.parent, source=str(path),
                                    default_name=re.sub(r"[^A-Za-z0-9_.+-]+", "_", p.stem)[:48] or "experiment")
 
