@@ -112,17 +112,22 @@ def test_compare_counts_a_weighted_configurations_tokens_as_differing(page):
     page.get_by_role("tab", name="Compare").click()
     page.locator("#compare-run").click()
     page.wait_for_selector("#compare-summary .ndiff", timeout=30_000)
+    # B (assistant_only) weighs its untrained tokens 0.1: against A (full) they differ by weight, 1 vs 0.1
+    page.locator("#cmp-opts-b > button").click()  # B's options, folded
+    box = page.locator("#cmp-prompt-loss-weight-b input")
+    box.fill("0.1")
+    box.press("Enter")
+    page.wait_for_selector("#compare-summary:has-text('labelled or weighted differently')", timeout=40_000)
+    # A to assistant_only: now A ignores (-100) exactly what B weighs 0.1. (Filling B's box right after a strategy
+    # change, while that change's follow-up events settled, lost the value in 3 of 5 full-suite runs: not reproduced
+    # otherwise; this order is the one a user takes too, and the strategy change re-sends B's value.)
     page.locator("#cmp-strategy-a input").click()
     page.get_by_role("option", name="assistant_only", exact=True).click()
-    page.wait_for_selector("#cmp-view-a [data-label='-100']", timeout=40_000)
-    page.locator("#cmp-opts-b > button").click()  # B's options, folded
-    page.locator("#cmp-prompt-loss-weight-b input").fill("0.1")
-    # the Compare button sends every box's value (Enter on a box is tested in Inspect above); on a loaded CI machine
-    # an Enter pressed while the strategy change's follow-up events were still settling was once not seen
-    page.locator("#compare-run").click()
-    page.wait_for_selector("#compare-summary:has-text('labelled or weighted differently')", timeout=45_000)
+    page.wait_for_function("""() => {
+        const d = document.querySelector('#compare-summary .ndiff');
+        const n = document.querySelectorAll("#cmp-view-a [data-label='-100']").length;
+        return d && n > 0 && Number(d.dataset.diff) === n; }""", timeout=40_000)
     n_diff = int(page.locator("#compare-summary .ndiff").get_attribute("data-diff"))
-    assert n_diff == page.locator("#cmp-view-a [data-label='-100']").count() > 0  # A ignores what B weighs 0.1
     assert page.locator("#cmp-view-b span.w").count() == n_diff == page.locator("#cmp-view-b span.d").count()
     assert "prompt_loss_weight=0.1" in page.locator("#compare-summary").inner_text()
     shots(page, "compare_weighted", at="#compare-summary")
