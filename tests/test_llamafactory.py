@@ -28,6 +28,16 @@ def trained_text(tok, r) -> str:
     return tok.decode([t for t, lab in zip(r.input_ids, r.labels) if lab != -100])
 
 
+def render_as_trl(tok, examples) -> list:
+    """MaskLens's assistant_only rendering of `examples`, asserted equal (ids and labels) to TRL 1.16's SFTTrainer
+    preparation of the same converted rows."""
+    ours = render_examples(examples, tok, ASSISTANT_ONLY)
+    for r, t in zip(ours, ref.trl_prepare(tok, trl_rows(examples))):
+        assert (r.input_ids, r.labels) == (t["input_ids"], t["labels"]), first_difference(
+            tok, r.input_ids, t["input_ids"], r.labels, t["labels"])
+    return ours
+
+
 # ------------------------------------------------------------------------------------------------------------ alpaca
 def test_alpaca_as_its_readme_says():
     row = {"instruction": "Translate.", "input": "Bonjour", "output": "Hello", "system": "Be brief.",
@@ -70,14 +80,11 @@ def test_alpaca_demo_trains_exactly_the_output_and_its_end_of_turn(family_tok, f
     examples = load_examples(LF / "alpaca_en_demo.json")
     raw = json.loads((LF / "alpaca_en_demo.json").read_text())
     assert all("format_converted" in codes(e) for e in examples)
-    ours = render_examples(examples, tok, ASSISTANT_ONLY)
-    theirs = ref.trl_prepare(tok, trl_rows(examples))
+    ours = render_as_trl(tok, examples)
     # TRL's training twins decide the edges: Qwen2.5's generation block opens right after "<|im_start|>assistant", so
     # it also trains the header's newline; Llama 3's holds the content and <|eot_id|> only.
     before, eot = {"qwen2_5": ("\n", "<|im_end|>\n"), "llama3": ("", "<|eot_id|>")}[family]
-    for r, t, row in zip(ours, theirs, raw):
-        assert (r.input_ids, r.labels) == (t["input_ids"], t["labels"]), first_difference(
-            tok, r.input_ids, t["input_ids"], r.labels, t["labels"])
+    for r, row in zip(ours, raw):
         assert trained_text(tok, r) == before + row["output"] + eot
 
 
@@ -138,11 +145,7 @@ def test_glaive_demo_matches_trl_and_trains_calls_not_results(family_tok, family
     function call is trained, the tool result (observation) never is."""
     tok = family_tok(family)
     examples = load_examples(LF / "glaive_toolcall_en_demo.json")
-    ours = render_examples(examples, tok, ASSISTANT_ONLY)
-    theirs = ref.trl_prepare(tok, trl_rows(examples))
-    for r, t in zip(ours, theirs):
-        assert (r.input_ids, r.labels) == (t["input_ids"], t["labels"]), first_difference(
-            tok, r.input_ids, t["input_ids"], r.labels, t["labels"])
+    ours = render_as_trl(tok, examples)
     text = trained_text(tok, ours[0])
     assert '"name": "search_recipes"' in text and "Chicken and Rice Casserole" in text  # the call + final answer
     assert '"recipes": [' not in text  # the observation
@@ -198,11 +201,7 @@ def test_reason_tool_use_matches_trl(family_tok):
     """Reasoning + tool calls from typed parts, on Qwen3's template (TRL swaps in its training twin)."""
     tok = family_tok("qwen3")
     examples = load_examples(LF / "reason_tool_use_demo_50.jsonl")
-    ours = render_examples(examples, tok, ASSISTANT_ONLY)
-    theirs = ref.trl_prepare(tok, trl_rows(examples))
-    for r, t in zip(ours, theirs):
-        assert (r.input_ids, r.labels) == (t["input_ids"], t["labels"]), first_difference(
-            tok, r.input_ids, t["input_ids"], r.labels, t["labels"])
+    render_as_trl(tok, examples)
 
 
 # ------------------------------------------------------------------------------------------------------- image tags
