@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.cli import main
 from core.data.formats import load_examples
@@ -216,3 +218,39 @@ def test_an_unclosed_line_names_the_column_python_names_for_that_line(tmp_path, 
                                             rf"{py.value.colno}\)"):
         load_examples(f)
     assert py.value.colno == len(line) + 1
+
+
+# ---------------------------------------------------------------------------------------------- the fast JSON path
+_JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(allow_nan=True),
+                          st.text(max_size=8), st.sampled_from(["\ud800", "é😀", "1" * 25, "\u2028"]))
+_JSON_OBJECTS = st.dictionaries(st.text(max_size=4), st.recursive(
+    _JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner,
+                                                                                       max_size=3)), max_leaves=12),
+    max_size=4)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(_JSON_OBJECTS, st.sampled_from([{}, {"ensure_ascii": False}, {"separators": (",", ":")}]))
+def test_a_line_reads_exactly_as_json_loads_reads_it(obj, how):
+    """The reader's fast path (orjson) gives what json.loads gives, or steps aside: integers beyond 64 bits, NaN and
+    infinities, lone surrogates, duplicate keys."""
+    from core.data.reader import _decode_line
+
+    line = json.dumps(obj, **how)
+    for raw in (line.encode("utf-8", "surrogatepass") + b"\n", line.encode("utf-8", "surrogatepass")):
+        try:
+            want = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            with pytest.raises(MaskLensError, match="not UTF-8"):
+                _decode_line(raw, 1, 0, "x.jsonl", 0, last=False)
+            continue
+        got = _decode_line(raw, 1, 0, "x.jsonl", 0, last=False)
+        assert repr(got) == repr(want)  # repr: 1 and 1.0, -0.0 and 0.0, nan all told apart
+
+
+def test_duplicate_keys_and_big_numbers_read_as_json_loads_reads_them():
+    from core.data.reader import _decode_line
+
+    for text in ('{"a": 1, "b": 2, "a": 3}', '{"n": 100000000000000000000000}', '{"n": -9223372036854775809}',
+                 '{"n": 1e400}', '{"n": NaN}', '{"s": "\\ud800"}', '{"n": 18446744073709551616}'):
+        assert repr(_decode_line(text.encode(), 1, 0, "x.jsonl", 0, last=False)) == repr(json.loads(text)), text

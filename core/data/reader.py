@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+import orjson
+
 from ..errors import MaskLensError
 
 JSON_FIELDS = ("messages", "conversations", "prompt", "completion", "tools", "input_ids", "labels", "chat_template_kwargs")
@@ -167,8 +169,21 @@ def _skip_rest_of_line(f) -> int:
             return n
 
 
+# 19 digits in a row: maybe an integer orjson cannot hold (beyond 64 bits it gives a float, json.loads an int).
+# Found by mapping every digit to "0" (bytes.translate and `in` run in C; a regex is 10x slower here).
+_DIGITS_TO_0 = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
 def _decode_line(raw: bytes, lineno: int, start: int, src: str, row: int, last: bool) -> dict | None:
     """One JSONL line -> its object, or None for a blank line. Raises MaskLensError naming the line."""
+    # Fast path: orjson, which gives exactly what json.loads gives where it succeeds (it refuses NaN, lone surrogates,
+    # invalid UTF-8, deep nesting: json.loads below then decides, and names the line).
+    if raw[:1] == b"{" and _LONG_NUMBER not in raw.translate(_DIGITS_TO_0):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     if lineno == 1 and raw.startswith(BOM):  # written by Windows tools; harmless
         raw, start = raw[len(BOM):], start + len(BOM)
     try:

@@ -85,7 +85,7 @@ class _Node:
     """What pass 1 saw at one structural path."""
 
     __slots__ = ("kinds", "keys", "item", "keyset", "keys_differ", "ts_strings", "json", "big_int", "huge_int",
-                 "counted", "arrow")
+                 "counted", "arrow", "objects", "present", "null_keys", "nullable")
 
     def __init__(self):
         self.counted: set[str] = set()  # from_list: the scalar kinds Arrow's type inference looks at (see _STOPS)
@@ -99,6 +99,11 @@ class _Node:
         self.json = False  # json: stored as datasets' Json type (kept as written)
         self.big_int: int | None = None  # first row with an int Arrow cannot hold exactly as a double
         self.huge_int: int | None = None  # first row with an int beyond int64
+        self.objects = 0  # objects seen here (pass 1)
+        self.present = 0  # objects of the parent path that have this key, null or not (pass 1)
+        self.null_keys: tuple = ()  # from_list, after pass 1: (key, child) of the keys some object here lacks, or
+        #                             whose values have such objects below
+        self.nullable = False  # from_list, after pass 1: some row gets a null key at or below this path
 
 
 _KIND_OF = {dict: "struct", list: "list", tuple: "list", str: "str", int: "int", float: "float", bool: "bool"}
@@ -203,11 +208,17 @@ class SchemaUnion:
                 elif ks != node.keyset:
                     node.keys_differ = True
             keys = node.keys
+            node.objects += 1
             for k, v in value.items():
                 child = keys.get(k)
                 if child is None:
                     child = keys[k] = _Node()
-                self._add(child, v, r, depth + 1)
+                child.present += 1
+                if type(v) is str and self.loader == "from_list":  # most leaves: _add's str case, inlined
+                    child.kinds.setdefault("str", r)
+                    child.counted.add("str")
+                else:
+                    self._add(child, v, r, depth + 1)
         elif kind == "list":
             item = node.item
             if item is None:
@@ -239,6 +250,7 @@ class SchemaUnion:
         else:
             self._conflicts.clear()
             self._type_from_list(self.root, [])
+            _mark_nullable(self.root)
 
     def _type_from_list(self, node: _Node, parts: list) -> None:
         """from_list: the type Arrow infers at each path, and the paths where converting a value to it fails."""
@@ -372,8 +384,18 @@ class SchemaUnion:
         return out
 
     def null_paths(self, row: dict) -> list[str]:
-        """Pass 2: the paths of the keys `datasets` adds to this row with a null value."""
-        return self.changes(row).nulls
+        """Pass 2: the paths of the keys `datasets` adds to this row (one added in pass 1) with a null value; what
+        changes(row).nulls gives, visiting only the paths where pass 1 saw an object without one of its keys."""
+        self._finalize()
+        if self.loader != "from_list":
+            return self.changes(row).nulls
+        out = []
+        for k, child in self.root.keys.items():
+            if k not in row:
+                out.append(format_path([k]))
+            elif child.nullable:
+                _nulls(child, row[k], format_path([k]), out, 1)
+        return out
 
     def _diff(self, node: _Node, value, path: str, out: RowChanges, depth: int) -> None:
         """Pass 2 below one field; path is the field's formatted path (built as we descend: no list of parts)."""
@@ -409,6 +431,39 @@ class SchemaUnion:
 
 
 _MISSING = object()
+
+
+def _mark_nullable(node: _Node) -> bool:
+    """from_list, after pass 1: where nulls can appear below each path (iterative: paths nest up to _MAX_DEPTH)."""
+    order, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        order.append(n)
+        stack.extend(n.keys.values())
+        if n.item is not None:
+            stack.append(n.item)
+    for n in reversed(order):  # children before parents
+        n.null_keys = tuple((k, c) for k, c in n.keys.items() if c.nullable or c.present < n.objects)
+        n.nullable = bool(n.null_keys) or (n.item is not None and n.item.nullable)
+    return node.nullable
+
+
+def _nulls(node: _Node, value, path: str, out: list, depth: int) -> None:
+    """SchemaUnion._diff's nulls alone, below a nullable path (from_list): the same paths in the same order."""
+    if value is None or depth > _MAX_DEPTH:
+        return
+    kind = _KIND_OF.get(type(value)) or _kind(value)
+    if kind == "struct":
+        for k, child in node.null_keys:
+            v = value.get(k, _MISSING)
+            if v is _MISSING:
+                out.append(path + _segment(k))
+            elif v is not None and child.nullable:
+                _nulls(child, v, path + _segment(k), out, depth + 1)
+    elif kind == "list" and node.item is not None and node.item.nullable:
+        for i, v in enumerate(value):
+            if v is not None:
+                _nulls(node.item, v, f"{path}[{i}]", out, depth + 1)
 
 
 @lru_cache(maxsize=65536)

@@ -30,7 +30,9 @@ def diagnose(ex: Example, text: str, layout: Layout, decision: Decision, labels:
     out: list[Finding] = []
     if layout.spans is not None and decision.source not in (LabelSource.OLD_COLLATOR, LabelSource.USER_COLLATOR):
         out += part_findings(ex.messages, text, layout, decision, labels.untruncated, enc)
-    ids = enc.ids if enc is not None else ex.input_ids
+    # the untruncated sequence's first two tokens: the kept ones where truncation left them (no .ids list built)
+    ids = labels.input_ids if labels.cut_start == 0 and len(labels.input_ids) > 1 else (
+        enc.ids if enc is not None else ex.input_ids)
     if ctx.bos_id is not None and len(ids) > 1 and ids[0] == ctx.bos_id and ids[1] == ctx.bos_id:
         out.append(Finding("bos_doubled", "the sequence starts with two BOS tokens", location={"token": 1}))
     out += labels.truncation

@@ -59,6 +59,9 @@ class Spliced:
         self._tok_starts = None
         self._offsets = None
 
+    def __len__(self) -> int:
+        return len(self.ids)
+
     def char_to_token(self, c: int) -> int | None:
         k = bisect_right(self._char_starts, c) - 1
         if k < 0:
@@ -106,7 +109,6 @@ class SegmentEncoder:
     _lock = threading.Lock()
 
     def __init__(self, tokenizer, backend, pattern: re.Pattern, added_ids: dict[str, int]):
-        self.tokenizer = tokenizer
         self.backend = backend
         self.pattern = pattern
         self.added_ids = added_ids

@@ -24,6 +24,7 @@ from typing import Callable
 from ..data.formats import KIND_MESSAGES, KIND_PC_CONV, KIND_TOKENS, Example
 from ..errors import MaskLensError
 from ..findings import Finding
+from ..gc_pause import gc_paused
 from .decide import Decision, decide
 from .diagnose import DiagnoseContext, diagnose
 from .encoding import encode_batch, encode_texts
@@ -65,7 +66,8 @@ def render_examples(examples: list[Example], tokenizer, cfg: MaskConfig, errors:
             processor = processor_for(tokenizer)
         if processor is not None:
             return _with_images(examples, tokenizer, cfg, errors, processor, image_root)
-    return _render_text(examples, tokenizer, cfg, errors)
+    with gc_paused():  # a batch allocates ~2,000 containers a row that reference counting frees (core.gc_pause)
+        return _render_text(examples, tokenizer, cfg, errors)
 
 
 def _with_images(examples, tokenizer, cfg, errors, processor, image_root) -> list[RenderedExample]:

@@ -193,7 +193,7 @@ def token_range(enc, start: int, end: int) -> tuple[int, int] | None:
         b = enc.char_to_token(c)
         if b is not None:
             break
-    n = len(enc.ids)
+    n = len(enc)  # (not len(enc.ids): a tokenizers Encoding builds a new list of its ids on each .ids)
     # char_to_token gives the first token of a character; the other tokens of a split character follow it.
     while b + 1 < n:
         span = enc.token_to_chars(b + 1)

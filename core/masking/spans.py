@@ -23,12 +23,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from ..data.content import content_text
 from .template_info import (PROBE, REASONING_FIELDS, TemplateInfo, analyze_template,  # noqa: F401  (re-exported)
                             special_regex, special_regex_for, special_tokens)
 
 PARTS = ("header", "reasoning", "content", "tool_calls", "eot", "scaffold")
+_START = itemgetter(1)  # a part's start: (part, start, end)
 
 
 def reasoning_of(message: dict) -> tuple[str | None, str]:
@@ -106,7 +108,7 @@ class MessageSpan:
                         self.eot_end))
         if self.eos_start >= 0:
             out.append(("eot", self.eos_start, self.eos_end))
-        out.sort(key=lambda p: p[1])
+        out.sort(key=_START)
         return [p for p in out if p[2] > p[1]]
 
 

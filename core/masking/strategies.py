@@ -162,14 +162,20 @@ def assistant_decider(ctx: StrategyContext, only_last: bool) -> Decider:
         w = weights[idx]
         return (trained, f"{rule} (message weight {w:g})", w) if trained and w < 1 else (trained, rule)
 
+    by_message: dict = {}
+
     def decide(idx, part):
         if idx is None:
             return _OUTSIDE
         # the same answer for every message of a role on the same side of these distinctions
-        key = (msgs[idx].get("role"), idx in tset, idx == last, weights.get(idx, 1.0), part)
-        v = known.get(key)
-        if v is None or "message " in v[1]:  # rules naming the message index are not shared
-            v = known[key] = verdict(idx, part)
+        mk = by_message.get(idx)
+        if mk is None:
+            mk = by_message[idx] = (msgs[idx].get("role"), idx in tset, idx == last, weights.get(idx, 1.0))
+        v = known.get((mk, part))
+        if v is None:
+            v = verdict(idx, part)
+            if "message " not in v[1]:  # rules naming the message index are not shared
+                known[(mk, part)] = v
         return v
 
     return Decider(decide, tset)
