@@ -30,6 +30,10 @@ def check_messages(msgs, fld: str, err, offset: int = 0) -> list[dict]:
         raise err("is an empty list (an empty conversation)", fld, "give at least one message")
     out = []
     for j, m in enumerate(msgs):
+        if type(m) is dict and len(m) == 2 and type(m.get("content")) is str and type(m.get("role")) is str \
+                and m["role"] in _ROLE_SET:  # the common shape, which every check below passes
+            out.append(dict(m))
+            continue
         where = f"{fld}[{j}]"
         if not isinstance(m, dict):
             raise err(f"must be an object with 'role' and 'content', got {type(m).__name__}", where,
@@ -172,6 +176,7 @@ def check_images(images, fld: str, err) -> list:
 # one present into `reasoning_content` and `thinking` before rendering, so templates read it under either name.
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 _REASONING_KEYS = frozenset(REASONING_FIELDS)
+_ROLE_SET = frozenset(ROLES)
 
 # Keys a row's chat_template_kwargs must not use: rendering takes them itself, so a row could swap the template, the
 # conversation or the tokenizer's special tokens, or break the render. From transformers 5.23's

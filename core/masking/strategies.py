@@ -148,7 +148,14 @@ def assistant_decider(ctx: StrategyContext, only_last: bool) -> Decider:
         trainable = [i for i in trainable if i == (in_role[-1] if in_role else None)]
     tset = set(trainable)
     last = trainable[-1] if trainable else None
-    known: dict = {}
+    # verdicts by message key, then part: shared by every conversation under the same options (only the texts that
+    # name a message index are worked out each time)
+    if len(_VERDICTS) > 64:
+        _VERDICTS.clear()
+    known = _VERDICTS.setdefault((only_last, cfg.strategy, cfg.reasoning, cfg.empty_think, cfg.eos,
+                                  tuple(cfg.train_roles)), {})
+    if len(known) > 4096:  # many distinct message weights
+        known.clear()
 
     def verdict(idx, part):
         role = msgs[idx].get("role")
@@ -162,26 +169,27 @@ def assistant_decider(ctx: StrategyContext, only_last: bool) -> Decider:
         w = weights[idx]
         return (trained, f"{rule} (message weight {w:g})", w) if trained and w < 1 else (trained, rule)
 
-    by_message: dict = {}
+    by_message: dict = {}  # message index -> its verdicts by part: the table of its key in `known`
 
     def decide(idx, part):
         if idx is None:
             return _OUTSIDE
-        # the same answer for every message of a role on the same side of these distinctions
-        mk = by_message.get(idx)
-        if mk is None:
-            mk = by_message[idx] = (msgs[idx].get("role"), idx in tset, idx == last, weights.get(idx, 1.0))
-        v = known.get((mk, part))
+        table = by_message.get(idx)
+        if table is None:  # the same answers for every message of a role on the same side of these distinctions
+            key = (msgs[idx].get("role"), idx in tset, idx == last, weights.get(idx, 1.0))
+            table = by_message[idx] = known.setdefault(key, {})
+        v = table.get(part)
         if v is None:
             v = verdict(idx, part)
             if "message " not in v[1]:  # rules naming the message index are not shared
-                known[(mk, part)] = v
+                table[part] = v
         return v
 
     return Decider(decide, tset)
 
 
 _OUTSIDE = (False, "not trained: template text outside any message")
+_VERDICTS: dict = {}  # assistant_decider's verdict tables, by the options they depend on
 
 
 def _flag(message: dict) -> str:
