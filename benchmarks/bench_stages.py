@@ -55,16 +55,9 @@ def cold(tok):
 
 def stages(path: Path, tok, cfg) -> dict[str, float]:
     """The pipeline's work, stage by stage, each timed (seconds summed over chunks)."""
-    import orjson
-
-    from core.data.formats import normalize_row, schema_findings, schema_union
+    from core.data.formats import schema_union
     from core.data.reader import iter_rows
-    from core.masking import engine as E
-    from core.masking.decide import decide
-    from core.masking.diagnose import diagnose
-    from core.masking.labels import build_labels
-    from core.masking.layout import locate
-    from core.masking.rendering import render_batch
+    from core.gc_pause import gc_paused
     from core.masking.strategies import get_strategy
 
     t = defaultdict(float)
@@ -80,28 +73,43 @@ def stages(path: Path, tok, cfg) -> dict[str, float]:
     rows = timed("read (pass 2)", lambda: list(iter_rows(str(path))))
     spec = get_strategy(cfg.strategy)
     for k in range(0, len(rows), 512):
-        part = rows[k:k + 512]
-        notes = timed("schema findings", lambda: [schema_findings(union, o, i) for i, o, _ in part])
-        exs = timed("normalise rows", lambda: [normalize_row(o, i, source=str(path), line=ln) for i, o, ln in part])
-        for ex, n in zip(exs, notes):
-            ex.notes.extend(n)
-        batch = timed("  (batch set-up)", E._Batch.start, exs, tok, cfg, spec)
-        rend = timed("1 render (jinja)", render_batch, exs, tok, batch.plan)
-        staged = []
-        for ex, r in zip(exs, rend):
-            lay = timed("2 locate (spans)", locate, ex, r, batch.info_for, batch.eos)
-            staged.append(E._Staged(ex, r, lay, timed("3 decide", decide, ex, r, lay, cfg, spec)))
-        timed("  encode (tokenize)", E._encode, tok, staged)
-        lctx = batch.label_context(tok, staged)
-        recs = []
-        for s in staged:
-            lab = timed("4 labels", build_labels, s.ex, s.rendering, s.decision, s.enc, s.prompt_enc, lctx, id(s))
-            found = [*s.rendering.findings, *s.layout.findings, *s.decision.findings, *lab.findings]
-            found += timed("5 findings", diagnose, s.ex, s.rendering.text, s.layout, s.decision, lab, s.enc,
-                           batch.diagnose, found)
-            recs.append(timed("  result objects", E.result, s, lab, found, cfg.strategy))
-        timed("JSON lines", lambda: [orjson.dumps(r.to_json()) for r in recs])
+        with gc_paused():  # as core.parallel and the engine work on a chunk
+            _chunk_stages(rows[k:k + 512], path, union, tok, cfg, spec, timed)
     return dict(t)
+
+
+def _chunk_stages(part, path, union, tok, cfg, spec, timed):
+    """One chunk of 512 rows through the stages, each timed."""
+    import orjson
+
+    from core.data.formats import normalize_row, schema_findings
+    from core.masking import engine as E
+    from core.masking.decide import decide
+    from core.masking.diagnose import diagnose
+    from core.masking.labels import build_labels
+    from core.masking.layout import locate
+    from core.masking.rendering import render_batch
+
+    notes = timed("schema findings", lambda: [schema_findings(union, o, i) for i, o, _ in part])
+    exs = timed("normalise rows", lambda: [normalize_row(o, i, source=str(path), line=ln) for i, o, ln in part])
+    for ex, n in zip(exs, notes):
+        ex.notes.extend(n)
+    batch = timed("  (batch set-up)", E._Batch.start, exs, tok, cfg, spec)
+    rend = timed("1 render (jinja)", render_batch, exs, tok, batch.plan)
+    staged = []
+    for ex, r in zip(exs, rend):
+        lay = timed("2 locate (spans)", locate, ex, r, batch.info_for, batch.eos)
+        staged.append(E._Staged(ex, r, lay, timed("3 decide", decide, ex, r, lay, cfg, spec)))
+    timed("  encode (tokenize)", E._encode, tok, staged)
+    lctx = batch.label_context(tok, staged)
+    recs = []
+    for s in staged:
+        lab = timed("4 labels", build_labels, s.ex, s.rendering, s.decision, s.enc, s.prompt_enc, lctx, id(s))
+        found = [*s.rendering.findings, *s.layout.findings, *s.decision.findings, *lab.findings]
+        found += timed("5 findings", diagnose, s.ex, s.rendering.text, s.layout, s.decision, lab, s.enc,
+                       batch.diagnose, found)
+        recs.append(timed("  result objects", E.result, s, lab, found, cfg.strategy))
+    timed("JSON lines", lambda: [orjson.dumps(r.to_json()).decode() for r in recs])
 
 
 def main():
