@@ -52,7 +52,7 @@ def reasoning_of(message: dict) -> tuple[str | None, str]:
 
 
 # ------------------------------------------------------------------------------------------------ the result
-@dataclass
+@dataclass(slots=True)
 class MessageSpan:
     """Where one message lies in the rendered text (character offsets) and its parts."""
 
