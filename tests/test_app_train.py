@@ -263,7 +263,8 @@ def test_started_run_completes_and_is_listed(started):
     assert _listed(name)[1:3] == ["completed", "assistant_only"] and _listed(name)[4] == "3/3"
     assert 'data-status="completed"' in r.progress and "step 3/3" in r.progress
     series = tv.figure_series(r.plot)
-    assert list(series) == [f"{name} (assistant_only)"] and [x for x, _ in series[f"{name} (assistant_only)"]] == [1, 2, 3]
+    key = f"{name} (assistant_only)"
+    assert list(series) == [key] and [x for x, _ in series[key]] == [1, 2, 3]
     assert (Path(os.environ["MASKLENS_RUNS"]) / name / tab_train.PROMPTS_FILE).is_file()  # 2 held out
 
 

@@ -108,7 +108,7 @@ class SegmentEncoder:
     _by_tokenizer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
-    def __init__(self, tokenizer, backend, pattern: re.Pattern, added_ids: dict[str, int]):
+    def __init__(self, backend, pattern: re.Pattern, added_ids: dict[str, int]):
         self.backend = backend
         self.pattern = pattern
         self.added_ids = added_ids
@@ -149,7 +149,7 @@ class SegmentEncoder:
         added_ids = {a.content: i for i, a in added.items() if a.content}
         contents = sorted(added_ids, key=len, reverse=True)  # longest first: tokenizers matches leftmost-longest
         pattern = re.compile("|".join(re.escape(c) for c in contents))
-        enc = cls(tokenizer, be, pattern, added_ids)
+        enc = cls(be, pattern, added_ids)
         return enc if enc._proves_out(contents) else None
 
     def _proves_out(self, contents: list[str]) -> bool:

@@ -400,7 +400,8 @@ def write_report(out_dir: str | os.PathLike, results: dict[str, Any] | None = No
     runs.atomic_write_text(out / REPORT_MD, markdown(results, REPORT_PNG if (out / REPORT_PNG).exists() else None))
 
 
-def write_results_and_report(out_dir: str | os.PathLike, figure: bool = True, status: str | None = None) -> dict[str, Any]:
+def write_results_and_report(out_dir: str | os.PathLike, figure: bool = True,
+                             status: str | None = None) -> dict[str, Any]:
     """Collect, write results.json (atomically) and the report; returns the results. `status`: the experiment's
     final status, written into the results before the state says so (a reader that sees it finished finds both)."""
     from .train import _finite  # noqa: PLC0415
