@@ -21,6 +21,8 @@ import collections
 import hashlib
 import multiprocessing
 import os
+import threading
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,9 @@ from .errors import MaskLensError
 from .gc_pause import gc_paused
 
 CHUNK = 512  # rows per chunk: big enough for batch tokenization, small enough to keep memory flat
+THREADS = 2  # chunks rendered at once in one process (--num-proc 1): one in the tokenizer while one runs Python
+_ENV_LOCK = threading.Lock()
+_SERIAL_USERS = [0]  # pipelines running with TOKENIZERS_PARALLELISM set by _serial_tokenizer
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,10 @@ class WorkerSpec:
         return load_tokenizer(self.tokenizer, trust_remote_code=self.trust_remote_code)
 
 
-def chunks(rows: Iterable, size: int = CHUNK) -> Iterator[list]:
-    """Group an iterator into lists of `size` (the last may be shorter). Example: chunks(range(5), 2) -> [0,1] [2,3] [4]."""
+def chunks(rows: Iterable, size: int | None = None) -> Iterator[list]:
+    """Group an iterator into lists of `size` (default CHUNK; the last may be shorter).
+    Example: chunks(range(5), 2) -> [0,1] [2,3] [4]."""
+    size = size or CHUNK
     buf = []
     for r in rows:
         buf.append(r)
@@ -263,19 +270,83 @@ def shutdown_pool() -> None:
         _POOL.pop()[1].shutdown(wait=True, cancel_futures=True)
 
 
+@contextmanager
+def _serial_tokenizer():
+    """TOKENIZERS_PARALLELISM=false while chunk threads run, unless the user set it: each encode_batch call then keeps
+    to its own thread. (The tokenizer's thread pool beside a busy Python thread is slower than no overlap at all: one
+    of its threads waits for a core and the whole batch waits for that one.) Unset again when the last pipeline ends."""
+    with _ENV_LOCK:
+        own = _SERIAL_USERS[0] > 0 or "TOKENIZERS_PARALLELISM" not in os.environ
+        if own:
+            _SERIAL_USERS[0] += 1
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if own:
+            with _ENV_LOCK:
+                _SERIAL_USERS[0] -= 1
+                if _SERIAL_USERS[0] == 0:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+
+
+def chunk_threads(spec: WorkerSpec) -> int:
+    """How many chunks one process renders at once: THREADS where there are that many cores, else 1; 1 where the
+    user's own Python (strategy or collator files) runs, which need not be thread-safe."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # (not Linux)
+        cores = os.cpu_count() or 1
+    return 1 if spec.strategy_files or spec.collator_files else max(1, min(THREADS, cores))
+
+
+def _in_threads(task: Callable, tok, cfg, chunk_iter: Iterable[list], source: str | None, threads: int) -> Iterator:
+    """task over the chunks in `threads` threads of this process, results in input order: while one thread's chunk
+    is in the tokenizer (Rust, the GIL released, one core per call with TOKENIZERS_PARALLELISM=false) another runs
+    the Python stages of its chunk, so two cores work (README Performance). An error in a chunk is raised when its
+    turn comes, as in one thread; the chunks read ahead are dropped."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    if threads <= 1:
+        for c in chunk_iter:
+            yield task(tok, cfg, c, source)
+        return
+    with _serial_tokenizer(), ThreadPoolExecutor(threads, thread_name_prefix="masklens-chunk") as ex:
+        pending: collections.deque = collections.deque()
+        it = iter(chunk_iter)
+        try:
+            while True:
+                try:
+                    c = next(it)
+                except StopIteration:
+                    break
+                except Exception:  # a row that cannot be read: the chunks before it come first, as in one thread
+                    while pending:
+                        yield pending.popleft().result()
+                    raise
+                pending.append(ex.submit(task, tok, cfg, c, source))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
 def map_chunks(task: Callable, spec: WorkerSpec, cfg, chunk_iter: Iterable[list], num_proc: int = 1,
                tokenizer=None, source: str | None = None) -> Iterator:
     """task(tokenizer, cfg, chunk, source) for every chunk, results in input order.
 
-    num_proc <= 1: in this process (with `tokenizer`, else spec's); the caller has registered spec's user files.
+    num_proc <= 1: in this process (with `tokenizer`, else spec's), in chunk_threads(spec) threads; the caller has
+    registered spec's user files.
     num_proc > 1: in that many spawned workers, each loading spec's tokenizer once; at most 2 * num_proc chunks are
     read ahead. A MaskLensError raised for a chunk is raised here, with its file, row, field and fix.
     `source`: the data file, named in errors.
     """
     if num_proc <= 1:
         tok = tokenizer if tokenizer is not None else spec.load_tokenizer()
-        for c in chunk_iter:
-            yield task(tok, cfg, c, source)
+        yield from _in_threads(task, tok, cfg, chunk_iter, source, chunk_threads(spec))
         return
     from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
 

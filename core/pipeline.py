@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import MaskLensError
-from .parallel import CHUNK, WorkerSpec, audit_chunk, chunks, jsonl_ranges, map_chunks, render_json_chunk, \
+from .parallel import WorkerSpec, audit_chunk, chunks, jsonl_ranges, map_chunks, render_json_chunk, \
     start_workers
 
 
@@ -97,7 +97,7 @@ def _read_and_check(job: Job) -> tuple[object, Iterator]:
         ranges = jsonl_ranges(src.data, limit=src.limit)
         return (_tokenizer(job) if job.cfg.pad_token is not None else None), iter(ranges)  # checked here, once
     rows = _rows_with_schema_findings(src)
-    it = chunks(rows, CHUNK)
+    it = chunks(rows)  # of core.parallel.CHUNK rows
     first = next(it)  # the reader raises for a file without examples
     tok = _tokenizer(job) if job.num_proc == 1 or job.cfg.pad_token is not None else None
     return tok, itertools.chain([first], it)

@@ -1,0 +1,135 @@
+"""One process renders two chunks at once (core.parallel._in_threads): the same output, the same order, the same
+errors as one chunk at a time, and TOKENIZERS_PARALLELISM set only while it runs."""
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import core.parallel as P
+from core.cli import main
+from core.errors import MaskLensError
+from core.parallel import WorkerSpec, _in_threads, chunk_threads
+
+SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    monkeypatch.setattr(P, "THREADS", 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+
+
+def test_threads_render_byte_for_byte_what_one_thread_renders(tmp_path, monkeypatch, two_cores):
+    monkeypatch.setattr(P, "CHUNK", 3)
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join((SAMPLES / n).read_text() for n in ("chat_multiturn.jsonl", "agent_traces.jsonl",
+                                                                 "reasoning.jsonl", "weighted.jsonl")))
+    seen = []
+    real = P.render_json_chunk
+
+    def spy(tok, cfg, chunk, source):
+        seen.append(threading.current_thread().name)
+        return real(tok, cfg, chunk, source)
+
+    outs = []
+    for threads in (1, 2):
+        monkeypatch.setattr(P, "THREADS", threads)
+        monkeypatch.setattr(P, "render_json_chunk", spy)
+        monkeypatch.setattr("core.pipeline.render_json_chunk", spy)
+        out = tmp_path / f"t{threads}.jsonl"
+        for strategy in ("assistant_only", "last_assistant"):
+            assert main(["render", "--data", str(data), "--strategy", strategy, "--output", str(out)]) == 0
+            outs.append(out.read_bytes())
+    assert outs[0] == outs[2] and outs[1] == outs[3] and outs[0] != outs[1]
+    assert len(seen) >= 4 * 6  # several chunks a run
+    assert any(n.startswith("masklens-chunk") for n in seen)  # the threads did run
+
+
+def test_results_come_in_input_order_whatever_finishes_first():
+    def task(tok, cfg, chunk, source):
+        time.sleep(random.random() / 100)
+        return chunk
+
+    assert list(_in_threads(task, None, None, iter(range(60)), None, 3)) == list(range(60))
+
+
+def test_a_chunk_error_comes_before_a_later_read_error_as_in_one_thread():
+    def rows(bad_read_at):
+        for i in range(6):
+            if i == bad_read_at:
+                raise MaskLensError("bad line", file="d.jsonl", row=i)
+            yield i
+
+    def task(tok, cfg, chunk, source):
+        if chunk == 1:
+            raise MaskLensError("unknown role", file="d.jsonl", row=chunk)
+        return chunk
+
+    for threads in (1, 2, 4):
+        got = []
+        with pytest.raises(MaskLensError, match="unknown role"):
+            for r in _in_threads(task, None, None, rows(3), None, threads):
+                got.append(r)
+        assert got == [0]
+        got = []
+        with pytest.raises(MaskLensError, match="bad line"):
+            for r in _in_threads(lambda *a: a[2], None, None, rows(3), None, threads):
+                got.append(r)
+        assert got == [0, 1, 2]  # the chunks read before the bad one are all delivered first
+
+
+def test_the_tokenizer_keeps_to_one_thread_only_while_chunks_run(monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    inside = []
+
+    def task(tok, cfg, chunk, source):
+        inside.append(os.environ.get("TOKENIZERS_PARALLELISM"))
+        return chunk
+
+    assert list(_in_threads(task, None, None, iter(range(5)), None, 2)) == list(range(5))
+    assert inside == ["false"] * 5 and "TOKENIZERS_PARALLELISM" not in os.environ
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # the user's choice stands
+    inside.clear()
+    list(_in_threads(task, None, None, iter(range(3)), None, 2))
+    assert inside == ["true"] * 3 and os.environ["TOKENIZERS_PARALLELISM"] == "true"
+
+
+def test_two_pipelines_at_once_unset_it_only_when_both_end(monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    a = _in_threads(lambda *x: x[2], None, None, iter(range(10)), None, 2)
+    b = _in_threads(lambda *x: x[2], None, None, iter(range(10)), None, 2)
+    next(a), next(b)
+    a.close()
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == "false"
+    b.close()
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
+
+
+def test_stopping_early_drops_the_chunks_read_ahead():
+    ran = []
+
+    def task(tok, cfg, chunk, source):
+        ran.append(chunk)
+        time.sleep(0.01)
+        return chunk
+
+    gen = _in_threads(task, None, None, iter(range(100)), None, 2)
+    assert next(gen) == 0
+    gen.close()
+    assert len(ran) <= 4
+
+
+def test_user_python_runs_in_one_thread(two_cores, tmp_path):
+    assert chunk_threads(WorkerSpec()) == 2
+    assert chunk_threads(WorkerSpec(rules_files=("r.yaml",))) == 2  # rules are data
+    assert chunk_threads(WorkerSpec(strategy_files=("s.py",))) == 1
+    assert chunk_threads(WorkerSpec(collator_files=("c.py",))) == 1
+
+
+def test_one_core_gets_one_thread(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    assert chunk_threads(WorkerSpec()) == 1
