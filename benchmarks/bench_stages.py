@@ -5,7 +5,8 @@
 Data: N synthetic multi-turn conversations (benchmarks/bench_engine.py's generator) written as JSONL; the embedded
 SmolLM2 tokenizer; `assistant_only` (SmolLM2's template is not one TRL can patch: MaskLens's own masking).
 - end to end: core.pipeline.render_to_file (read, schema pass, normalise, render, locate, decide, tokenize, labels,
-  findings, JSON lines written), in this process, the tokenizer loaded beforehand;
+  findings, JSON lines written), in this process, the tokenizer loaded beforehand: as `core render --num-proc 1` runs,
+  two chunks at once in threads (core.parallel.THREADS), and again one chunk at a time (THREADS=1) to compare;
 - stages: the same work done stage by stage with a timer around each (core.masking's stage functions called as the
   engine calls them, chunks of 512);
 - floor: jinja render of every conversation in one call + one encode_batch of all texts (nothing else);
@@ -125,7 +126,8 @@ def main():
     from core.masking import MaskConfig
     from core.masking.encoding import encode_batch
     from core.models import load_tokenizer
-    from core.parallel import WorkerSpec
+    import core.parallel as P
+    from core.parallel import WorkerSpec, chunk_threads
     from core.pipeline import Job, Source, render_to_file
 
     tok = load_tokenizer()
@@ -142,6 +144,11 @@ def main():
             return render_to_file(job, out)
 
         e2e_s, e2e_c, _ = best(e2e, ns.repeat)
+        threads, P.THREADS = P.THREADS, 1
+        try:
+            one_s, one_c, _ = best(e2e, ns.repeat)
+        finally:
+            P.THREADS = threads
         special = dict(tok.special_tokens_map)
 
         def floor():
@@ -167,7 +174,10 @@ def main():
     print(f"\n[{ns.data}] {ns.n} conversations, {n_tok:,} tokens, SmolLM2 tokenizer, assistant_only; best of "
           f"{ns.repeat}")
     print(f"{'':44} {'wall s':>8} {'x floor':>8} {'CPU s':>8} {'x floor':>8}")
-    print(f"{'core render, end to end':44} {e2e_s:8.2f} {e2e_s / floor_s:8.2f} {e2e_c:8.2f} {e2e_c / floor_c:8.2f}")
+    name = f"core render, end to end ({chunk_threads(WorkerSpec())} threads)"
+    print(f"{name:44} {e2e_s:8.2f} {e2e_s / floor_s:8.2f} {e2e_c:8.2f} {e2e_c / floor_c:8.2f}")
+    print(f"{'  the same, one chunk at a time':44} {one_s:8.2f} {one_s / floor_s:8.2f} {one_c:8.2f} "
+          f"{one_c / floor_c:8.2f}")
     print(f"{'floor: jinja render + encode_batch':44} {floor_s:8.2f} {1:8.2f} {floor_c:8.2f} {1:8.2f}")
     print(f"{'floor: jinja render + tokenizer(texts)':44} {call_s:8.2f} {call_s / floor_s:8.2f} {call_c:8.2f} "
           f"{call_c / floor_c:8.2f}   (end to end = {e2e_s / call_s:.2f}x this one)")

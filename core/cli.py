@@ -54,7 +54,7 @@ def _positive(s: str) -> int:
 def _add_num_proc(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-proc", type=_positive, default=1, metavar="N",
                    help="render in N worker processes (each loads the tokenizer once); output in input order, "
-                        "identical to --num-proc 1 (default: 1)")
+                        "identical to --num-proc 1 (default: 1: this process, two chunks at once in threads)")
 
 
 # ------------------------------------------------------------------------------------------ MaskConfig as flags

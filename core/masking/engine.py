@@ -100,7 +100,7 @@ def _render_text(examples: list[Example], tokenizer, cfg: MaskConfig, errors: st
     batch = _Batch.start(examples, tokenizer, cfg, spec)
     staged = _stages_1_to_3(examples, tokenizer, batch, errors)
     live = [s for s in staged if isinstance(s, _Staged)]
-    _encode(tokenizer, live)  # one batch call per kind (a thread beside stages 1-3 gained nothing: README Performance)
+    _encode(tokenizer, live)  # one batch call per kind (core.parallel overlaps chunks: README Performance)
     lctx = batch.label_context(tokenizer, live)
     return [s if isinstance(s, RenderedExample) else _finish(s, k, lctx, batch) for k, s in enumerate(staged)]
 
