@@ -154,7 +154,7 @@ def test_samples_show_their_feature(page, sample, n, part):
     from tests.test_browser import choose_sample
 
     choose_sample(page, sample, n)
-    page.wait_for_selector("#inspect-notice:has-text('qwen3.jinja')", timeout=30_000)
+    page.wait_for_selector("#inspect-notice:has-text('qwen3.jinja')", timeout=60_000)  # (after a chained re-render)
     assert "qwen3" in page.locator("#template-pick input").input_value()
     trained = f'#token-view span.{part}:not([data-label="-100"])'
     page.wait_for_function(f"() => document.querySelectorAll({trained!r}).length > 0", timeout=40_000)
