@@ -86,18 +86,6 @@ def count(pg, selector: str) -> int:
     return pg.locator(selector).count()
 
 
-def settle(pg, quiet_ms: int = 600, timeout: int = 40_000):
-    """Wait until no Gradio event is running (no status tracker `.generating`) for quiet_ms: the follow-up events of a
-    click have run too, as a user waits for the spinners to stop before typing."""
-    pg.wait_for_function(f"""() => {{
-        const busy = document.querySelectorAll('.generating').length > 0;
-        const now = performance.now();
-        if (busy || window.__mlQuietSince === undefined) {{
-            window.__mlQuietSince = busy ? undefined : now;
-            return false; }}
-        return now - window.__mlQuietSince >= {quiet_ms}; }}""", timeout=timeout, polling=100)
-
-
 def wait_count(pg, selector: str, op: str, n: int, timeout: int = 20_000):
     pg.wait_for_function(f"() => document.querySelectorAll({selector!r}).length {op} {n}", timeout=timeout)
 
