@@ -5,7 +5,9 @@ it once, at start), the MaskConfig, and the user files (--rules, --strategy-file
 registers again (once, and again when their contents change). Nothing else crosses the process boundary but rows
 going in and small results (JSON lines, a chunk's audit stats) coming back; at most ``2 * num_proc`` chunks are in
 flight, so memory does not grow with the dataset. The workers are kept for the next call with the same tokenizer
-(starting one costs seconds: transformers and torch import) and stopped at exit (shutdown_pool).
+(starting one costs seconds: transformers and torch import) and stopped at exit (shutdown_pool). In this process
+(num_proc 1) two chunks are rendered at once in threads, one in the tokenizer while the other runs Python
+(_in_threads, chunk_threads).
 
 Example:
     spec = WorkerSpec(tokenizer=None)                       # None: the embedded SmolLM2
