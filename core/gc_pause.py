@@ -10,25 +10,20 @@ with it paused, this 2-core machine). Cycles made meanwhile (at most a batch's) 
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import threading
 
-_LOCK = threading.Lock()
-_STATE = {"pauses": 0, "was_enabled": False}
+from .process_switch import ProcessSwitch
 
 
-@contextlib.contextmanager
+def _pause() -> bool:
+    was = gc.isenabled()
+    gc.disable()
+    return was
+
+
+_SWITCH = ProcessSwitch(_pause, lambda was: gc.enable() if was else None)
+
+
 def gc_paused():
-    with _LOCK:
-        if _STATE["pauses"] == 0:
-            _STATE["was_enabled"] = gc.isenabled()
-            gc.disable()
-        _STATE["pauses"] += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _STATE["pauses"] -= 1
-            if _STATE["pauses"] == 0 and _STATE["was_enabled"]:
-                gc.enable()
+    """A context manager: the collector off inside it (core.process_switch: nests, thread-safe)."""
+    return _SWITCH.held()

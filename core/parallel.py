@@ -23,8 +23,6 @@ import collections
 import hashlib
 import multiprocessing
 import os
-import threading
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +32,10 @@ import orjson  # JSON lines: 5-10x json.dumps on lists of ids (JSON was 10% of `
 
 from .errors import MaskLensError
 from .gc_pause import gc_paused
+from .process_switch import ProcessSwitch
 
 CHUNK = 512  # rows per chunk: big enough for batch tokenization, small enough to keep memory flat
 THREADS = 2  # chunks rendered at once in one process (--num-proc 1): one in the tokenizer while one runs Python
-_ENV_LOCK = threading.Lock()
-_SERIAL_USERS = [0]  # pipelines running with TOKENIZERS_PARALLELISM set by _serial_tokenizer
 
 
 @dataclass(frozen=True)
@@ -272,24 +269,23 @@ def shutdown_pool() -> None:
         _POOL.pop()[1].shutdown(wait=True, cancel_futures=True)
 
 
-@contextmanager
-def _serial_tokenizer():
-    """TOKENIZERS_PARALLELISM=false while chunk threads run, unless the user set it: each encode_batch call then keeps
-    to its own thread. (The tokenizer's thread pool beside a busy Python thread is slower than no overlap at all: one
-    of its threads waits for a core and the whole batch waits for that one.) Unset again when the last pipeline ends."""
-    with _ENV_LOCK:
-        own = _SERIAL_USERS[0] > 0 or "TOKENIZERS_PARALLELISM" not in os.environ
-        if own:
-            _SERIAL_USERS[0] += 1
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        yield
-    finally:
-        if own:
-            with _ENV_LOCK:
-                _SERIAL_USERS[0] -= 1
-                if _SERIAL_USERS[0] == 0:
-                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+def _tokenizer_serial() -> str | None:
+    """TOKENIZERS_PARALLELISM=false unless the user set it; returns what was there."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    if before is None:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    return before
+
+
+def _tokenizer_back(before: str | None) -> None:
+    if before is None:
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
+
+
+# TOKENIZERS_PARALLELISM=false while chunk threads run, unless the user set it: each encode_batch call then keeps to
+# its own thread. (The tokenizer's thread pool beside a busy Python thread is slower than no overlap at all: one of its
+# threads waits for a core and the whole batch waits for that one.) Unset again when the last pipeline ends.
+_SERIAL_TOKENIZER = ProcessSwitch(_tokenizer_serial, _tokenizer_back)
 
 
 def chunk_threads(spec: WorkerSpec) -> int:
@@ -313,7 +309,7 @@ def _in_threads(task: Callable, tok, cfg, chunk_iter: Iterable[list], source: st
         for c in chunk_iter:
             yield task(tok, cfg, c, source)
         return
-    with _serial_tokenizer(), ThreadPoolExecutor(threads, thread_name_prefix="masklens-chunk") as ex:
+    with _SERIAL_TOKENIZER.held(), ThreadPoolExecutor(threads, thread_name_prefix="masklens-chunk") as ex:
         pending: collections.deque = collections.deque()
         it = iter(chunk_iter)
         try:
