@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests import test_browser
 from tests.test_browser import TOKENS, UPLOAD, shot
@@ -120,7 +121,13 @@ def test_compare_counts_a_weighted_configurations_tokens_as_differing(page):
     box = page.locator("#cmp-prompt-loss-weight-b input")
     box.fill("0.1")
     box.press("Enter")
-    page.wait_for_selector("#compare-summary:has-text('labelled or weighted differently')", timeout=40_000)
+    done = "#compare-summary:has-text('labelled or weighted differently')"
+    try:
+        page.wait_for_selector(done, timeout=15_000)
+    except PlaywrightTimeout:  # in 2 of 4 loaded fresh-clone runs this Enter never reached the app (never alone): a
+        assert box.input_value() == "0.1"  # user whose Enter did nothing presses it again; the box kept the value
+        box.press("Enter")
+        page.wait_for_selector(done, timeout=40_000)
     # A to assistant_only: now A ignores (-100) exactly what B weighs 0.1. (Filling B's box right after a strategy
     # change, while that change's follow-up events settled, lost the value in 3 of 5 full-suite runs: not reproduced
     # otherwise; this order is the one a user takes too, and the strategy change re-sends B's value.)
