@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import tiny_llama
-from .test_browser import ARGS, CHROMIUM, shot
+from .test_browser import ARGS, CHROMIUM, fill_kept, shot
 
 PORT = int(os.environ.get("MASKLENS_TEST_PORT_EXPERIMENTS", "7884"))
 
@@ -64,7 +64,7 @@ def test_start_watch_and_read_an_experiment(browser, url, tiny):
     page.goto(url)
     page.wait_for_selector("#token-view [data-token-id]", timeout=60_000)
     page.get_by_role("tab", name="Experiments").click()
-    page.locator("#exp-name input, #exp-name textarea").first.fill("ui-exp")
+    fill_kept(page.locator("#exp-name input, #exp-name textarea").first, "ui-exp")
     editor = page.locator("#exp-config .cm-content")
     editor.click()
     page.keyboard.press("Control+a")

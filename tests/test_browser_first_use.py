@@ -10,7 +10,7 @@ import re
 import pytest
 
 from tests import test_browser
-from tests.test_browser import REPO, TOKENS, UPLOAD, shot
+from tests.test_browser import REPO, TOKENS, UPLOAD, fill_kept, shot
 
 app_url, browser, page = test_browser.app_url, test_browser.browser, test_browser.page  # its fixtures, shared
 
@@ -289,7 +289,7 @@ def test_train_estimates_the_time_before_start(page):
     text = page.locator("#train-estimate").inner_text()
     assert text.startswith("Estimate: 20 steps ≈") and "s per step of" in text, text
     steps = page.locator("#train-steps input")
-    steps.fill("40")
+    fill_kept(steps, "40")
     steps.press("Enter")
     page.wait_for_selector("#train-estimate:has-text('Estimate: 40 steps')", timeout=40_000)
     assert page.locator("#train-name input, #train-name textarea").first.get_attribute("placeholder").startswith(
@@ -311,8 +311,8 @@ def tiny_model_dir(tmp_path, smol_tok, monkeypatch):
 
 def test_a_named_run_stops_and_its_stopping_message_goes(page, tiny_model_dir):
     page.get_by_role("tab", name="Train").click()
-    page.locator("#train-model textarea, #train-model input").first.fill(str(tiny_model_dir))
-    page.locator("#train-steps input").fill("5000")
+    fill_kept(page.locator("#train-model textarea, #train-model input").first, str(tiny_model_dir))
+    fill_kept(page.locator("#train-steps input"), "5000")
     page.locator("#train-steps input").press("Enter")
     page.wait_for_selector("#train-estimate:has-text('No time estimate for this model yet')", timeout=40_000)
     page.locator("#train-name textarea, #train-name input").first.fill("my first run")
