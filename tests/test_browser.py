@@ -94,8 +94,8 @@ def fill_kept(box, text: str, tries: int = 5):
     """Fill a text or number box and make sure the value stays. A Gradio 6 box mounted a moment ago (an accordion just
     opened, a tab just shown) can put its initial value back right after Playwright's fill, which types within
     milliseconds of the mount (2 in 8 unloaded runs of Compare's weight box here: its input event carried "0.1", the
-    box read "0" ms later; the cause of the CI failures at the last two stops). A person cannot type that fast, so
-    fill again until the text holds for 300 ms."""
+    box read "0" ms later: the CI failures of test_compare_counts_a_weighted_configurations_tokens_as_differing). A
+    person cannot type that fast, so fill again until the text holds for 300 ms."""
     for _ in range(tries):
         box.fill(text)
         box.page.wait_for_timeout(300)
