@@ -96,25 +96,26 @@ def _read_and_check(job: Job) -> tuple[object, Iterator]:
         start_workers(job.spec, job.num_proc)
         ranges = jsonl_ranges(src.data, limit=src.limit)
         return (_tokenizer(job) if job.cfg.pad_token is not None else None), iter(ranges)  # checked here, once
-    rows = _rows_with_schema_findings(src)
-    it = chunks(rows)  # of core.parallel.CHUNK rows
+    rows, total = _rows_with_schema_findings(src)
+    it = chunks(rows, total=total)  # of core.parallel.CHUNK rows (smaller at the end, where the total is known)
     first = next(it)  # the reader raises for a file without examples
     tok = _tokenizer(job) if job.num_proc == 1 or job.cfg.pad_token is not None else None
     return tok, itertools.chain([first], it)
 
 
-def _rows_with_schema_findings(src: Source) -> Iterator:
-    """(row, object, line, findings) for every row; a local file's schema is read in a first pass (the check)."""
+def _rows_with_schema_findings(src: Source) -> tuple[Iterator, int | None]:
+    """((row, object, line, findings) for every row, how many rows: None where not counted). A local file's schema is
+    read in a first pass (the check), which counts its rows."""
     from .data.formats import schema_findings, schema_union  # noqa: PLC0415
     from .data.reader import iter_rows  # noqa: PLC0415
 
     rows = iter_rows(src.data, split=src.split, limit=src.limit)
     if not src.local:  # a hub dataset comes through `datasets`: its nulls are in the rows already
-        return rows
+        return rows, None
     union = schema_union(obj for _, obj, _ in iter_rows(src.data, split=src.split, limit=src.limit))
     if union is None:  # a schema datasets could not build: nothing to predict (datasets_cannot_load says why)
-        return rows
-    return ((i, obj, line, schema_findings(union, obj, i)) for i, obj, line in rows)
+        return rows, None
+    return ((i, obj, line, schema_findings(union, obj, i)) for i, obj, line in rows), union.rows
 
 
 def _tokenizer(job: Job):

@@ -133,3 +133,27 @@ def test_user_python_runs_in_one_thread(two_cores, tmp_path):
 def test_one_core_gets_one_thread(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
     assert chunk_threads(WorkerSpec()) == 1
+
+
+@pytest.mark.parametrize("total,size", [(0, 8), (5, 8), (16, 8), (17, 8), (40, 8), (1000, 64), (7, 1)])
+def test_chunks_end_in_quarter_chunks_when_the_total_is_known(total, size):
+    """With the row count known (the schema pass counts a local file's rows), the last 2 * size rows come in chunks
+    of size // 4, so that the two chunk threads end close together; every row once, in order, either way."""
+    rows = list(range(total))
+    plain = list(P.chunks(iter(rows), size))
+    tapered = list(P.chunks(iter(rows), size, total=total))
+    assert [r for c in tapered for r in c] == rows == [r for c in plain for r in c]
+    assert all(len(c) == size for c in plain[:-1])
+    tail = max(1, size // 4)
+    done = 0
+    for c in tapered:
+        assert 1 <= len(c) <= (size if total - done > 2 * size else tail)
+        done += len(c)
+    if total > 2 * size and tail < size:
+        assert len(tapered) > len(plain)
+
+
+@pytest.mark.parametrize("claimed", [0, 3, 30, 10**6])
+def test_chunks_with_a_wrong_total_still_give_every_row(claimed):
+    rows = list(range(25))
+    assert [r for c in P.chunks(iter(rows), 4, total=claimed) for r in c] == rows

@@ -312,3 +312,93 @@ def test_half_emoji_is_caught(smol_tok):
     r.labels[last] = IGNORE  # the defect the issue measured
     problems = check_example(smol_tok, "smollm2", row, r, cfg)
     assert any("decode to" in p for p in problems), (pieces, problems)
+
+
+# ------------------------------------------------------------------------------- the locator's inline plain path
+# spans._Locator.message locates a message of only role + text inline (most of a dataset); every other message takes
+# the general steps. The inline path must give exactly what the general steps give, whatever the text: contents here
+# also collide with role names, headers and closers.
+TRICKY = PIECES + ["user", "assistant", "system", "model", "<think>", "</think>", "\n\n", "<|im_start|>", "<|im_end|>",
+                   "<end_of_turn>", "<|eot_id|>", "<|message|>", "<｜User｜>"]
+tricky_text = st.lists(st.sampled_from(TRICKY), min_size=0, max_size=5).map("".join)
+
+
+@st.composite
+def plain_heavy_conversations(draw):
+    """Mostly plain {role, content} messages (empty and repeated contents too), some from conversations() above."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(conversations())
+    msgs = []
+    if draw(st.booleans()):
+        msgs.append({"role": "system", "content": draw(tricky_text)})
+    for _ in range(draw(st.integers(1, 3))):
+        msgs.append({"role": "user", "content": draw(tricky_text)})
+        reply = draw(st.sampled_from(["same", "new", "empty"]))
+        content = msgs[-1]["content"] if reply == "same" else "" if reply == "empty" else draw(tricky_text)
+        msgs.append({"role": "assistant", "content": content})
+    return {"messages": msgs}
+
+
+def _located(text, msgs, info, eos, inline: bool):
+    from core.masking import spans as S
+
+    keys, S._PLAIN_KEYS = S._PLAIN_KEYS, (S._PLAIN_KEYS if inline else frozenset())
+    try:
+        return [(sp, sp.parts) for sp in S.locate_messages(text, msgs, info, eos)]
+    finally:
+        S._PLAIN_KEYS = keys
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow])
+@given(row=plain_heavy_conversations())
+def test_inline_plain_messages_locate_as_the_general_steps_do(name, row):
+    from core.masking.template_info import analyze_template
+
+    tok = tokenizer_for(name)
+    msgs = row["messages"]
+    try:
+        text = tok.apply_chat_template(msgs, tools=row.get("tools"), tokenize=False)
+    except Exception:  # noqa: BLE001  (a template that cannot render the row: nothing to locate)
+        return
+    info = analyze_template(tok, tok.chat_template)
+    inline = _located(text, msgs, info, tok.eos_token, True)
+    general = _located(text, msgs, info, tok.eos_token, False)
+    assert inline == general, json.dumps(row, ensure_ascii=False)
+
+
+def test_the_inline_path_is_taken(smol_tok):
+    """Not vacuous: with the plain keys emptied, the general steps run (the path the test above compares with)."""
+    from core.masking import spans as S
+    from core.masking.template_info import analyze_template
+
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    text = smol_tok.apply_chat_template(msgs, tokenize=False)
+    info = analyze_template(smol_tok, smol_tok.chat_template)
+    calls = []
+    real = S._texts
+    S._texts = lambda *a: calls.append(a) or real(*a)
+    try:
+        _located(text, msgs, info, smol_tok.eos_token, True)
+        assert calls == []
+        _located(text, msgs, info, smol_tok.eos_token, False)
+        assert len(calls) == 2
+    finally:
+        S._texts = real
+
+
+_pos = st.integers(-1, 40)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(role=st.sampled_from(["assistant", "user"]), h=_pos, body=_pos, c=_pos, n=st.integers(0, 9), eot=_pos,
+       eot_n=st.integers(0, 5))
+def test_plain_parts_are_all_parts(role, h, body, c, n, eot, eot_n):
+    """MessageSpan._plain_parts (header, content, end-of-turn: most messages) == the general _all_parts, wherever the
+    positions lie (in order or not, empty or not)."""
+    from core.masking.spans import MessageSpan
+
+    sp = MessageSpan(0, role, True, h, c, c + n, eot_start=eot, eot_end=eot + eot_n if eot >= 0 else -1,
+                     body_start=body)
+    assert sp._plain_parts() == sp._all_parts()

@@ -29,6 +29,7 @@ from ..data.content import content_text
 from .template_info import (PROBE, REASONING_FIELDS, TemplateInfo, analyze_template,  # noqa: F401  (re-exported)
                             special_regex, special_regex_for, special_tokens)
 
+_PLAIN_KEYS = frozenset(("role", "content"))  # a message of only these (most of a dataset) is located inline
 PARTS = ("header", "reasoning", "content", "tool_calls", "eot", "scaffold")
 _START = itemgetter(1)  # a part's start: (part, start, end)
 
@@ -90,6 +91,26 @@ class MessageSpan:
     def compute_parts(self) -> list[tuple[str, int, int]]:
         if not self.found:
             return []
+        if self.scaffold is None and self.reasoning_part is None and self.tool_calls is None and self.eos_start < 0:
+            return self._plain_parts()  # most messages
+        return self._all_parts()
+
+    def _plain_parts(self) -> list[tuple[str, int, int]]:
+        """_all_parts for a message of header, content and end-of-turn only, unsorted where already in order."""
+        a, b, e = self.header_start, self.content_start, self.content_end
+        body = self.body_start if self.body_start >= 0 else b
+        if self.eot_start < 0:
+            out = [("header", a, body), ("content", b, e)]
+            ordered = a <= b
+        else:
+            t = e if self.role == "assistant" and e <= self.eot_start else self.eot_start
+            out = [("header", a, body), ("content", b, e), ("eot", t, self.eot_end)]
+            ordered = a <= b <= t
+        if not ordered:  # (a stable sort leaves parts already in order as they are)
+            out.sort(key=_START)
+        return [p for p in out if p[2] > p[1]]
+
+    def _all_parts(self) -> list[tuple[str, int, int]]:
         body = self.body_start if self.body_start >= 0 else self.content_start
         out = [("header", self.header_start, body)]
         if self.scaffold:
@@ -140,6 +161,21 @@ class _Locator:
 
     def message(self, i: int, m: dict, cursor: int) -> tuple[MessageSpan, int]:
         """Message i's span, and where the next message's search starts."""
+        content = m.get("content")
+        if type(content) is str and content and m.keys() <= _PLAIN_KEYS:
+            # Most messages: role + text, anchored on their header (what the steps below do for them, inline).
+            role = m.get("role")
+            leads = self.info.leads.get(role)
+            if leads is not None and (role != "assistant" or "</think>" not in content):
+                anchor, hdr_len, start = self._anchor(leads, content, cursor)
+                if start >= 0:
+                    end = start + len(content)
+                    sp = MessageSpan(i, role, True, anchor, start, end)
+                    if role == "assistant":
+                        sp.body_start = body = anchor + hdr_len
+                        if start > body:
+                            sp.scaffold = (body, start)  # text the template inserted before the content
+                    return sp, end
         role = m.get("role", "")
         reasoning, content, searched = _texts(m, role, self.info)
         hdr = self.info.headers.get(role, "")
@@ -147,7 +183,7 @@ class _Locator:
         anchor = body = start = -1
         matched, rz = content, None
         if content and not searched and hdr:
-            anchor, body, start = self._anchor_on_header(hdr, content, cursor)
+            anchor, body, start = self._anchor_on_header(role, content, cursor)
         if start < 0:
             anchor, body, start, matched, rz = self._search(i, hdr, content, searched, cursor)
         dropped = start < 0 and bool(content) and bool(calls)
@@ -226,16 +262,21 @@ class _Locator:
         if q < b:
             sp.inlined = (q, b)
 
-    def _anchor_on_header(self, hdr: str, content: str, cursor: int) -> tuple[int, int, int]:
+    def _anchor_on_header(self, role: str, content: str, cursor: int) -> tuple[int, int, int]:
         """(header start, body start, content start) of header (+ what the template inserts) + content, so that a
         short content ("a") never matches inside a header; the earliest of the two (a later turn may repeat this
         content after the scaffold). (-1, -1, -1) when neither is there."""
-        anchor = body = start = -1
-        for lead in dict.fromkeys((hdr + self.info.scaffold, hdr)):
+        anchor, hdr_len, start = self._anchor(self.info.leads[role], content, cursor)
+        return anchor, (anchor + hdr_len if anchor >= 0 else -1), start
+
+    def _anchor(self, leads, content: str, cursor: int) -> tuple[int, int, int]:
+        """(header start, header length, content start) of the earliest lead + content; (-1, 0, -1) when none."""
+        anchor, hdr_len, start = -1, 0, -1
+        for lead, n in leads:
             p = self.text.find(lead + content, cursor)
             if p >= 0 and (anchor < 0 or p < anchor):
-                anchor, body, start = p, p + len(hdr), p + len(lead)
-        return anchor, body, start
+                anchor, hdr_len, start = p, n, p + len(lead)
+        return anchor, hdr_len, start
 
     def _search(self, i: int, hdr: str, content: str, searched: str | None, cursor: int):
         """The message's text searched on its own (reasoning first, then content), then its header before it.
@@ -499,7 +540,7 @@ def _attach_closers(text: str, spans: list[MessageSpan], messages: list[dict], i
             best, marker = _calls_closer(text, info.call_closer, len(calls), tail, nxt, best, marker, specials)
         if best >= 0:
             sp.eot_start, sp.eot_end = best, best + len(marker)
-        if sp.role == "assistant":
+        if sp.role == "assistant" and (calls or sp.content_start == sp.content_end):  # (what _turn_rest acts on)
             _turn_rest(text, sp, bool(calls), best, tail, nxt, found[k + 1] if k + 1 < len(found) else None)
         nxt = sp.header_start if 0 <= sp.header_start < sp.content_start else sp.content_start
         if sp.reasoning_part:
@@ -509,6 +550,8 @@ def _attach_closers(text: str, spans: list[MessageSpan], messages: list[dict], i
 
 
 def _first_marker(text: str, markers, tail: int, nxt: int) -> tuple[int, str]:
+    if len(markers) == 1:
+        return text.find(markers[0], tail, nxt), markers[0]
     best, best_marker = -1, ""
     for marker in markers:
         p = text.find(marker, tail, nxt)

@@ -63,6 +63,13 @@ class TemplateInfo:
     probe_ok: bool = False
     probe_error: str = ""
 
+    @functools.cached_property
+    def leads(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """role -> what may come right before its content, with the header's length: header + scaffold, then the
+        header alone (the locator anchors a message on lead + content). Roles without a header are absent."""
+        return {role: tuple((lead, len(hdr)) for lead in dict.fromkeys((hdr + self.scaffold, hdr)))
+                for role, hdr in self.headers.items() if hdr}
+
 
 _INFO_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
