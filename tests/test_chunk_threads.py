@@ -1,5 +1,5 @@
 """One process renders two chunks at once (core.parallel._in_threads): the same output, the same order, the same
-errors as one chunk at a time, and TOKENIZERS_PARALLELISM set only while it runs."""
+errors as one chunk at a time, and TOKENIZERS_PARALLELISM and the GIL's longer turns set only while it runs."""
 
 import os
 import random
@@ -107,6 +107,41 @@ def test_two_pipelines_at_once_unset_it_only_when_both_end(monkeypatch):
     assert os.environ.get("TOKENIZERS_PARALLELISM") == "false"
     b.close()
     assert "TOKENIZERS_PARALLELISM" not in os.environ
+
+
+def test_longer_gil_turns_only_while_chunks_run():
+    """The GIL's switch interval is SWITCH_INTERVAL while chunk threads run (a user's longer one stands), and what was
+    there before comes back when the last of two pipelines ends."""
+    import sys
+
+    before = sys.getswitchinterval()
+    inside = []
+
+    def task(tok, cfg, chunk, source):
+        inside.append(sys.getswitchinterval())
+        return chunk
+
+    try:
+        sys.setswitchinterval(0.005)
+        assert list(_in_threads(task, None, None, iter(range(4)), None, 2)) == list(range(4))
+        assert inside == pytest.approx([P.SWITCH_INTERVAL] * 4) and P.SWITCH_INTERVAL > 0.005  # (kept in µs)
+        assert sys.getswitchinterval() == 0.005
+        a = _in_threads(lambda *x: x[2], None, None, iter(range(10)), None, 2)
+        b = _in_threads(lambda *x: x[2], None, None, iter(range(10)), None, 2)
+        next(a), next(b)
+        a.close()
+        assert sys.getswitchinterval() == pytest.approx(P.SWITCH_INTERVAL)
+        b.close()
+        assert sys.getswitchinterval() == 0.005
+        sys.setswitchinterval(1.0)  # longer than ours: kept
+        inside.clear()
+        list(_in_threads(task, None, None, iter(range(2)), None, 2))
+        assert inside == [1.0, 1.0] and sys.getswitchinterval() == 1.0
+        inside.clear()
+        list(_in_threads(task, None, None, iter(range(2)), None, 1))  # one thread: nothing changed
+        assert inside == [1.0, 1.0]
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_stopping_early_drops_the_chunks_read_ahead():
