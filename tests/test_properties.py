@@ -387,18 +387,3 @@ def test_the_inline_path_is_taken(smol_tok):
     finally:
         S._texts = real
 
-
-_pos = st.integers(-1, 40)
-
-
-@settings(max_examples=500, deadline=None, derandomize=True, database=None)
-@given(role=st.sampled_from(["assistant", "user"]), h=_pos, body=_pos, c=_pos, n=st.integers(0, 9), eot=_pos,
-       eot_n=st.integers(0, 5))
-def test_plain_parts_are_all_parts(role, h, body, c, n, eot, eot_n):
-    """MessageSpan._plain_parts (header, content, end-of-turn: most messages) == the general _all_parts, wherever the
-    positions lie (in order or not, empty or not)."""
-    from core.masking.spans import MessageSpan
-
-    sp = MessageSpan(0, role, True, h, c, c + n, eot_start=eot, eot_end=eot + eot_n if eot >= 0 else -1,
-                     body_start=body)
-    assert sp._plain_parts() == sp._all_parts()

@@ -91,26 +91,6 @@ class MessageSpan:
     def compute_parts(self) -> list[tuple[str, int, int]]:
         if not self.found:
             return []
-        if self.scaffold is None and self.reasoning_part is None and self.tool_calls is None and self.eos_start < 0:
-            return self._plain_parts()  # most messages
-        return self._all_parts()
-
-    def _plain_parts(self) -> list[tuple[str, int, int]]:
-        """_all_parts for a message of header, content and end-of-turn only, unsorted where already in order."""
-        a, b, e = self.header_start, self.content_start, self.content_end
-        body = self.body_start if self.body_start >= 0 else b
-        if self.eot_start < 0:
-            out = [("header", a, body), ("content", b, e)]
-            ordered = a <= b
-        else:
-            t = e if self.role == "assistant" and e <= self.eot_start else self.eot_start
-            out = [("header", a, body), ("content", b, e), ("eot", t, self.eot_end)]
-            ordered = a <= b <= t
-        if not ordered:  # (a stable sort leaves parts already in order as they are)
-            out.sort(key=_START)
-        return [p for p in out if p[2] > p[1]]
-
-    def _all_parts(self) -> list[tuple[str, int, int]]:
         body = self.body_start if self.body_start >= 0 else self.content_start
         out = [("header", self.header_start, body)]
         if self.scaffold:
@@ -169,13 +149,8 @@ class _Locator:
             if leads is not None and (role != "assistant" or "</think>" not in content):
                 anchor, hdr_len, start = self._anchor(leads, content, cursor)
                 if start >= 0:
-                    end = start + len(content)
-                    sp = MessageSpan(i, role, True, anchor, start, end)
-                    if role == "assistant":
-                        sp.body_start = body = anchor + hdr_len
-                        if start > body:
-                            sp.scaffold = (body, start)  # text the template inserted before the content
-                    return sp, end
+                    sp = _span(i, role, anchor, anchor + hdr_len, start, content, None, False)
+                    return sp, sp.content_end
         role = m.get("role", "")
         reasoning, content, searched = _texts(m, role, self.info)
         hdr = self.info.headers.get(role, "")
@@ -540,7 +515,7 @@ def _attach_closers(text: str, spans: list[MessageSpan], messages: list[dict], i
             best, marker = _calls_closer(text, info.call_closer, len(calls), tail, nxt, best, marker, specials)
         if best >= 0:
             sp.eot_start, sp.eot_end = best, best + len(marker)
-        if sp.role == "assistant" and (calls or sp.content_start == sp.content_end):  # (what _turn_rest acts on)
+        if sp.role == "assistant":
             _turn_rest(text, sp, bool(calls), best, tail, nxt, found[k + 1] if k + 1 < len(found) else None)
         nxt = sp.header_start if 0 <= sp.header_start < sp.content_start else sp.content_start
         if sp.reasoning_part:
@@ -550,8 +525,6 @@ def _attach_closers(text: str, spans: list[MessageSpan], messages: list[dict], i
 
 
 def _first_marker(text: str, markers, tail: int, nxt: int) -> tuple[int, str]:
-    if len(markers) == 1:
-        return text.find(markers[0], tail, nxt), markers[0]
     best, best_marker = -1, ""
     for marker in markers:
         p = text.find(marker, tail, nxt)
