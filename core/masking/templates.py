@@ -1,7 +1,8 @@
 """Chat templates: rendering exactly as transformers does.
 
-Rendering goes through transformers' own ``render_jinja_template`` (a sandboxed jinja environment with the
-``{% generation %}`` extension), so the text is byte-identical to what ``apply_chat_template`` and TRL 1.16 tokenize.
+Rendering is transformers' ``render_jinja_template`` (a sandboxed jinja environment with the ``{% generation %}``
+extension), done by core.masking.jinja_render (per thread, and faster), so the text is byte-identical to what
+``apply_chat_template`` and TRL 1.16 tokenize. Untrusted templates render in a subprocess (core.masking.sandbox).
 What a template does (headers, end-of-turn markers) is learnt in core.masking.template_info; where each message
 lies in a rendering, in core.masking.spans.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import MaskLensError
+from .jinja_render import render_conversations
 
 _GEN_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -150,12 +152,9 @@ def _render_one(job: RenderJob, base: dict):
 
 
 def _jinja(template: str, convos: list, tools, agp: bool, rg: bool, kwargs: dict):
-    from transformers.utils.chat_template_utils import render_jinja_template  # noqa: PLC0415
-
     try:
-        return render_jinja_template(conversations=convos, tools=tools, chat_template=template,
-                                     return_assistant_tokens_mask=rg and has_generation_markers(template),
-                                     add_generation_prompt=agp, **kwargs)
+        return render_conversations(template, convos, tools=tools, add_generation_prompt=agp,
+                                    return_generation=rg and has_generation_markers(template), **kwargs)
     except MaskLensError:
         raise
     except Exception as e:  # jinja TemplateError, raise_exception(...) from the template, TypeError...
