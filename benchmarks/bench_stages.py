@@ -13,7 +13,9 @@ SmolLM2 tokenizer; `assistant_only` (SmolLM2's template is not one TRL can patch
 - TRL: SFTTrainer._prepare_dataset with assistant_only_loss on the {% generation %}-marked twin of the same template
   (the labels are checked equal to MaskLens's first).
 Targets (issue #16): end to end <= 1.2x the floor and <= 0.5x TRL on varied data; <= 1.0x the floor where prompts
-repeat (--data shared). Ratios are measured in the same run (the machine is shared: absolute times move).
+repeat (--data shared). End to end and the floors run in interleaved rounds (--repeat of them; the machine is
+shared and its speed drifts: runs side by side see the same stretch); each line gives its best round, and the
+per-round ratios are printed too.
 """
 
 from __future__ import annotations
@@ -33,16 +35,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_engine import conversations, shared_conversations  # noqa: E402
 
 
+def timed_run(fn):
+    """(wall seconds, CPU seconds of this process, result) of one run."""
+    gc.collect()
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
 def best(fn, repeat):
     """(best wall seconds, best CPU seconds of this process, result) over `repeat` runs."""
-    out, walls, cpus = None, [], []
-    for _ in range(repeat):
-        gc.collect()
-        t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
-    return min(walls), min(cpus), out
+    runs = [timed_run(fn) for _ in range(repeat)]
+    return min(r[0] for r in runs), min(r[1] for r in runs), runs[-1][2]
+
+
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Each function once per round, in turn (the machine's speed drifts: runs side by side see the same stretch).
+    -> {name: [(wall, cpu), ...]} and {name: last result}."""
+    times, results = defaultdict(list), {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            w, c, results[name] = timed_run(fn)
+            times[name].append((w, c))
+            results[name] = None if name != "floor" else results[name]
+    return times, results
 
 
 def cold(tok):
@@ -143,27 +159,31 @@ def main():
             cold(tok)
             return render_to_file(job, out)
 
-        e2e_s, e2e_c, _ = best(e2e, ns.repeat)
-        threads, P.THREADS = P.THREADS, 1
-        try:
-            one_s, one_c, _ = best(e2e, ns.repeat)
-        finally:
-            P.THREADS = threads
         special = dict(tok.special_tokens_map)
+
+        def one_chunk():
+            threads, P.THREADS = P.THREADS, 1
+            try:
+                return e2e()
+            finally:
+                P.THREADS = threads
 
         def floor():
             texts, _ = render_jinja_template(conversations=[r["messages"] for r in rows],
                                              chat_template=tok.chat_template, **special)
             return encode_batch(tok, texts, False)
 
-        floor_s, floor_c, encs = best(floor, ns.repeat)
-
         def floor_call():  # the same through the tokenizer's public __call__ (Python lists of ids: NOTES.md's floor)
             texts, _ = render_jinja_template(conversations=[r["messages"] for r in rows],
                                              chat_template=tok.chat_template, **special)
             return tok(texts, add_special_tokens=False)["input_ids"]
 
-        call_s, call_c, _ = best(floor_call, ns.repeat)
+        times, results = interleaved({"e2e": e2e, "one": one_chunk, "floor": floor, "call": floor_call}, ns.repeat)
+        encs = results["floor"]
+        (e2e_s, e2e_c), (one_s, one_c), (floor_s, floor_c), (call_s, call_c) = (
+            (min(w for w, _ in times[k]), min(c for _, c in times[k])) for k in ("e2e", "one", "floor", "call"))
+        ratios = sorted(a[0] / b[0] for a, b in zip(times["e2e"], times["floor"]))
+        ratios_call = sorted(a[0] / b[0] for a, b in zip(times["e2e"], times["call"]))
         parts = stages(path, tok, cfg)
         ours = [json.loads(line)["labels"] for line in out.read_text().splitlines()]
     trl_s = trl_c = None
@@ -172,7 +192,7 @@ def main():
         assert trl_labels == ours, "labels differ from TRL's"
     n_tok = sum(len(e.ids) for e in encs)
     print(f"\n[{ns.data}] {ns.n} conversations, {n_tok:,} tokens, SmolLM2 tokenizer, assistant_only; best of "
-          f"{ns.repeat}")
+          f"{ns.repeat} interleaved rounds")
     print(f"{'':44} {'wall s':>8} {'x floor':>8} {'CPU s':>8} {'x floor':>8}")
     name = f"core render, end to end ({chunk_threads(WorkerSpec())} threads)"
     print(f"{name:44} {e2e_s:8.2f} {e2e_s / floor_s:8.2f} {e2e_c:8.2f} {e2e_c / floor_c:8.2f}")
@@ -184,6 +204,9 @@ def main():
     if trl_s is not None:
         print(f"{'TRL 1.16 preparation (assistant_only_loss)':44} {trl_s:8.2f} {trl_s / floor_s:8.2f} {trl_c:8.2f} "
               f"{trl_c / floor_c:8.2f}")
+    for label, rs in (("encode_batch", ratios), ("tokenizer(texts)", ratios_call)):
+        print(f"per round, end to end / the {label} floor (wall): {' '.join(f'{r:.2f}' for r in rs)} "
+              f"(median {rs[len(rs) // 2]:.2f})")
     print("stages (one pass, each timed alone; wall seconds):")
     for name, s in parts.items():
         print(f"  {name:42} {s:8.2f} {s / floor_s:8.2f}")
