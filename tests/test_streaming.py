@@ -224,3 +224,48 @@ def test_a_file_changed_between_the_passes_is_an_error_not_missing_rows(tmp_path
     assert len(ranges[0].read()) == 3
     with pytest.raises(MaskLensError, match="changed while it was read"):
         ranges[1].read()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_small_file_parsed_once_renders_as_one_read_twice(tmp_path, mixed, monkeypatch, keep, capsys):
+    """core.pipeline keeps pass 1's rows for a JSONL file up to KEEP_ROWS_BYTES: the same output, schema findings and
+    errors as reading it twice (KEEP_ROWS_BYTES 0), and the rows are let go as they are taken."""
+    import core.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "KEEP_ROWS_BYTES", 1 << 30 if keep else 0)
+    reads = []
+    import core.data.reader as reader
+
+    orig = reader.iter_rows
+
+    def counting(*a, **k):
+        reads.append(a[0])
+        return orig(*a, **k)
+
+    monkeypatch.setattr(reader, "iter_rows", counting)
+    lines = mixed.read_text().splitlines()
+    lines.insert(3, json.dumps({"messages": [{"role": "user", "content": "w?"}, {"role": "assistant", "content": "",
+                 "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"unit": "C"}}}]}]}))
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = render(tmp_path, data, f"{keep}.jsonl", "--strategy", "assistant_only")
+    assert len(reads) == (1 if keep else 2)
+    monkeypatch.setattr(pipeline, "KEEP_ROWS_BYTES", 0 if keep else 1 << 30)
+    assert render(tmp_path, data, f"{keep}_other.jsonl", "--strategy", "assistant_only") == out
+    assert b"schema_nulls_injected" in out
+    lines[14] = '{"messages": [{"role": "wizard", "content": "Hi"}]}'
+    data.write_text("\n".join(lines) + "\n")
+    assert main(["render", "--data", str(data), "--strategy", "full", "--output", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "row 14" in err and "unknown role 'wizard'" in err and not (tmp_path / "o.jsonl").exists()
+
+
+def test_kept_rows_are_let_go_as_they_are_taken():
+    import collections
+
+    from core.pipeline import _drain
+
+    rows = collections.deque(range(5))
+    it = _drain(rows)
+    assert next(it) == 0 and len(rows) == 4
+    assert list(it) == [1, 2, 3, 4] and not rows
