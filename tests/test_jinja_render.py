@@ -111,6 +111,15 @@ HOSTILE = [
     "{{ loop.index0 }}{{ loop.revindex }}{{ loop.previtem is defined }}{{ loop.changed(m.role) }}{% endfor %}",
     "{{ messages[0].items() | list }}{{ messages[0].content.upper() }}{{ messages[0].keys() | list }}",
     "{{ messages[0].content.__len__() }}", "{{ messages | tojson }}{{ (messages | length) * 2 }}",
+    # namespaces: verdicts by name, the value still checked (a stored str.format is wrapped)
+    "{% set ns = namespace(a=1, f='x{0}'.format, s=messages[0].content) %}{{ ns.a }}{{ ns.f('y') }}{{ ns.s.upper() }}"
+    "{{ ns.missing is defined }}{% set ns.a = 2 %}{{ ns.a }}",
+    "{% set ns = namespace(g='{0.__class__}'.format) %}{{ ns.g(1) }}",
+    "{% set ns = namespace(d=messages[0]) %}{{ ns.d.role }}{{ ns.d.nope is defined }}{{ ns.__class__ }}",
+    # a dict's attribute wins over its item; a name it lacks reads the item, else undefined
+    "{% set d = {'items': 1, 'content': 2} %}{{ d.items is callable }}{{ d.content }}{{ d.nope is defined }}{{ d.get('content') }}",
+    "{{ messages[0].role }}{{ messages[0].nope }}{{ messages[1].content }}{{ messages.role is defined }}",
+    "{{ messages[0].content.nope is defined }}{{ (3).real }}{{ (2.5).imag }}{{ none.x is defined }}",
 ]
 
 
@@ -120,9 +129,15 @@ def test_the_sandbox_refuses_what_transformers_refuses(template):
     for _ in range(2):  # the second time through remembered verdicts
         theirs, ours = both(template, [convo])
         assert ours == theirs, template
-    for typ, attr in J._SAFE:  # nothing unsafe was remembered
-        assert not attr.startswith("_") and attr not in ("format", "format_map", "append", "pop", "update", "clear",
-                                                         "setdefault", "mro"), (typ, attr)
+    for typ, attr in J._ITEMS:  # names the types lack, read as items
+        assert not hasattr(typ, attr), (typ, attr)
+    for typ, attr in J._SAFE:  # nothing unsafe was remembered (str.format may be: it is wrapped on every read)
+        assert not attr.startswith("_") and attr not in ("append", "pop", "update", "clear", "setdefault", "mro"), (
+            typ, attr)
+    env = J.compiled_template("x").environment
+    for _ in range(2):
+        fmt = env.getattr("a{0}", "format")
+        assert fmt != "a{0}".format and fmt("b") == "ab"  # the sandbox's format, not str.format
 
 
 def test_remembered_verdicts_are_taken_and_only_for_exact_types():

@@ -11,10 +11,12 @@ the same filters, globals, extensions and sandbox policy, nothing shared that re
 
 Two costs of transformers' path are also cut, the output staying identical (tests/test_jinja_render.py compares
 texts and generation spans with render_jinja_template over generated conversations and templates):
-- The sandbox checks every attribute a template reads (`loop.first`, `message.content.startswith`) with isinstance
-  tests against abstract base classes, once per access (0.3 s per 20,000 conversations). For the exact built-in types
-  and jinja's loop object the verdict depends only on the type and the attribute name, so it is taken once per
-  (type, name) from jinja's own checks and remembered (_Sandbox.getattr); any other object is checked every time.
+- The sandbox checks every attribute a template reads (`loop.first`, `message.content.startswith`, `ns.flag`) with
+  isinstance tests against abstract base classes, once per access (0.3 s per 20,000 conversations). For the exact
+  built-in types, jinja's loop object and namespaces that check depends only on the type and the attribute name, so
+  it is taken once per (type, name) from jinja's own checks and remembered (_Sandbox.getattr); what depends on the
+  value (a str.format method is wrapped) is still checked on every read; any other object is checked every time.
+  `message.content` on a dict (no such attribute: jinja reads the item) goes to the item at once.
 - transformers rebuilds every conversation from plain JSON types (_plain_template_data) so that rich objects cannot
   reach the template. Rows read from JSON already are plain: they are checked (a walk that allocates nothing) and
   passed as they are; anything else is rebuilt by transformers' own function (0.2 s per 20,000 conversations).
@@ -30,36 +32,51 @@ from inspect import isfunction, ismethod
 
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 
 MAX_TEMPLATES = 32  # compiled templates kept per thread (cleared when full)
 
-# Types whose attributes' sandbox verdict is a function of (type, attribute name): no instance can add or shadow an
-# attribute of theirs, and isinstance answers the same for every instance. Only exact types (not subclasses).
-_FIXED_TYPES = frozenset({str, int, float, bool, type(None), dict, list, tuple, LoopContext})
-_SAFE: set[tuple[type, str]] = set()  # (type, attribute) that jinja's checks passed: read without checking again
+# Types whose attributes pass or fail the sandbox's check (is_safe_attribute) by type and name alone: isinstance
+# answers the same for every instance and none of them is a function, method, type, frame or mutable-ABC registrant by
+# instance. Only exact types (not subclasses); transformers' namespace class is added with its environment.
+_FIXED_TYPES = {str, int, float, bool, type(None), dict, list, tuple, LoopContext, Namespace}
+# Of those, the types whose instances have no attributes of their own: an attribute name the type lacks is absent on
+# every instance, so `message.content` on a dict always means the item.
+_NO_OWN_ATTRIBUTES = frozenset({str, int, float, bool, type(None), dict, list, tuple})
+_SAFE: set[tuple[type, str]] = set()  # (type, attribute) whose check passed: read without checking again
+_ITEMS: set[tuple[type, str]] = set()  # (type, name) with no such attribute: the item is read (jinja's fallback)
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 _local = threading.local()
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """transformers' sandbox (ImmutableSandboxedEnvironment) with its attribute verdicts remembered for _FIXED_TYPES."""
+    """transformers' sandbox (ImmutableSandboxedEnvironment) with its attribute verdicts remembered for _FIXED_TYPES.
+    What depends on the value is still checked on every read (a str.format method is wrapped, as jinja does)."""
 
     def getattr(self, obj, attribute):
         key = (type(obj), attribute)
+        if key in _ITEMS:  # jinja's path when the attribute is missing: the item, else undefined
+            try:
+                return obj[attribute]
+            except (TypeError, LookupError):
+                return self.undefined(obj=obj, name=attribute)
         if key in _SAFE:
             try:
-                return getattr(obj, attribute)
-            except AttributeError:  # (a loop property over an odd iterable): jinja's own path decides
+                value = getattr(obj, attribute)
+            except AttributeError:  # (a namespace without it, a loop property over an odd iterable)
                 return super().getattr(obj, attribute)
+            fmt = self.wrap_str_format(value)
+            return value if fmt is None else fmt
         if key[0] in _FIXED_TYPES and type(attribute) is str:
             try:
                 value = getattr(obj, attribute)
             except AttributeError:
+                if key[0] in _NO_OWN_ATTRIBUTES:
+                    _ITEMS.add(key)
                 return super().getattr(obj, attribute)
-            if self.wrap_str_format(value) is None and self.is_safe_attribute(obj, attribute, value):
+            if self.is_safe_attribute(obj, attribute, value):
                 _SAFE.add(key)
-                return value
         return super().getattr(obj, attribute)
 
 
@@ -67,6 +84,9 @@ def _environment_copy(base):
     """A copy of transformers' environment `base` for one thread: its own extension instances (and the methods they
     registered on the environment, AssistantTracker's activate_tracker), everything else shared read-only."""
     cls = _Sandbox if type(base) is ImmutableSandboxedEnvironment else type(base)
+    ns = base.globals.get("namespace")
+    if isinstance(ns, type) and issubclass(ns, Namespace):
+        _FIXED_TYPES.add(ns)  # transformers' TemplateNamespace (it refuses underscore names when set)
     env = object.__new__(cls)
     env.__dict__.update(base.__dict__)
     env.extensions = {}
