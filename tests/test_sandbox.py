@@ -397,3 +397,23 @@ def test_results_from_a_worker_never_load_classes():
 
 def test_empty_batch_starts_nothing():
     assert sandbox.render_batch(GOOD, []) == []
+
+
+def test_the_worker_renders_with_jinja_render_as_transformers_does(monkeypatch):
+    """The worker loads core.masking.jinja_render from its file (it runs as a script): the same results as
+    transformers' own module, and the output bound still wraps the Template it renders with."""
+    import trl
+    import transformers.utils.chat_template_utils as ctu
+
+    fast = sandbox._renderer()
+    assert isinstance(fast, sandbox._FastRenderer)
+    twin = (Path(trl.__file__).parent / "chat_templates" / "qwen3_training.jinja").read_text()
+    jobs = [{"messages": CONVO, "return_generation": True, "kwargs": {"eos_token": "<|im_end|>"}},
+            {"messages": CONVO + [{"role": "user", "content": "again"}], "add_generation_prompt": True},
+            {"messages": [{"role": "tool", "content": "x"}]}]
+    for template in (twin, GOOD, "{{ raise_exception('no ' + messages[0].role) }}"):
+        for job in jobs:
+            assert sandbox._render_one(fast, template, job) == sandbox._render_one(ctu, template, job)
+    bounded = GOOD + "{# a template of its own: the guard stays on its Template #}"
+    monkeypatch.setattr(sandbox, "_max_chars", 5)
+    assert sandbox._render_one(fast, bounded, jobs[0])[:2] == ("error", "output")

@@ -18,10 +18,10 @@ worker (a watchdog thread in the worker sends finished results as soon as a job 
 job it was). After MAX_KILLS_PER_CALL kills the rest of the call fails: a template hostile to every row costs a few
 deadlines, not one per row.
 
-The text is produced by the very code `core.templates.render` uses (transformers' `render_jinja_template`), so it is
-byte-identical; only where it runs changes. Workers are started with `subprocess` (`python -P core/sandbox.py`, a fresh
-interpreter: no fork of a parent that holds torch threads, and unlike multiprocessing's "spawn" it does not re-import
-the parent's __main__, e.g. the whole app). A pool of 2 workers is shared by all threads: a hostile render holds one
+The text is produced by the very code `core.templates.render` uses (core.masking.jinja_render: transformers'
+`render_jinja_template`, faster), so it is byte-identical; only where it runs changes. Workers are started with
+`subprocess` (`python -P core/sandbox.py`, a fresh interpreter: no fork of a parent that holds torch threads, and
+unlike multiprocessing's "spawn" it does not re-import the parent's __main__, e.g. the whole app). A pool of 2 workers is shared by all threads: a hostile render holds one
 worker until its deadline while other sessions keep the other one.
 
 Cost (benchmarks/bench_sandbox.py, 2,000 conversations in batches of 512): about +0.05 s (plain SmolLM2 template) to
@@ -215,6 +215,36 @@ def _worker_main() -> None:
         os._exit(_EXIT_MEMORY)
 
 
+class _FastRenderer:
+    """What _render_one calls, as core.masking.jinja_render does it in the parent (the same texts as transformers'
+    render_jinja_template, faster): the module is loaded from its file, the worker being a script, not the package."""
+
+    def __init__(self, module):
+        self._module = module
+        self._compile_jinja_template = module.compiled_template
+
+    def render_jinja_template(self, conversations, tools=None, chat_template=None,
+                              return_assistant_tokens_mask=False, add_generation_prompt=False, **kwargs):
+        return self._module.render_conversations(chat_template, conversations, tools=tools,
+                                                 add_generation_prompt=add_generation_prompt,
+                                                 return_generation=return_assistant_tokens_mask, **kwargs)
+
+
+def _renderer():
+    """core.masking.jinja_render in the worker (transformers' own module where it cannot be loaded)."""
+    import importlib.util  # noqa: PLC0415
+
+    import transformers.utils.chat_template_utils as ctu  # noqa: PLC0415
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jinja_render.py")
+    spec = importlib.util.spec_from_file_location("masklens_jinja_render", path)
+    if spec is None or spec.loader is None:
+        return ctu
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return _FastRenderer(module)
+
+
 def _worker_loop() -> None:
     """Read a batch frame from stdin, render its jobs under the batch's limits, send their results; repeat."""
     global _max_chars
@@ -223,7 +253,7 @@ def _worker_loop() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; it stops us by closing stdin
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a worker killed by RLIMIT_CPU leaves no core file
     try:
-        import transformers.utils.chat_template_utils as ctu
+        ctu = _renderer()
     except BaseException as e:  # noqa: BLE001 - report why, then stop
         _send(out, ("fatal", f"{type(e).__name__}: {e}"))
         return
