@@ -34,7 +34,7 @@ from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
-MAX_TEMPLATES = 32  # compiled templates kept per thread (cleared when full)
+MAX_TEMPLATES = 16  # compiled templates kept per thread, cleared when full (40-250 KB each: TRL qwen3 to gemma4)
 
 # Types whose attributes pass or fail the sandbox's check (is_safe_attribute) by type and name alone: isinstance
 # answers the same for every instance and none of them is a function, method, type, frame or mutable-ABC registrant by
