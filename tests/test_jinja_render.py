@@ -61,7 +61,7 @@ def test_templates_are_many():
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
-@settings(max_examples=12, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
+@settings(max_examples=8, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(st.one_of(conversations(), plain_heavy_conversations()), min_size=1, max_size=3),
        agp=st.booleans(), with_tools=st.booleans(), thinking=st.sampled_from([None, True, False]))
