@@ -117,7 +117,8 @@ HOSTILE = [
     "{% set ns = namespace(g='{0.__class__}'.format) %}{{ ns.g(1) }}",
     "{% set ns = namespace(d=messages[0]) %}{{ ns.d.role }}{{ ns.d.nope is defined }}{{ ns.__class__ }}",
     # a dict's attribute wins over its item; a name it lacks reads the item, else undefined
-    "{% set d = {'items': 1, 'content': 2} %}{{ d.items is callable }}{{ d.content }}{{ d.nope is defined }}{{ d.get('content') }}",
+    "{% set d = {'items': 1, 'content': 2} %}{{ d.items is callable }}{{ d.content }}{{ d.nope is defined }}"
+    "{{ d.get('content') }}",
     "{{ messages[0].role }}{{ messages[0].nope }}{{ messages[1].content }}{{ messages.role is defined }}",
     "{{ messages[0].content.nope is defined }}{{ (3).real }}{{ (2.5).imag }}{{ none.x is defined }}",
 ]
@@ -207,3 +208,26 @@ def test_threads_rendering_one_generation_template_at_once_get_their_own_spans()
         lambda c: J.render_conversations(template, c, return_generation=True, **SPECIAL), convos)
     assert not errors
     assert len(results) == 6 and all(r == expected for r in results)
+
+
+def test_builtin_methods_are_called_without_jinja_s_checks_and_the_rest_with_them(monkeypatch):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    seen = []
+    real = ImmutableSandboxedEnvironment.call
+
+    def counting(self, context, obj, *args, **kwargs):
+        seen.append(getattr(obj, "__name__", repr(obj)))
+        return real(self, context, obj, *args, **kwargs)
+
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "call", counting)
+    template = ("{{ messages[0].content.startswith('h') }}{{ messages[0].content.split('i') | list }}"
+                "{{ messages | length }}{% set ns = namespace(a=1) %}{{ ns.a }}{{ range(2) | list }}")
+    convo = [{"role": "user", "content": "hi"}]
+    theirs = outcome(lambda: render_jinja_template(conversations=[convo], chat_template=template))
+    assert "startswith" in seen and "split" in seen  # transformers: through jinja's checks
+    seen.clear()
+    ours = outcome(lambda: J.render_conversations(template, [convo]))
+    assert ours == theirs and ours[0] == "ok"
+    assert "startswith" not in seen and "split" not in seen  # ours: straight to the built-in method
+    assert any(s in ("TemplateNamespace", "safe_range") for s in seen)  # anything else: through jinja's checks

@@ -16,7 +16,8 @@ texts and generation spans with render_jinja_template over generated conversatio
   built-in types, jinja's loop object and namespaces that check depends only on the type and the attribute name, so
   it is taken once per (type, name) from jinja's own checks and remembered (_Sandbox.getattr); what depends on the
   value (a str.format method is wrapped) is still checked on every read; any other object is checked every time.
-  `message.content` on a dict (no such attribute: jinja reads the item) goes to the item at once.
+  `message.content` on a dict (no such attribute: jinja reads the item) goes to the item at once, and a built-in
+  value's method (`.startswith`, `.split`) is called without asking whether it carries jinja's marks (it cannot).
 - transformers rebuilds every conversation from plain JSON types (_plain_template_data) so that rich objects cannot
   reach the template. Rows read from JSON already are plain: they are checked (a walk that allocates nothing) and
   passed as they are; anything else is rebuilt by transformers' own function (0.2 s per 20,000 conversations).
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import threading
 from inspect import isfunction, ismethod
+from types import BuiltinMethodType
 
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -78,6 +80,20 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             if self.is_safe_attribute(obj, attribute, value):
                 _SAFE.add(key)
         return super().getattr(obj, attribute)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805  (jinja's own signature)
+        """A method of a built-in value (`message.content.startswith(...)`, reached through getattr's checks) is
+        called as jinja calls it, without asking whether it is unsafe or takes the context: such a method can carry
+        neither mark. Anything else goes through jinja's checks."""
+        if type(__obj) is BuiltinMethodType and type(__obj.__self__) in _NO_OWN_ATTRIBUTES:
+            kwargs.pop("_block_vars", None)
+            kwargs.pop("_loop_vars", None)
+            try:
+                return __obj(*args, **kwargs)
+            except StopIteration:
+                return __context.environment.undefined("value was undefined because a callable raised a"
+                                                       " StopIteration exception")
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 def _environment_copy(base):
