@@ -49,16 +49,17 @@ def best(fn, repeat):
     return min(r[0] for r in runs), min(r[1] for r in runs), runs[-1][2]
 
 
-def interleaved(fns: dict, rounds: int) -> dict:
+def interleaved(fns: dict, rounds: int, keep: str) -> tuple[dict, object]:
     """Each function once per round, in turn (the machine's speed drifts: runs side by side see the same stretch).
-    -> {name: [(wall, cpu), ...]} and {name: last result}."""
-    times, results = defaultdict(list), {}
+    -> ({name: [(wall, cpu), ...]}, the last result of fns[keep])."""
+    times, kept = defaultdict(list), None
     for _ in range(rounds):
         for name, fn in fns.items():
-            w, c, results[name] = timed_run(fn)
+            w, c, out = timed_run(fn)
             times[name].append((w, c))
-            results[name] = None if name != "floor" else results[name]
-    return times, results
+            if name == keep:
+                kept = out
+    return times, kept
 
 
 def cold(tok):
@@ -178,8 +179,8 @@ def main():
                                              chat_template=tok.chat_template, **special)
             return tok(texts, add_special_tokens=False)["input_ids"]
 
-        times, results = interleaved({"e2e": e2e, "one": one_chunk, "floor": floor, "call": floor_call}, ns.repeat)
-        encs = results["floor"]
+        times, encs = interleaved({"e2e": e2e, "one": one_chunk, "floor": floor, "call": floor_call}, ns.repeat,
+                                  keep="floor")
         (e2e_s, e2e_c), (one_s, one_c), (floor_s, floor_c), (call_s, call_c) = (
             (min(w for w, _ in times[k]), min(c for _, c in times[k])) for k in ("e2e", "one", "floor", "call"))
         ratios = sorted(a[0] / b[0] for a, b in zip(times["e2e"], times["floor"]))

@@ -8,10 +8,9 @@ Reading streams (core.data.reader): 512 rows at a time, so memory does not grow 
 twice: first for the Arrow schema `datasets` would give it (only the schema is kept: the check stage), so that rows it
 would pad with nulls get the schema_nulls_injected finding exactly as with the file loaded whole; a JSONL file up to
 KEEP_ROWS_BYTES is parsed once instead, its rows kept from the first pass (and every bad line reported before any
-rendering). `num_proc` is only
-how chunks are executed (core.parallel): in this process, or in N workers; with N workers and a local JSONL file the
-first pass also cuts the file into byte ranges each worker reads itself. Results come back in input order, identical
-either way.
+rendering). `num_proc` is only how chunks are executed (core.parallel): in this process, or in N workers; with N
+workers and a local JSONL file the first pass also cuts the file into byte ranges each worker reads itself. Results
+come back in input order, identical either way.
 """
 
 from __future__ import annotations
@@ -116,15 +115,18 @@ def _rows_with_schema_findings(src: Source) -> tuple[Iterator, int | None]:
     from .data.formats import schema_findings, schema_union  # noqa: PLC0415
     from .data.reader import iter_rows  # noqa: PLC0415
 
+    def read():
+        return iter_rows(src.data, split=src.split, limit=src.limit)
+
     if not src.local:  # a hub dataset comes through `datasets`: its nulls are in the rows already
-        return iter_rows(src.data, split=src.split, limit=src.limit), None
+        return read(), None
     if src.local_jsonl and Path(src.data).stat().st_size <= KEEP_ROWS_BYTES:  # parsed once: pass 1 keeps the rows
-        kept = collections.deque(iter_rows(src.data, split=src.split, limit=src.limit))
+        kept = collections.deque(read())
         union = schema_union(obj for _, obj, _ in kept)
         rows = _drain(kept)
     else:
-        union = schema_union(obj for _, obj, _ in iter_rows(src.data, split=src.split, limit=src.limit))
-        rows = iter_rows(src.data, split=src.split, limit=src.limit)
+        union = schema_union(obj for _, obj, _ in read())
+        rows = read()
     if union is None:  # a schema datasets could not build: nothing to predict (datasets_cannot_load says why)
         return rows, None
     return ((i, obj, line, schema_findings(union, obj, i)) for i, obj, line in rows), union.rows

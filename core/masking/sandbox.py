@@ -21,8 +21,9 @@ deadlines, not one per row.
 The text is produced by the very code `core.templates.render` uses (core.masking.jinja_render: transformers'
 `render_jinja_template`, faster), so it is byte-identical; only where it runs changes. Workers are started with
 `subprocess` (`python -P core/sandbox.py`, a fresh interpreter: no fork of a parent that holds torch threads, and
-unlike multiprocessing's "spawn" it does not re-import the parent's __main__, e.g. the whole app). A pool of 2 workers is shared by all threads: a hostile render holds one
-worker until its deadline while other sessions keep the other one.
+unlike multiprocessing's "spawn" it does not re-import the parent's __main__, e.g. the whole app). A pool of 2
+workers is shared by all threads: a hostile render holds one worker until its deadline while other sessions keep the
+other one.
 
 Cost (benchmarks/bench_sandbox.py, 2,000 conversations in batches of 512): about +0.05 s (plain SmolLM2 template) to
 +0.10 s (with {% generation %} spans) over rendering in-process, i.e. pickling and pipe transfer; none when the caller
@@ -230,16 +231,15 @@ class _FastRenderer:
                                                  return_generation=return_assistant_tokens_mask, **kwargs)
 
 
-def _renderer():
-    """core.masking.jinja_render in the worker (transformers' own module where it cannot be loaded)."""
+def _renderer() -> _FastRenderer:
+    """core.masking.jinja_render in the worker, loaded from its file (it imports only jinja2 and transformers).
+    transformers is imported here, before the worker measures its baseline memory, not at the first render."""
     import importlib.util  # noqa: PLC0415
 
-    import transformers.utils.chat_template_utils as ctu  # noqa: PLC0415
+    import transformers.utils.chat_template_utils  # noqa: F401, PLC0415
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jinja_render.py")
     spec = importlib.util.spec_from_file_location("masklens_jinja_render", path)
-    if spec is None or spec.loader is None:
-        return ctu
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return _FastRenderer(module)
