@@ -24,6 +24,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -208,6 +209,12 @@ def main():
     for label, rs in (("encode_batch", ratios), ("tokenizer(texts)", ratios_call)):
         print(f"per round, end to end / the {label} floor (wall): {' '.join(f'{r:.2f}' for r in rs)} "
               f"(median {rs[len(rs) // 2]:.2f})")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    bound = e2e_c / cores  # the least CPU of any round
+    fast_w, fast_c = min(times["e2e"])  # the fastest round: how many cores it kept busy
+    print(f"the least wall time end to end's CPU allows: {e2e_c:.2f} CPU s / {cores} cores = {bound:.2f} s = "
+          f"{bound / floor_s:.2f}x the encode_batch floor, {bound / call_s:.2f}x the tokenizer(texts) floor (no "
+          f"scheduling ends sooner; its fastest round used {fast_c / fast_w:.2f} cores)")
     print("stages (one pass, each timed alone; wall seconds):")
     for name, s in parts.items():
         print(f"  {name:42} {s:8.2f} {s / floor_s:8.2f}")
