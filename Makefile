@@ -23,8 +23,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m app --host $(HOST) --port $(PORT)
 
+# Two phases: the files that measure time or load (tests/conftest.py EXCLUSIVE) run alone, after the rest has run in
+# two workers (pytest-xdist, a file per worker at a time). Both phases run; the target fails if either failed.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	@rc=0; \
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not exclusive" tests || rc=$$?; \
+	$(PY) -m pytest -q -m exclusive tests || rc=$$?; \
+	exit $$rc
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py

@@ -12,6 +12,22 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Files whose tests measure time or load on the machine's cores (deadlines, latencies while other work runs, CPU
+# limits): `make test` runs them alone, after the rest has run in parallel workers (pytest-xdist), so that no other
+# test competes with them for the cores.
+EXCLUSIVE = {"test_sandbox.py", "test_load.py", "test_faults.py", "test_app_wiring.py", "test_app_callbacks.py",
+             "test_browser.py", "test_models.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "exclusive: measures time or load; run alone (make test's second phase)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in EXCLUSIVE:
+            item.add_marker(pytest.mark.exclusive)
+
 
 @pytest.fixture(scope="session")
 def smol_tok():
