@@ -82,6 +82,12 @@ CODES: dict[str, tuple[str, str, str]] = {
         "The chat template raised an error on this example, so it cannot be tokenized (TRL would stop on it).",
         "Read the template's message; fix the example (e.g. roles out of order) or the template.",
     ),
+    "completion_only_trains_all": (
+        "error",
+        "TRL 1.16's completion_only_loss masks the prompt of prompt/completion rows only; on messages or text rows "
+        "there is no completion mask, so TRL trains every token (as the full strategy does) and says nothing.",
+        "Use assistant_only or last_assistant for messages rows, or write the data as prompt/completion.",
+    ),
     "strategy_not_applicable": (
         "error",
         "The strategy needs another data format (e.g. completion_only needs prompt/completion rows).",

@@ -95,6 +95,22 @@ def test_completion_only(smol_tok, rows, max_length, truncation):
     assert all(r.n_trained < r.n_tokens for r in ours)
 
 
+@pytest.mark.parametrize("max_length,truncation", [(None, "keep_start"), (24, "keep_end")])
+@pytest.mark.parametrize("rows", [[{"messages": m} for m in MESSAGES], TEXT,
+                                  [{"input_ids": [1, 9690, 198, 2]}, {"input_ids": list(range(30, 60))}]],
+                         ids=["messages", "text", "tokens"])
+def test_completion_only_without_a_completion_trains_every_token_as_trl_does(smol_tok, rows, max_length, truncation):
+    """completion_only_loss on rows with no prompt/completion split: TRL 1.16 finds no completion mask and trains every
+    token, silently. MaskLens shows what TRL trains (not nothing), with an error saying why."""
+    theirs = trl_prepare(smol_tok, rows, completion_only_loss=True, max_length=max_length, truncation_mode=truncation)
+    ours = engine(smol_tok, rows, strategy="completion_only", max_length=max_length, truncation=truncation)
+    assert_same(ours, theirs, max_length)
+    for r in ours:
+        assert r.n_trained == r.n_tokens > 0
+        assert [f.severity for f in r.findings if f.code == "completion_only_trains_all"] == ["error"]
+        assert not any(f.code in ("strategy_not_applicable", "no_trained_tokens") for f in r.findings)
+
+
 @pytest.mark.parametrize("rows", [PC_TEXT, PC_CONV], ids=["text", "conversational"])
 def test_full_prompt_completion(smol_tok, rows):
     theirs = trl_prepare(smol_tok, rows, completion_only_loss=False, max_length=None)

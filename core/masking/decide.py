@@ -53,7 +53,9 @@ def _pretokenized(ex: Example, spec: StrategySpec, name: str) -> Decision:
         return Decision(LabelSource.GIVEN, findings=tuple(findings))
     source = _TOKEN_LEVEL.get(spec.kind)
     if source is not None:
-        return Decision(source)
+        return Decision(source, _FULL if source is LabelSource.ALL else _BY_COLLATOR)
+    if spec.kind is StrategyKind.COMPLETION:
+        return _completion_trains_all(ex)
     return Decision(LabelSource.NONE, findings=(Finding(
         "strategy_not_applicable", f"{name} needs messages; this row is pre-tokenized (input_ids only)"),))
 
@@ -62,6 +64,19 @@ _TOKEN_LEVEL = {StrategyKind.FULL: LabelSource.ALL, StrategyKind.OLD_COLLATOR: L
                 StrategyKind.USER_COLLATOR: LabelSource.USER_COLLATOR}
 _FULL = Decider(lambda idx, part: (True, "trained: full trains every token"))
 _BY_COLLATOR = Decider(lambda idx, part: (False, "decided per token by the collator"))
+
+
+_NO_COMPLETION_MASK = Decider(lambda idx, part: (
+    True, "trained: no completion mask on this row, so TRL's completion_only_loss trains every token"))
+
+
+def _completion_trains_all(ex: Example) -> Decision:
+    """completion_only on a row without a prompt/completion split (messages, text): TRL 1.16 finds no completion_mask
+    column and builds labels = input_ids (every token trains, silently); shown as it trains, with an error."""
+    return Decision(LabelSource.ALL, _NO_COMPLETION_MASK, findings=(Finding(
+        "completion_only_trains_all", f"completion_only on a {ex.kind} row: TRL has no completion mask here and "
+        "trains every token, prompt included; use assistant_only or last_assistant (messages) or prompt/completion "
+        "rows"),))
 
 
 def _string_row(ex: Example, spec: StrategySpec, name: str) -> Decision:
@@ -73,6 +88,8 @@ def _string_row(ex: Example, spec: StrategySpec, name: str) -> Decision:
         return Decision(LabelSource.COMPLETION, Decider(
             lambda idx, part: (part != "prompt", "not trained: prompt" if part == "prompt"
                                else f"trained: {part} (completion_only)")))
+    if spec.kind is StrategyKind.COMPLETION:
+        return _completion_trains_all(ex)
     need = "prompt/completion data" if spec.kind is StrategyKind.COMPLETION else "conversational data (messages)"
     return Decision(LabelSource.NONE, Decider(lambda idx, part: (False, f"not trained: {name} does not apply")),
                     findings=(Finding("strategy_not_applicable", f"{name} needs {need}; this row is {ex.kind}"),))
@@ -83,10 +100,7 @@ def _conversation(ex: Example, rendering: Rendering, spans: list[MessageSpan], c
     ctx = StrategyContext(messages=msgs, cfg=cfg, n_prompt=len(ex.prompt) if ex.kind == KIND_PC_CONV else 0)
     if ex.turn is not None or spec.kind is StrategyKind.COMPLETION:
         if ex.kind != KIND_PC_CONV:
-            return Decision(LabelSource.NONE, Decider(
-                lambda idx, part: (False, "not trained: completion_only does not apply to messages rows")),
-                findings=(Finding("strategy_not_applicable", "completion_only needs prompt/completion rows; use "
-                                                             "assistant_only or last_assistant for messages"),))
+            return _completion_trains_all(ex)
         from .strategies import get_strategy  # noqa: PLC0415  (the registered completion_only decider)
 
         return Decision(LabelSource.COMPLETION, get_strategy("completion_only").fn(ctx))

@@ -22,7 +22,7 @@ def segments(ex: Example, rendering: Rendering, layout: Layout, decision: Decisi
         if decision.source is LabelSource.GIVEN:
             return [Segment(0, 0, None, None, "tokens", False, "labels given in the data")]
         if decision.source is LabelSource.ALL:
-            return [Segment(0, 0, None, None, "tokens", True, "trained: full trains every token")]
+            return [Segment(0, 0, None, None, "tokens", *_verdict(decision.decider, None, "tokens"))]
         return [Segment(0, 0, None, None, "tokens", False, f"not trained: {strategy} needs messages")]
     if layout.spans is None:
         return [Segment(s, e, None, None, p, *_verdict(decision.decider, None, p)) for s, e, p in layout.pieces]
