@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MaskLensError
+from .hub import hub_kwargs
 from .paths import check_source, looks_like_path
 
 __all__ = [
@@ -178,8 +179,15 @@ def resolve_model_path(name_or_path: str | os.PathLike | None, what: str = "mode
     return name
 
 
-def _load_error(what: str, name: str, exc: Exception) -> MaskLensError:
+def _load_error(what: str, name: str, exc: Exception, unreachable: str | None = None) -> MaskLensError:
     local = Path(name).is_dir()
+    if unreachable and not local:
+        return MaskLensError(
+            f"{name} is not a local directory, the Hugging Face Hub cannot be reached from this machine "
+            f"({unreachable}), and the {what} is not in the local Hugging Face cache.",
+            fix="give a local directory saved with `save_pretrained` (or 'embedded' for the built-in SmolLM2); or "
+            "connect this machine to the network (HTTPS_PROXY if it needs a proxy) and load the id again.",
+        )
     reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     if local:
         return MaskLensError(
@@ -203,12 +211,13 @@ def _load_error(what: str, name: str, exc: Exception) -> MaskLensError:
 def _cached_tokenizer(resolved: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
+    hub, unreachable = hub_kwargs(resolved)
     try:
-        return AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code, **hub)
     except MaskLensError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... depending on what is wrong
-        raise _load_error("tokenizer", resolved, exc) from exc
+        raise _load_error("tokenizer", resolved, exc, unreachable) from exc
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None, trust_remote_code: bool = False):
@@ -238,7 +247,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, trust_remote_co
     from transformers import AutoModelForCausalLM
 
     resolved = resolve_model_path(name_or_path)
+    hub, unreachable = hub_kwargs(resolved)
     try:
-        return AutoModelForCausalLM.from_pretrained(resolved, trust_remote_code=trust_remote_code, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(resolved, trust_remote_code=trust_remote_code, **hub, **kwargs)
     except Exception as exc:
-        raise _load_error("model", resolved, exc) from exc
+        raise _load_error("model", resolved, exc, unreachable) from exc

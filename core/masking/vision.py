@@ -35,6 +35,7 @@ from ..data.content import IMAGE, IMAGE_PAYLOAD_KEYS, IMAGE_URL
 from ..data.example import KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, Example
 from ..errors import MaskLensError
 from ..findings import Finding
+from ..hub import hub_kwargs
 from ..paths import check_allowed, check_source, get_policy
 from .labels import IGNORE
 from .rendered import RenderedExample, Segment
@@ -62,14 +63,17 @@ def trl_flags(strategy: str) -> dict:
 def load_processor(name: str, trust_remote_code: bool = False):
     """AutoProcessor.from_pretrained(name), through the path policy (core.paths.check_source)."""
     check_source(name, "processor")
+    hub, unreachable = hub_kwargs(name)
     try:
         from transformers import AutoProcessor  # noqa: PLC0415
 
-        return AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
     except Exception as e:  # noqa: BLE001
-        raise MaskLensError(f"could not load a processor from {name!r}: {type(e).__name__}: {e}", field="processor",
-                            fix="give a vision-language model's id or directory (it needs preprocessor_config.json "
-                                "and processor files)") from None
+        offline = (f" (the Hugging Face Hub cannot be reached from this machine: {unreachable}; only the local cache "
+                   "was read)") if unreachable else ""
+        raise MaskLensError(f"could not load a processor from {name!r}{offline}: {type(e).__name__}: {e}",
+                            field="processor", fix="give a vision-language model's id or directory (it needs "
+                            "preprocessor_config.json and processor files)") from None
 
 
 # ------------------------------------------------------------------------------------------------------------ images
