@@ -191,6 +191,17 @@ def view(session: Session, error: str = "", notice: str = "") -> InspectOut:
                       **_controls(session, rendered, r, cfg.mask_tokens))
 
 
-def err_html(e: Exception) -> str:
-    """The in-page error box (no toast: the box is where the user looks, and a toast outlives the problem)."""
-    return render.error_html(str(e))
+def err_html(e: Exception, kept: str = "") -> str:
+    """The in-page error box (no toast: the box is where the user looks, and a toast outlives the problem); `kept`:
+    what the page still shows instead."""
+    return render.error_html(str(e), kept=kept)
+
+
+def kept_data(session) -> str:
+    """After a dataset that could not be loaded: what the page still shows."""
+    return f"Nothing changed: still showing {session.data.name}." if session.data is not None else ""
+
+
+def kept_tokenizer(session) -> str:
+    """After a tokenizer that could not be loaded: which one the tokens still come from."""
+    return f"Nothing changed: the tokens are still those of the tokenizer {session.tokenizer_name!r}."

@@ -524,13 +524,15 @@ def finding_counts_html(counts: Counter | dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ boxes
-def error_html(message: str, title: str = "Error") -> str:
-    """The in-page error box (the message of a MaskLensError names file, row, field and fix)."""
+def error_html(message: str, title: str = "Error", kept: str = "") -> str:
+    """The in-page error box (the message of a MaskLensError names file, row, field and fix); `kept`: what the page
+    still shows instead (e.g. "Nothing changed: still showing sample.jsonl.")."""
     msg = esc(app_wording(message))
     if " Fix: " in msg:
         what, fix = msg.split(" Fix: ", 1)
         msg = f'{what}<div class="ff"><b>Fix:</b> {fix}</div>'
-    return f'<div class="errbox" role="alert"><b>{esc(title)}</b><div>{msg}</div></div>'
+    tail = f'<div class="errkept">{esc(kept)}</div>' if kept else ""
+    return f'<div class="errbox" role="alert"><b>{esc(title)}</b><div>{msg}</div>{tail}</div>'
 
 
 def images_hint_html(n_images: int) -> str:

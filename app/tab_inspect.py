@@ -21,7 +21,7 @@ from core.masking.options import option
 
 from . import render
 from .controls import build_option_controls, option_control
-from .inspect_view import DISPLAY_DEFAULTS, InspectOut, err_html, view
+from .inspect_view import DISPLAY_DEFAULTS, InspectOut, err_html, kept_data, kept_tokenizer, view
 from .pickers import (EDITED_TEMPLATE, MARKED_PROOF_ROWS, MARKED_TEMPLATE, TOKENIZER_TEMPLATE, UPLOADED, data_kind,
                       data_value, fit_strategy, fit_template, marked_twin, read_template, template_choice,
                       template_choices, template_name, trl_cannot_patch, trl_inference_templates)
@@ -97,10 +97,12 @@ def on_tokenizer(session: Session, name: str):
     try:
         get_tokenizer(name)
     except MaskLensError as e:
-        return (*view(session, err_html(e)), _template_text(session), session.settings.response_template)
+        return (*view(session, err_html(e, kept_tokenizer(session))), _template_text(session),
+                session.settings.response_template)
     except Exception as e:  # noqa: BLE001
         log.exception("tokenizer failed")
-        return (*view(session, err_html(e)), _template_text(session), session.settings.response_template)
+        return (*view(session, err_html(e, kept_tokenizer(session))), _template_text(session),
+                session.settings.response_template)
     session.tokenizer_name = name
     session.chat_template = session.auto_template = None
     notice = fit_template(session)
@@ -125,7 +127,7 @@ def on_sample(session: Session, choice: str):
             session.data = load_sample(choice)
         session.index, session.turn = 0, None
     except Exception as e:  # noqa: BLE001
-        return (*view(session, err_html(e)), _template_text(session))
+        return (*view(session, err_html(e, kept_data(session))), _template_text(session))
     notice = _fit(session, previous)
     return (*view(session, notice=notice), _template_text(session))
 
@@ -143,10 +145,10 @@ def on_upload(session: Session, path: str | None):
     try:
         data = load_dataset(path, Path(path).name)
     except MaskLensError as e:
-        return (*view(session, err_html(e)), _template_text(session))
+        return (*view(session, err_html(e, kept_data(session))), _template_text(session))
     except Exception as e:  # noqa: BLE001
         log.exception("upload failed")
-        return (*view(session, err_html(e)), _template_text(session))
+        return (*view(session, err_html(e, kept_data(session))), _template_text(session))
     previous = data_kind(session.data)
     session.data = session.uploaded = data
     session.index, session.turn = 0, None

@@ -164,6 +164,7 @@ def test_upload_broken_file_lists_bad_rows_and_shows_valid_ones(loaded):
 ])
 def test_upload_unreadable_file_is_an_error_message_not_an_exception(loaded, tmp_path, name, content, needle):
     out, _ = loaded
+    before = out.session.data.name
     p = tmp_path / name
     p.write_bytes(content if isinstance(content, bytes) else content.encode())
     res = inspect_out(tab_inspect.on_upload(out.session, str(p)))
@@ -171,6 +172,11 @@ def test_upload_unreadable_file_is_an_error_message_not_an_exception(loaded, tmp
     assert needle in shown
     assert name in shown  # the user's file name, not the temporary path
     assert str(tmp_path) not in shown
+    if out.session.data.name == before:  # unreadable as a whole: the page keeps its data and says so in the box
+        assert f"Nothing changed: still showing {before}." in res.error
+    else:  # read, every row bad: the file is the data now, its rows listed under Data
+        assert out.session.data.name == name and not out.session.data.examples and name in res.data_info
+        assert "Nothing changed" not in res.error
 
 
 def test_edit_json_and_bad_json(loaded):
@@ -191,6 +197,8 @@ def test_bad_tokenizer_keeps_the_old_one(loaded, tmp_path):
     s = out.session
     res = tab_inspect.on_tokenizer(s, str(tmp_path / "no_such_dir"))
     assert "no such directory" in res[7] and s.tokenizer_name == "embedded"
+    assert "Nothing changed: the tokens are still those of the tokenizer &#x27;embedded&#x27;." in res[7] or \
+        "Nothing changed: the tokens are still those of the tokenizer 'embedded'." in res[7]
     assert tokens_of(res[1])  # still rendered with the old tokenizer
 
 
