@@ -220,10 +220,10 @@ def free_name(name: str, typed: bool) -> str:
     return f"{name}-{k}"
 
 
-def tokens_per_example(session: Session, max_length, limit: int = 200) -> float:
-    """Mean tokens per example of the session's data under its settings (the first `limit` examples), cut at the
-    form's max_length as training cuts them."""
-    examples = session.data.examples[:limit] if session.data is not None else []
+def tokens_per_example(session: Session, max_length, n_held_out=0, limit: int = 200) -> float:
+    """Mean tokens per example of the examples a run trains on (the session's data less the held-out ones, as Start
+    splits them; the first `limit`) under the session's settings, cut at the form's max_length as training cuts them."""
+    examples = tv.split_held_out(session.data.examples, n_held_out)[0][:limit] if session.data is not None else []
     if not examples:
         return 0.0
     rendered = render_examples(examples, session.tokenizer(), session.config(), errors="finding",
@@ -233,7 +233,8 @@ def tokens_per_example(session: Session, max_length, limit: int = 200) -> float:
     return sum(lengths) / len(lengths) if lengths else 0.0
 
 
-def on_estimate(session: Session, model, lora, max_steps, batch_size, grad_accum, max_length, packing) -> str:
+def on_estimate(session: Session, model, lora, max_steps, batch_size, grad_accum, max_length, packing,
+                n_held_out=0) -> str:
     """How long Start would take (train_view.estimate_html): tokens per step from the session's data, seconds per
     step from this model's last runs here, else the project's reference measurements of the embedded model."""
     import os  # noqa: PLC0415
@@ -241,7 +242,7 @@ def on_estimate(session: Session, model, lora, max_steps, batch_size, grad_accum
     try:
         steps = int(max_steps or 0)
         batch = int(batch_size or 1) * int(grad_accum or 1)
-        per_example = tokens_per_example(session, max_length)
+        per_example = tokens_per_example(session, max_length, n_held_out)
         if steps < 1 or not per_example:
             return ""
         per_example = int(max_length) if packing and max_length else per_example  # packs are filled to max_length
@@ -486,11 +487,11 @@ def build_train_tab(session: gr.State) -> dict:
     stop.click(on_stop, [watched, selected], [message])
     timer.tick(on_tick, [watched, selected, tick_state], [progress, plot, table, selected, compare, log_box, watched,
                                                           message, tick_state], show_progress="hidden")
-    estimate_args = dict(fn=on_estimate, inputs=[session, model, lora, steps, batch, accum, max_len, packing],
+    estimate_args = dict(fn=on_estimate, inputs=[session, model, lora, steps, batch, accum, max_len, packing, held],
                          outputs=[estimate], show_progress="hidden")
     model.submit(**estimate_args)
     model.blur(**estimate_args)
-    for c in (steps, batch, accum, max_len, lora, packing):
+    for c in (steps, batch, accum, max_len, lora, packing, held):
         c.change(**estimate_args)
     selected.input(on_select, [watched, selected], refresh_outputs, show_progress="hidden")
     lora.input(tv.learning_rate_for, [lora, lr], [lr])

@@ -151,6 +151,24 @@ def test_the_time_estimate_says_what_it_rests_on():
     assert "Estimate: 20 steps" in tab_train.on_estimate(s, "embedded", False, 20, 4, 1, 1024, False)
 
 
+def test_estimate_counts_the_tokens_of_the_examples_the_run_trains_on():
+    """Start trains on the data less the held-out examples: the estimate's tokens per step come from those."""
+    from core.masking.engine import render_examples
+
+    s = _session()
+
+    def mean(examples):
+        rendered = render_examples(examples, s.tokenizer(), s.config())
+        return sum(r.n_tokens for r in rendered) / len(rendered)
+
+    train, held = tv.split_held_out(s.data.examples, 2)
+    kept, everything = mean(train), mean(s.data.examples)
+    assert held and round(kept) != round(everything)  # the sample's last two conversations are longer
+    for n_held, m in ((2, kept), (0, everything)):
+        html = tab_train.on_estimate(s, "embedded", False, 20, 4, 1, None, False, float(n_held))
+        assert f"this run's steps hold ~{4 * m:.0f} tokens (4 examples × ~{m:.0f})" in html, html
+
+
 def test_identical_curves_are_both_drawn_and_named():
     curve = [{"step": k, "loss": 2.0 / k} for k in range(1, 4)]
     fig = tv.loss_figure({"a": curve, "b": curve, "c": curve[:2]})
