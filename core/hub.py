@@ -4,17 +4,23 @@ huggingface_hub retries a connection that fails for about 45 s before it gives u
 (an air-gapped GPU box, CI) a mistyped id would hang the app that long. When the hub cannot be reached, ids load from
 the local Hugging Face cache only (`local_files_only`), at once, and the error says the hub is unreachable.
 
+`datasets` has no such argument that stops its retries, so a hub dataset loads under `offline_while_unreachable()`:
+huggingface_hub's and datasets' offline mode while the hub cannot be reached (a cached dataset still loads).
+
 Example: hub_kwargs("HuggingFaceTB/SmolLM2-135M-Instruct") -> ({"local_files_only": True}, "huggingface.co: Name or
 service not known") offline, ({}, None) online.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 import urllib.parse
 from pathlib import Path
+
+from .process_switch import ProcessSwitch
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _PROBE_TTL_S = 30.0
@@ -60,3 +66,44 @@ def hub_kwargs(name: str) -> tuple[dict, str | None]:
     """(extra from_pretrained arguments, why the hub is unreachable or None): the local cache only when it is."""
     why = hub_unreachable(name)
     return ({"local_files_only": True} if why else {}), why
+
+
+def _offline_on() -> tuple[bool, bool | None]:
+    from huggingface_hub import constants  # noqa: PLC0415
+
+    try:
+        import datasets.config as dconfig  # noqa: PLC0415
+    except ImportError:  # (datasets is a dependency; a trimmed install may lack it)
+        dconfig = None
+    saved = (constants.HF_HUB_OFFLINE, getattr(dconfig, "HF_HUB_OFFLINE", None))
+    constants.HF_HUB_OFFLINE = True
+    if dconfig is not None:
+        dconfig.HF_HUB_OFFLINE = True
+    return saved
+
+
+def _offline_back(saved: tuple[bool, bool | None]) -> None:
+    from huggingface_hub import constants  # noqa: PLC0415
+
+    constants.HF_HUB_OFFLINE = saved[0]
+    if saved[1] is not None:
+        import datasets.config as dconfig  # noqa: PLC0415
+
+        dconfig.HF_HUB_OFFLINE = saved[1]
+
+
+# Process-wide: while it is held, every hub access of the process reads only the cache — which is all any of them could
+# do, since it is held only while the hub cannot be reached. Put back when the last user leaves.
+_OFFLINE = ProcessSwitch(_offline_on, _offline_back)
+
+
+@contextlib.contextmanager
+def offline_while_unreachable(name: str):
+    """Yields why the hub is unreachable (None where it is reachable); meanwhile, where it is not, huggingface_hub
+    and datasets run in their offline mode (the cache only, no retries)."""
+    why = hub_unreachable(name)
+    if why is None:
+        yield None
+        return
+    with _OFFLINE.held():
+        yield why

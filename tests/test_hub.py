@@ -34,9 +34,11 @@ def no_network(monkeypatch):
 
 def online_mode(monkeypatch):
     """As a user's machine runs: tests/conftest.py sets HF_HUB_OFFLINE=1 for the suite; no proxy configured."""
+    import datasets.config as dconfig
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(dconfig, "HF_HUB_OFFLINE", False)
     for v in hub._PROXY_VARS:
         monkeypatch.delenv(v, raising=False)
     monkeypatch.setattr(hub, "_probe", {})
@@ -123,3 +125,28 @@ def test_a_cached_hub_model_loads_when_the_hub_is_unreachable(smol_tok, tmp_path
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[0] == str(len(smol_tok))
     assert out.stdout.strip().endswith(str(smol_tok("Hello world")["input_ids"]))
+
+
+def test_hub_libraries_run_offline_only_while_the_hub_is_unreachable(no_network):
+    import datasets.config as dconfig
+    from huggingface_hub import constants
+
+    with hub.offline_while_unreachable("org/data") as why:
+        assert why and constants.HF_HUB_OFFLINE is True and dconfig.HF_HUB_OFFLINE is True
+        with hub.offline_while_unreachable("org/other"):  # nested (another thread): put back by the last to leave
+            pass
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE is False and dconfig.HF_HUB_OFFLINE is False
+
+
+def test_unknown_hub_dataset_offline_fails_at_once_naming_the_unreachable_hub(no_network):
+    from core.data.load import load_examples
+
+    with pytest.raises(MaskLensError) as e:
+        load_examples("no-such-org/no-such-dataset")
+    msg = str(e.value)
+    assert "no-such-org/no-such-dataset" in msg and "cannot be reached from this machine" in msg
+    assert "OfflineModeIsEnabled" in msg  # datasets read only its cache: no retries
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE is False  # put back

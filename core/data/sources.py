@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import MaskLensError
+from ..hub import offline_while_unreachable
 
 LocatedRow = tuple[int, dict, "int | None", str]  # (row, object, line in a JSONL file or None, the file it came from)
 SHARD_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -46,14 +47,18 @@ def parse_hub_spec(text: str) -> tuple[str, str | None, str | None] | None:
 def hub_rows(name: str, split: str, config: str | None, limit: int | None) -> Iterator[LocatedRow]:
     """A hub dataset through `datasets` (needs the network, or its cache). Not testable offline: the code path is
     load_dataset(name, config, split=split), then the same batched reading as a saved dataset."""
+    unreachable = None
     try:
         import datasets  # noqa: PLC0415
 
-        ds = datasets.load_dataset(name, config, split=split)
+        with offline_while_unreachable(name) as unreachable:  # else datasets retries for ~25 s before it fails
+            ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # noqa: BLE001  (datasets raises many types: the user needs its message)
         what = f"{name}" + (f" (config {config!r})" if config else "") + f", split {split!r}"
-        raise MaskLensError(f"not a local file or folder, and loading it as a hub dataset ({what}) failed: {e}",
-                            file=name, fix="check the path, or the dataset id, config and split (written "
+        offline = (f" (the Hugging Face Hub cannot be reached from this machine: {unreachable}; only the local cache "
+                   "was read)") if unreachable else ""
+        raise MaskLensError(f"not a local file or folder, and loading it as a hub dataset ({what}) failed{offline}: "
+                            f"{e}", file=name, fix="check the path, or the dataset id, config and split (written "
                             "org/name:config:split) and your network / HF_TOKEN") from None
     src = f"{name}" + (f":{config}" if config else "") + f":{split}"
     yield from _dataset_rows(ds, src, limit)
