@@ -68,28 +68,21 @@ def hub_kwargs(name: str) -> tuple[dict, str | None]:
     return ({"local_files_only": True} if why else {}), why
 
 
-def _offline_on() -> tuple[bool, bool | None]:
+def _offline_on() -> tuple[bool, bool]:
+    """Both libraries' offline flags on; returns what they were."""
+    import datasets.config as dconfig  # noqa: PLC0415
     from huggingface_hub import constants  # noqa: PLC0415
 
-    try:
-        import datasets.config as dconfig  # noqa: PLC0415
-    except ImportError:  # (datasets is a dependency; a trimmed install may lack it)
-        dconfig = None
-    saved = (constants.HF_HUB_OFFLINE, getattr(dconfig, "HF_HUB_OFFLINE", None))
-    constants.HF_HUB_OFFLINE = True
-    if dconfig is not None:
-        dconfig.HF_HUB_OFFLINE = True
+    saved = (constants.HF_HUB_OFFLINE, dconfig.HF_HUB_OFFLINE)
+    constants.HF_HUB_OFFLINE = dconfig.HF_HUB_OFFLINE = True
     return saved
 
 
-def _offline_back(saved: tuple[bool, bool | None]) -> None:
+def _offline_back(saved: tuple[bool, bool]) -> None:
+    import datasets.config as dconfig  # noqa: PLC0415
     from huggingface_hub import constants  # noqa: PLC0415
 
-    constants.HF_HUB_OFFLINE = saved[0]
-    if saved[1] is not None:
-        import datasets.config as dconfig  # noqa: PLC0415
-
-        dconfig.HF_HUB_OFFLINE = saved[1]
+    constants.HF_HUB_OFFLINE, dconfig.HF_HUB_OFFLINE = saved
 
 
 # Process-wide: while it is held, every hub access of the process reads only the cache — which is all any of them could

@@ -90,9 +90,9 @@ def _string_row(ex: Example, spec: StrategySpec, name: str) -> Decision:
                                else f"trained: {part} (completion_only)")))
     if spec.kind is StrategyKind.COMPLETION:
         return _completion_trains_all(ex)
-    need = "prompt/completion data" if spec.kind is StrategyKind.COMPLETION else "conversational data (messages)"
     return Decision(LabelSource.NONE, Decider(lambda idx, part: (False, f"not trained: {name} does not apply")),
-                    findings=(Finding("strategy_not_applicable", f"{name} needs {need}; this row is {ex.kind}"),))
+                    findings=(Finding("strategy_not_applicable",
+                                      f"{name} needs conversational data (messages); this row is {ex.kind}"),))
 
 
 def _conversation(ex: Example, rendering: Rendering, spans: list[MessageSpan], cfg, spec: StrategySpec) -> Decision:
