@@ -92,12 +92,16 @@ def test_auto_reuses_pieces_only_when_the_batch_repeats(smol_tok, monkeypatch):
     calls = []
     monkeypatch.setattr(SegmentEncoder, "encode", lambda self, texts, **kw: calls.append(len(texts)) or [])
     rng = random.Random(1)
-    unique = [f"<|im_start|>user\n{rng.random()} {rng.random()}<|im_end|>" for _ in range(20)]
-    assert len(encode_texts(tok, unique, False)) == 20 and calls == []  # nothing repeats: whole texts
+    # not ASCII (no word by word), nothing repeats: whole texts
+    unique = [f"<|im_start|>user\nété {rng.random()} {rng.random()}<|im_end|>" for _ in range(20)]
+    assert len(encode_texts(tok, unique, False)) == 20 and calls == []
     system = "<|im_start|>system\n" + "You are a careful assistant. " * 40 + "<|im_end|>\n"
-    shared = [system + u for u in unique]
+    shared = [system.replace("You", "Vous êtes") + u for u in unique]
     encode_texts(tok, shared, False)
     assert calls == [20] and seg is SegmentEncoder.for_tokenizer(tok)
+    ascii_unique = [f"<|im_start|>user\n{rng.random()} {rng.random()}<|im_end|>" for _ in range(20)]
+    encode_texts(tok, ascii_unique, False)  # ASCII: word by word (core.masking.words), repeats or not
+    assert calls == [20, 20]
 
 
 def _shared_rows(n=12):

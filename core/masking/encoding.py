@@ -20,8 +20,10 @@ import re
 import threading
 import weakref
 from bisect import bisect_right
+from itertools import chain
 
 from ..errors import MaskLensError
+from .words import WordEncoder, Words
 
 MAX_CACHED_TOKENS = 1_000_000  # tokens of cached pieces (~80 bytes each with their Encoding): cleared when full
 MAX_UNIQUE_SHARE = 0.6  # at most this share of characters not seen before: reuse pays for the splitting
@@ -43,6 +45,16 @@ def encode_batch(tokenizer, texts: list[str], add_special_tokens: bool):
     if not texts:
         return []
     return _backend(tokenizer).encode_batch(texts, add_special_tokens=add_special_tokens)
+
+
+# Word-by-word probes (core.masking.words): every ASCII character, alone and after each kind of character, and the
+# places its patterns treat specially: contractions in both cases, digit runs, runs of spaces and newlines.
+_ASCII = "".join(map(chr, range(128)))
+_ASCII_PROBES = [_ASCII, _ASCII[::-1], *(f"{k}{c}{k}" for k in ("a", "1", " ", "\n", ".", "  ") for c in _ASCII),
+                 "It's I'M we'Re they'VE he'd I'll 'S 's't ''s", "12345 1234567 3.14159 1,000,000 x2y33z444",
+                 "a  b   c\n\n d \n\n\t\r\n  e   \n", "   leading and trailing   ", "\n\n\n", " \t \x0b\x0c\x1c\x1f ",
+                 "def f(x):\n    return x**2  # ok\n\n\tif a!=b: pass", "CamelCase HTTPServer iPhone ABC123def",
+                 "<tag attr=\"v\">text</tag> {\"k\": [1, 2]} $$ \\frac{a}{b}", "end.", "x", " ", ""]
 
 
 class Spliced:
@@ -108,10 +120,14 @@ class SegmentEncoder:
     _by_tokenizer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
-    def __init__(self, backend, pattern: re.Pattern, added_ids: dict[str, int]):
+    def __init__(self, backend, pattern: re.Pattern, added_ids: dict[str, int], words: WordEncoder | None = None):
         self.backend = backend
         self.pattern = pattern
         self.added_ids = added_ids
+        self.words = words  # ASCII pieces tokenized word by word (core.masking.words), when the tokenizer qualifies
+        self._cut = re.compile(f"({pattern.pattern})").split
+        self._added = {c: (None, (i,)) for c, i in added_ids.items()}
+        self._added[""] = (None, ())
         self.cache: dict[str, tuple[object, list[int]]] = {}  # piece -> (Encoding, its ids)
         self.cached_tokens = 0
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
@@ -149,7 +165,12 @@ class SegmentEncoder:
         added_ids = {a.content: i for i, a in added.items() if a.content}
         contents = sorted(added_ids, key=len, reverse=True)  # longest first: tokenizers matches leftmost-longest
         pattern = re.compile("|".join(re.escape(c) for c in contents))
-        enc = cls(be, pattern, added_ids)
+        words = WordEncoder.for_backend(be)
+        if words is not None and any(words.lens[i] != len(c) for c, i in added_ids.items()):
+            words = None  # a Words over a whole text takes an added token's characters from its string
+        enc = cls(be, pattern, added_ids, words)
+        if enc.words is not None and not enc._proves_out(contents):
+            enc.words = None  # pieces may still qualify: proved again without words
         return enc if enc._proves_out(contents) else None
 
     def _proves_out(self, contents: list[str]) -> bool:
@@ -160,6 +181,8 @@ class SegmentEncoder:
         for s in specials:
             probes += [f"{s}user\nHello there{s}\n", f"x{s}y", f" {s} hello ", f"\n\n{s}\n\n{s}{s}  word",
                        f"héllo 😀{s}日本語 {s}é", f"{s}", f"Hello{s} world\t{s}\t 1234 ,.!", f"  {s}assistant"]
+        if self.words is not None:
+            probes += _ASCII_PROBES
         try:
             whole = self.backend.encode_batch(probes, add_special_tokens=False)
             mine = self.encode(probes, reuse=False)
@@ -171,57 +194,47 @@ class SegmentEncoder:
                            for t in range(len(w.ids)))
                    for p, w, m in zip(probes, whole, mine))
 
-    def split(self, text: str) -> list[tuple[int, str, bool]]:
-        """[(char start, piece, is an added token)] covering text."""
-        out, pos = [], 0
-        for m in self.pattern.finditer(text):
-            s, e = m.span()
-            if s > pos:
-                out.append((pos, text[pos:s], False))
-            out.append((s, m.group(), True))
-            pos = e
-        if pos < len(text):
-            out.append((pos, text[pos:], False))
-        return out
+    def split(self, text: str) -> list[str]:
+        """[piece, added token, piece, ..., piece]: pieces at even places (possibly ''), added tokens between."""
+        return self._cut(text)
 
-    def unique_share(self, splits: list[list[tuple[int, str, bool]]]) -> float:
-        """The share of characters in pieces not seen before (in this batch or the cache): what would be tokenized."""
+    def unique_share(self, splits: list[list[str]]) -> float:
+        """The share of characters in pieces not seen before (in this batch or the cache) that the tokenizer would
+        encode (ASCII pieces are encoded word by word, when the tokenizer allows: core.masking.words)."""
         total = new = 0
         seen = set()
-        for pieces in splits:
-            for _, piece, is_added in pieces:
-                total += len(piece)
-                if not is_added and piece not in seen and piece not in self.cache:
+        words = self.words is not None
+        for parts in splits:
+            total += sum(map(len, parts))
+            for piece in parts[::2]:
+                if piece not in seen and piece not in self.cache and not (words and piece.isascii()):
                     seen.add(piece)
                     new += len(piece)
         return new / total if total else 1.0
 
-    def encode(self, texts: list[str], reuse: bool = True, splits: list | None = None) -> list[Spliced]:
-        """Encode texts (add_special_tokens=False) from their pieces; pieces not cached are encoded in one batch.
-        splits: the texts' split(), when already made."""
+    def encode(self, texts: list[str], reuse: bool = True, splits: list | None = None) -> list:
+        """Encode texts (add_special_tokens=False) from their pieces; pieces not cached are encoded in one batch, ASCII
+        ones word by word (core.masking.words). A text whose pieces all went word by word comes back as one Words,
+        any other as a Spliced. splits: the texts' split(), when already made."""
         splits = splits if splits is not None else [self.split(t) for t in texts]
         cache = self.cache if reuse else {}
-        found: dict[str, tuple[object, list[int]] | None] = {}  # this call's view (another thread may clear the cache)
-        for pieces in splits:
-            for _, piece, is_added in pieces:
-                if not is_added and piece not in found:
+        # this call's view (another thread may clear the cache): piece -> (its Encoding, or None where its ids are one
+        # character a byte (words), its ids); added tokens are in it already
+        found: dict[str, tuple[object, list[int]] | None] = dict(self._added)
+        for parts in splits:
+            for piece in parts[::2]:
+                if piece not in found:
                     found[piece] = cache.get(piece)
-        missing = [k for k, v in found.items() if v is None]
-        fresh = {k: (e, e.ids) for k, e in zip(missing, self.backend.encode_batch(missing, add_special_tokens=False))}
+        fresh = self._fresh([k for k, v in found.items() if v is None])
         found.update(fresh)
+        lens = self.words.lens if self.words is not None else None
         out = []
-        for pieces in splits:
-            ids: list[int] = []
-            parts = []
-            for start, piece, is_added in pieces:
-                if is_added:
-                    parts.append((start, len(piece), len(ids), None))
-                    ids.append(self.added_ids[piece])
-                else:
-                    enc, pids = found[piece]
-                    parts.append((start, len(piece), len(ids), enc))
-                    ids.extend(pids)
-            out.append(Spliced(ids, parts))
+        for parts in splits:
+            entries = list(map(found.__getitem__, parts))
+            if lens is not None and all(e[0] is None for e in entries):
+                out.append(Words(list(chain.from_iterable([e[1] for e in entries])), lens))
+            else:
+                out.append(self._spliced(parts, entries))
         if reuse and fresh:
             n = sum(len(v[1]) for v in fresh.values())
             with self._cache_lock:
@@ -231,6 +244,29 @@ class SegmentEncoder:
                 if n <= MAX_CACHED_TOKENS:
                     self.cache.update(fresh)
                     self.cached_tokens += n
+        return out
+
+    def _spliced(self, parts: list[str], entries: list) -> Spliced:
+        ids: list[int] = []
+        spans = []
+        pos = 0
+        for k, (piece, (enc, pids)) in enumerate(zip(parts, entries)):
+            if piece:
+                if enc is None and not k & 1:  # a piece encoded word by word
+                    enc = Words(list(pids), self.words.lens)
+                spans.append((pos, len(piece), len(ids), enc))  # an added token: enc None
+                ids.extend(pids)
+                pos += len(piece)
+        return Spliced(ids, spans)
+
+    def _fresh(self, pieces: list[str]) -> dict[str, tuple[object, list[int]]]:
+        """{piece: (its Encoding or None, its ids)}: word by word where it can (ASCII), the rest in one tokenizer
+        batch."""
+        by_words = self.words.encode(pieces) if self.words is not None else [None] * len(pieces)
+        out = {p: (None, ids) for p, ids in zip(pieces, by_words) if ids is not None}
+        rest = [p for p, ids in zip(pieces, by_words) if ids is None]
+        if rest:
+            out.update((p, (e, e.ids)) for p, e in zip(rest, self.backend.encode_batch(rest, add_special_tokens=False)))
         return out
 
 
