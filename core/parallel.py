@@ -1,13 +1,14 @@
 """Rendering a dataset chunk by chunk, in this process or in N worker processes, results in input order.
 
-Workers are started with "spawn" and get everything as plain data: the tokenizer's *name or path* (each worker loads
-it once, at start), the MaskConfig, and the user files (--rules, --strategy-file, --collator), which each worker
-registers again (once, and again when their contents change). Nothing else crosses the process boundary but rows
-going in and small results (JSON lines, a chunk's audit stats) coming back; at most ``2 * num_proc`` chunks are in
-flight, so memory does not grow with the dataset. The workers are kept for the next call with the same tokenizer
-(starting one costs seconds: transformers and torch import) and stopped at exit (shutdown_pool). In this process
-(num_proc 1) two chunks are rendered at once in threads, one in the tokenizer while the other runs Python
-(_in_threads, chunk_threads).
+Workers get everything as plain data: the tokenizer's *name or path*, the MaskConfig, and the user files (--rules,
+--strategy-file, --collator), which each worker registers again (once, and again when their contents change). On Linux
+a process with no other thread running forks its workers: they start at once with this process's tokenizer (nothing
+imported or loaded again, ~10 ms). Elsewhere they are started with "spawn" and each loads the tokenizer once (seconds:
+transformers and torch import). Nothing else crosses the process boundary but rows going in and small results (JSON
+lines, a chunk's audit stats) coming back; at most ``2 * num_proc`` chunks are in flight, so memory does not grow with
+the dataset. The workers are kept for the next call with the same tokenizer and stopped at exit (shutdown_pool). In
+this process (num_proc 1) two chunks are rendered at once in threads, one in the tokenizer while the other runs Python
+(_in_threads, chunk_threads). `auto_procs` is what `--num-proc auto` (the CLI's default) resolves to.
 
 Example:
     spec = WorkerSpec(tokenizer=None)                       # None: the embedded SmolLM2
@@ -24,6 +25,7 @@ import hashlib
 import multiprocessing
 import os
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,9 @@ from .process_switch import ProcessSwitch
 
 CHUNK = 512  # rows per chunk: big enough for batch tokenization, small enough to keep memory flat
 THREADS = 2  # chunks rendered at once in one process (--num-proc 1): one in the tokenizer while one runs Python
+AUTO_MAX_PROCS = 8  # --num-proc auto: at most this many workers ...
+AUTO_MIN_BYTES = 4 << 20  # ... for a local JSONL file of at least this size (~2,000 multi-turn rows): smaller ones
+# render in this process (forking and collecting cost more than a second core saves)
 SWITCH_INTERVAL = 0.1  # seconds: the GIL's switch interval while they run (_LONG_GIL_TURNS; Python's default 0.005)
 
 
@@ -211,13 +216,15 @@ def audit_chunk(tokenizer, cfg, chunk: list, source: str | None):
 # ------------------------------------------------------------------------------------------------------- workers
 _WORKER: dict = {}  # in a worker process: its tokenizer (loaded once)
 _POOL: list = []  # in the parent: [(key, executor)], the last pool, kept for the next call with the same spec
+_INHERITED: list = []  # in the parent of forked workers: [the tokenizer they start with] (read by _init_worker)
 
 
 def _init_worker(tokenizer: str | None, trust_remote_code: bool) -> None:
     # N workers are the parallelism: a tokenizer thread pool in each would put 2N busy threads on N cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        _WORKER["tokenizer"] = WorkerSpec(tokenizer, trust_remote_code).load_tokenizer()
+        _WORKER["tokenizer"] = (_INHERITED[0] if _INHERITED  # forked: the parent's, already loaded
+                                else WorkerSpec(tokenizer, trust_remote_code).load_tokenizer())
     except MaskLensError as e:  # reported with the first chunk (an initializer's exception breaks the whole pool)
         _WORKER["error"] = (e.message, e.file, e.row, e.field, e.fix)
 
@@ -247,16 +254,44 @@ def _files_digest(spec: WorkerSpec) -> str:
     return h.hexdigest()
 
 
-def _pool(spec: WorkerSpec, num_proc: int) -> ProcessPoolExecutor:
-    """Workers for spec's tokenizer: started once (each loads the tokenizer: seconds) and reused by the next call with
-    the same tokenizer; another tokenizer stops them first, so at most num_proc workers exist."""
+def can_fork() -> bool:
+    """Workers may be forked: Linux, and no other thread running in this process (a thread holding a lock at the fork
+    would leave it locked in the child; the app's server threads, the sandbox's). Elsewhere they are spawned."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1
+
+
+def auto_procs(path: str | os.PathLike | None) -> int:
+    """What --num-proc auto renders `path` with: this machine's cores (at most AUTO_MAX_PROCS) in forked workers for a
+    local JSONL file of at least AUTO_MIN_BYTES, where workers can be forked; else 1 (this process). Spawned workers
+    each import transformers and load the tokenizer (seconds), so auto never spawns."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # (not Linux)
+        cores = os.cpu_count() or 1
+    p = Path(path) if path else None
+    if cores < 2 or p is None or p.suffix.lower() != ".jsonl" or not p.is_file() or not can_fork():
+        return 1
+    return min(cores, AUTO_MAX_PROCS) if p.stat().st_size >= AUTO_MIN_BYTES else 1
+
+
+def _pool(spec: WorkerSpec, num_proc: int, tokenizer=None) -> ProcessPoolExecutor:
+    """Workers for spec's tokenizer: started once and reused by the next call with the same tokenizer; another
+    tokenizer stops them first, so at most num_proc workers exist. With `tokenizer` (loaded here) and can_fork(), they
+    are forked with it; else spawned, each loading spec's tokenizer (seconds)."""
     key = (spec.tokenizer, spec.trust_remote_code, num_proc)
-    if _POOL and _POOL[0][0] == key and not getattr(_POOL[0][1], "_broken", False):
-        return _POOL[0][1]
+    if _POOL and not getattr(_POOL[0][1], "_broken", False):
+        (kept, forked_with), ex = _POOL[0]
+        if kept == key and (forked_with is None or forked_with is tokenizer):  # spawned, or forked with this one
+            return ex
     shutdown_pool()
-    ex = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(spec.tokenizer, spec.trust_remote_code))
-    _POOL.append((key, ex))
+    fork = tokenizer is not None and can_fork()  # (after the old pool's threads have stopped)
+    _INHERITED[:] = [tokenizer] if fork else []
+    with _SERIAL_TOKENIZER.held():  # forked workers keep TOKENIZERS_PARALLELISM=false (one core each)
+        ex = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork" if fork else "spawn"),
+                                 initializer=_init_worker, initargs=(spec.tokenizer, spec.trust_remote_code))
+        if fork:  # fork them all now, from this thread, before the executor starts its own
+            ex.submit(_noop).result()
+    _POOL.append(((key, tokenizer if fork else None), ex))
     return ex
 
 
@@ -264,10 +299,10 @@ def _noop() -> None:
     return None
 
 
-def start_workers(spec: WorkerSpec, num_proc: int) -> None:
-    """Start spec's workers now, without waiting (each imports transformers and loads the tokenizer: seconds), so that
-    they get ready while this process reads the file's first pass; map_chunks then finds them started."""
-    ex = _pool(spec, num_proc)
+def start_workers(spec: WorkerSpec, num_proc: int, tokenizer=None) -> None:
+    """Start spec's workers now, without waiting (spawned ones import transformers and load the tokenizer: seconds), so
+    that they get ready while this process reads the file's first pass; map_chunks then finds them started."""
+    ex = _pool(spec, num_proc, tokenizer)
     for _ in range(num_proc):  # a submit with no idle worker spawns one
         ex.submit(_noop)
 
@@ -277,6 +312,7 @@ def shutdown_pool() -> None:
     """Stop the kept worker processes (at exit, or to free their memory)."""
     while _POOL:
         _POOL.pop()[1].shutdown(wait=True, cancel_futures=True)
+    _INHERITED.clear()
 
 
 def _tokenizer_serial() -> str | None:
@@ -367,8 +403,9 @@ def map_chunks(task: Callable, spec: WorkerSpec, cfg, chunk_iter: Iterable[list]
 
     num_proc <= 1: in this process (with `tokenizer`, else spec's), in chunk_threads(spec) threads; the caller has
     registered spec's user files.
-    num_proc > 1: in that many spawned workers, each loading spec's tokenizer once; at most 2 * num_proc chunks are
-    read ahead. A MaskLensError raised for a chunk is raised here, with its file, row, field and fix.
+    num_proc > 1: in that many workers, forked with `tokenizer` where they can be (can_fork), else spawned, each
+    loading spec's tokenizer once; at most 2 * num_proc chunks are read ahead. A MaskLensError raised for a chunk is
+    raised here, with its file, row, field and fix.
     `source`: the data file, named in errors.
     """
     if num_proc <= 1:
@@ -377,7 +414,7 @@ def map_chunks(task: Callable, spec: WorkerSpec, cfg, chunk_iter: Iterable[list]
         return
     from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
 
-    ex = _pool(spec, num_proc)
+    ex = _pool(spec, num_proc, tokenizer)
     digest = _files_digest(spec)
     pending: collections.deque = collections.deque()
     it = iter(chunk_iter)

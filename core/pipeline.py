@@ -8,9 +8,9 @@ Reading streams (core.data.reader): 512 rows at a time, so memory does not grow 
 twice: first for the Arrow schema `datasets` would give it (only the schema is kept: the check stage), so that rows it
 would pad with nulls get the schema_nulls_injected finding exactly as with the file loaded whole; a JSONL file up to
 KEEP_ROWS_BYTES is parsed once instead, its rows kept from the first pass (and every bad line reported before any
-rendering). `num_proc` is only how chunks are executed (core.parallel): in this process, or in N workers; with N
-workers and a local JSONL file the first pass also cuts the file into byte ranges each worker reads itself. Results
-come back in input order, identical either way.
+rendering). `num_proc` is only how chunks are executed (core.parallel): in this process, or in N workers (None:
+auto, core.parallel.auto_procs); with N workers and a local JSONL file the first pass also cuts the file into byte
+ranges each worker reads itself. Results come back in input order, identical either way.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import MaskLensError
-from .parallel import WorkerSpec, audit_chunk, chunks, jsonl_ranges, map_chunks, render_json_chunk, \
-    start_workers
+from .parallel import WorkerSpec, audit_chunk, auto_procs, can_fork, chunks, jsonl_ranges, map_chunks, \
+    render_json_chunk, start_workers
 
 # A local JSONL file up to this size is parsed once: its first pass (the schema check) keeps the rows for rendering
 # (about 2.4x the file's size in memory: 85 MB for 36 MB, 20,000 multi-turn rows); a larger one is read twice.
@@ -54,8 +54,14 @@ class Job:
     source: Source
     cfg: object  # MaskConfig
     spec: WorkerSpec  # the tokenizer by name and the user files: what a worker needs
-    num_proc: int = 1
-    tokenizer: object = None  # already loaded (in-process execution); else spec's is loaded when needed
+    num_proc: int | None = 1  # None: auto (core.parallel.auto_procs: forked workers for a big local JSONL file)
+    tokenizer: object = None  # already loaded; else spec's is loaded when needed (by forked workers' parent, or each
+    # spawned worker)
+
+    @property
+    def procs(self) -> int:
+        return self.num_proc if self.num_proc is not None else auto_procs(self.source.data if self.source.local
+                                                                           else None)
 
 
 def render_to_file(job: Job, output: Path, on_rows: Callable[[int], None] | None = None) -> int:
@@ -90,23 +96,28 @@ def audit(job: Job, on_rows: Callable[[int], None] | None = None):
 # ------------------------------------------------------------------------------------------------------ stages
 def _execute(task: Callable, job: Job) -> Iterator:
     """task(tokenizer, cfg, chunk, source) over the job's chunks, in this process or in workers, in input order."""
-    tok, chunk_iter = _read_and_check(job)
-    return map_chunks(task, job.spec, job.cfg, chunk_iter, job.num_proc, tokenizer=tok, source=job.source.data)
+    procs = job.procs
+    tok, chunk_iter = _read_and_check(job, procs)
+    return map_chunks(task, job.spec, job.cfg, chunk_iter, procs, tokenizer=tok, source=job.source.data)
 
 
-def _read_and_check(job: Job) -> tuple[object, Iterator]:
-    """(the tokenizer, or None where only workers need one; the chunks). The first chunk is read before the tokenizer
-    loads, so a bad file is reported at once; options only a tokenizer can check are checked before any rendering."""
+def _read_and_check(job: Job, procs: int) -> tuple[object, Iterator]:
+    """(the tokenizer, or None where only spawned workers need one; the chunks). The first chunk is read before the
+    tokenizer loads, so a bad file is reported at once; options only a tokenizer can check are checked before any
+    rendering. Workers that can be forked (core.parallel.can_fork) start with this process's tokenizer."""
     src = job.source
-    if job.num_proc > 1 and src.local_jsonl:  # workers read their own byte ranges; they start during the first pass
-        start_workers(job.spec, job.num_proc)
-        ranges = jsonl_ranges(src.data, limit=src.limit)
-        return (_tokenizer(job) if job.cfg.pad_token is not None else None), iter(ranges)  # checked here, once
+    here = procs == 1 or job.cfg.pad_token is not None or can_fork()  # the tokenizer is needed in this process
+    if procs > 1 and src.local_jsonl:  # workers read their own byte ranges
+        if not can_fork():  # spawned workers load the tokenizer (seconds) while this process reads the first pass
+            start_workers(job.spec, procs)
+        ranges = jsonl_ranges(src.data, limit=src.limit)  # (a bad line is reported before any tokenizer loads)
+        tok = _tokenizer(job) if here else None  # (checked here, once)
+        start_workers(job.spec, procs, tok)  # forked now, with it, where they can be (the spawned: already started)
+        return tok, iter(ranges)
     rows, total = _rows_with_schema_findings(src)
     it = chunks(rows, total=total)  # of core.parallel.CHUNK rows (smaller at the end, where the total is known)
     first = next(it)  # the reader raises for a file without examples
-    tok = _tokenizer(job) if job.num_proc == 1 or job.cfg.pad_token is not None else None
-    return tok, itertools.chain([first], it)
+    return (_tokenizer(job) if here else None), itertools.chain([first], it)
 
 
 def _rows_with_schema_findings(src: Source) -> tuple[Iterator, int | None]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import core.parallel
+import core.pipeline
 from core.audit import AuditReport, ProblemRows, audit
 from core.cli import main
 from core.masking.options import MaskConfig
@@ -47,8 +48,19 @@ def render(tmp_path, data, name, *flags) -> bytes:
     return out.read_bytes()
 
 
-def test_render_num_proc_2_is_identical_and_in_order(tmp_path, mixed, smol_tok):
-    one = render(tmp_path, mixed, "one.jsonl", "--strategy", "assistant_only")
+@pytest.fixture(params=["fork", "spawn"])
+def start(request, monkeypatch):
+    """Workers forked with the loaded tokenizer where the process can (core.parallel.can_fork), or spawned."""
+    if request.param == "spawn":
+        monkeypatch.setattr(core.parallel, "can_fork", lambda: False)
+        monkeypatch.setattr(core.pipeline, "can_fork", lambda: False)
+    core.parallel.shutdown_pool()
+    yield request.param
+    core.parallel.shutdown_pool()
+
+
+def test_render_num_proc_2_is_identical_and_in_order(tmp_path, mixed, smol_tok, start):
+    one = render(tmp_path, mixed, "one.jsonl", "--strategy", "assistant_only", "--num-proc", "1")
     two = render(tmp_path, mixed, "two.jsonl", "--strategy", "assistant_only", "--num-proc", "2")
     assert one == two
     recs = [json.loads(x) for x in one.decode().splitlines()]
@@ -134,8 +146,9 @@ def test_problem_rows_are_compact_and_read_as_dicts():
     assert p.rows.itemsize * len(p.rows) + p.kinds.itemsize * len(p.kinds) < 120_000
 
 
-def test_a_tokenizer_the_workers_cannot_load_is_a_clear_error(tmp_path, capsys):
-    """With workers the parent does not load the tokenizer: the workers' error comes back, not a broken pool."""
+def test_a_tokenizer_the_workers_cannot_load_is_a_clear_error(tmp_path, capsys, start):
+    """Spawned workers load the tokenizer (the parent does not): their error comes back, not a broken pool. Forked
+    ones start with the parent's, which reports it."""
     data = SAMPLES / "chat_multiturn.jsonl"
     assert main(["audit", "--data", str(data), "--strategy", "full", "--num-proc", "2",
                  "--tokenizer", str(tmp_path / "nope")]) == 2

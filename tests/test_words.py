@@ -1,7 +1,7 @@
-"""core.masking.words: ASCII text tokenized word by word from a cache of the tokenizer's own word encodings gives exactly
-what the tokenizer gives for the whole text (ids, offsets, char_to_token, token_to_chars), for each pre-tokenizer it
-takes (GPT-2's ByteLevel regex, and Split patterns of Llama 3, Qwen2 and gpt-oss + ByteLevel); tokenizers it cannot
-take exactly are refused, and a word its pattern would cut differently switches it off."""
+"""core.masking.words: ASCII text tokenized word by word from a cache of the tokenizer's own word encodings gives
+exactly what the tokenizer gives for the whole text (ids, offsets, char_to_token, token_to_chars), for each
+pre-tokenizer it takes (GPT-2's ByteLevel regex, and Split patterns of Llama 3, Qwen2 and gpt-oss + ByteLevel);
+tokenizers it cannot take exactly are refused, and a word its pattern would cut differently switches it off."""
 
 from __future__ import annotations
 

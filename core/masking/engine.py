@@ -5,7 +5,8 @@ The pipeline, one module per stage (each a small function over frozen dataclasse
     1. render    rendering.render_batch  Example -> Rendering  the text TRL tokenizes (a batch at once)
     2. locate    layout.locate           -> Layout             where each message and part lies (spans)
     3. decide    decide.decide           -> Decision           the strategy's verdict per part (strategies)
-       encode    encoding.encode_texts   texts -> tokens       a batch at once; repeated pieces tokenized once
+       encode    encoding.encode_texts   texts -> tokens       a batch at once; repeated pieces tokenized once,
+                                                               ASCII word by word (core.masking.words)
     4. labels    labels.build_labels     -> Labels             the ONLY place labels are built: base labels,
                                                                mask_tokens, loss weights, truncation
     5. findings  diagnose.diagnose       -> [Finding]          (all modules in core.masking)

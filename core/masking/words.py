@@ -17,7 +17,7 @@ Offsets need no cache: in ASCII a byte-level token covers as many characters as 
 
 Example:
     words = WordEncoder.for_backend(tok._tokenizer)        # None when the tokenizer does not qualify
-    words.encode(["user\\nHello there", "héllo"])           # [[882, 198, 19556, 665], None]: not ASCII
+    words.encode(["user\\nHello there", "héllo"])           # [[4093, 198, 19556, 665], None]: not ASCII
     Words(ids, words.lens).char_to_token(6)                 # an encoding over those ids: 2
 """
 
