@@ -120,3 +120,16 @@ def test_the_word_cache_is_bounded_and_results_stay_exact(smol_tok, monkeypatch)
         for t, w, m in zip(batch, tok._tokenizer.encode_batch(batch, add_special_tokens=False), seg.encode(batch)):
             assert_same(w, m, t)
         assert len(seg.words.cache) <= 30 + 5 * 14
+
+
+def test_a_pattern_that_leaves_characters_out_sends_those_pieces_to_the_tokenizer(smol_tok):
+    """Split(Isolated) keeps what no alternative matches as words of their own; findall would drop them. A piece the
+    pattern does not cover goes to the tokenizer whole (here a pattern of letters and spaces only, on digits)."""
+    tok = with_pattern(smol_tok, r" ?\p{L}+|\s+")
+    seg = SegmentEncoder.for_tokenizer(tok)
+    assert seg is not None and seg.words is not None
+    texts = ["<|im_start|>user\nabc 123 def<|im_end|>", "only letters here", "7"]
+    assert seg.words.encode(["abc 123 def", "only letters"])[0] is None
+    for t, w, m in zip(texts, tok._tokenizer.encode_batch(texts, add_special_tokens=False), seg.encode(texts)):
+        assert_same(w, m, t)
+    assert not seg.words.broken

@@ -154,8 +154,9 @@ class WordEncoder:
         return cls(backend, pattern) if pattern is not None else None
 
     def encode(self, pieces: list[str]) -> list[list[int] | None]:
-        """Each piece's ids; None for a piece that is not ASCII or has a word the tokenizer does not encode one
-        character per byte (a byte missing from its vocabulary), and for every piece once a word broke the rule."""
+        """Each piece's ids; None for a piece that is not ASCII, that the pattern does not cover, or that has a word the
+        tokenizer does not encode one character per byte (a byte missing from its vocabulary); None for every piece
+        once a word broke the rule."""
         if self.broken:
             return [None] * len(pieces)
         findall, cache = self.findall, self.cache  # (this call's dict: _fresh may start a new one)
@@ -167,6 +168,9 @@ class WordEncoder:
                 out.append(None)
                 continue
             words = findall(p)
+            if len("".join(words)) != len(p):  # characters no alternative matched: Split keeps them as words of
+                out.append(None)  # their own, findall drops them (no known pattern does this; ~1 % of the time)
+                continue
             known = list(filter(None, map(get, words)))  # missing (None) and irregular (()) words drop out
             if len(known) == len(words):
                 out.append(list(chain.from_iterable(known)))
