@@ -3,7 +3,8 @@
 Bad input prints one line naming the file, row, field and fix, and exits with status 2 (no traceback).
 Template arguments are taken literally: a newline in the argument is a newline, and "\\n" stays two characters.
 `render` and `audit` stream the data: rows are read (core.reader), rendered and written or folded into the report
-chunk by chunk (core.parallel), so memory does not grow with the file; `--num-proc N` renders in N processes.
+chunk by chunk (core.parallel), so memory does not grow with the file; `--num-proc N` renders in N processes
+(default auto: forked workers, one per core, for a big local JSONL file on Linux; core.parallel.auto_procs).
 Every MaskConfig option is a flag (defaults: TRL's behaviour); --rules / --strategy-file / --collator register
 strategies before --strategy is checked against the registry.
 """
