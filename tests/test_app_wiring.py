@@ -178,7 +178,7 @@ def test_heavy_work_queues_one_at_a_time_while_views_answer(monkeypatch, smol_to
     from gradio_client import Client
 
     from app import tab_audit
-    from app.main import build_app, launch_options
+    from app.main import build_app
 
     spans, lock = [], threading.Lock()
     real = tab_audit.on_audit
@@ -193,9 +193,10 @@ def test_heavy_work_queues_one_at_a_time_while_views_answer(monkeypatch, smol_to
         return out
 
     monkeypatch.setattr(tab_audit, "on_audit", slow_audit)
+    from tests.test_browser import launch  # noqa: PLC0415  (a free port; again if the server starts late)
+
     demo = build_app()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    port = launch(demo)
     try:
         url = f"http://127.0.0.1:{port}/"
         a, b, c = (Client(url, verbose=False) for _ in range(3))  # three sessions

@@ -38,15 +38,33 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url():
-    from app.main import build_app, launch_options
+    from app.main import build_app
 
     demo = build_app()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    port = launch(demo)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+def launch(demo, tries: int = 3) -> int:
+    """Launch on a free port; again (on the next free one) where the server did not start in time. Gradio gives its
+    server 5 s to start and then says "Cannot find empty port": on these 2 cores, with the other test worker busy
+    (spawned workers importing torch), a start took longer once. A server that starts late keeps its port, so the
+    next try takes the next free one."""
+    from app.main import launch_options
+
+    for attempt in range(tries):
+        port = free_port()
+        try:
+            demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        **launch_options())
+            return port
+        except OSError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
