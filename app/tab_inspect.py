@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -113,9 +115,30 @@ def on_tokenizer(session: Session, name: str):
     return (*view(session, notice=notice), _template_text(session), session.settings.response_template)
 
 
+_PICKS: dict[int, threading.Lock] = {}  # id(session) -> the lock its pickers take (dropped with the session)
+_PICKS_GUARD = threading.Lock()
+
+
+def _one_pick_at_a_time(session: Session) -> threading.Lock:
+    """A session's picker lock. Gradio's dropdown sends a pick twice, and the queue may run the two at once: the
+    second must see what the first did (and skip), not load the data again beside it and send a view without the
+    first's notice after it."""
+    with _PICKS_GUARD:
+        lock = _PICKS.get(id(session))
+        if lock is None:
+            lock = _PICKS[id(session)] = threading.Lock()
+            weakref.finalize(session, _PICKS.pop, id(session), None)
+        return lock
+
+
 def on_sample(session: Session, choice: str):
     """The Data picker: a bundled sample, or the session's uploaded file again. The strategy and the chat template
     follow the data (fit_strategy, fit_template). Returns InspectOut + (chat template text)."""
+    with _one_pick_at_a_time(session):
+        return _on_sample(session, choice)
+
+
+def _on_sample(session: Session, choice: str):
     if choice == data_value(session) and session.index == 0 and session.turn is None:
         return _unchanged()  # Gradio's dropdown sends a pick twice: the second must not wipe the first's notice
     previous = data_kind(session.data)
@@ -263,6 +286,11 @@ def on_pick_template(session: Session, choice: str):
     """The chat template picker: the tokenizer's own, or one of TRL's shipped templates (as a model's tokenizer
     carries it, so TRL's training-template swap shows), or the tokenizer's own with proven {% generation %} markers
     (on_use_marked). Returns InspectOut + (template text for the code box)."""
+    with _one_pick_at_a_time(session):
+        return _on_pick_template(session, choice)
+
+
+def _on_pick_template(session: Session, choice: str):
     if choice == template_choice(session) and choice != EDITED_TEMPLATE:
         return _unchanged()  # a pick sent twice (see on_sample)
     session.auto_template = None

@@ -795,3 +795,56 @@ def test_export_offers_split_rows_only_with_split_turns():
     assert tab_export.on_formats(s, tab_export.SPLIT_ROWS)["value"] == "JSONL"
     s.settings.split_turns = True
     assert tab_export.on_formats(s, tab_export.SPLIT_ROWS)["value"] == tab_export.SPLIT_ROWS
+
+
+def test_a_pick_sent_twice_at_once_keeps_the_first_picks_notice(monkeypatch):
+    """Gradio's dropdown sends a pick twice and its queue may run the two at once: the second waits for the first,
+    sees the data already picked and changes nothing, so the first's notice ("Strategy set to ...") stays."""
+    import threading
+    import time
+
+    from app import session as session_mod
+    from app import tab_inspect
+    from app.inspect_view import InspectOut
+
+    import dataclasses
+
+    s = tab_inspect.Session()
+    s.data = session_mod.load_sample("prompt_completion.jsonl")  # as after picking it: completion_only
+    s.settings = dataclasses.replace(s.settings, strategy="completion_only")
+    real = tab_inspect.load_sample
+
+    def slow(name):
+        time.sleep(0.3)
+        return real(name)
+
+    monkeypatch.setattr(tab_inspect, "load_sample", slow)
+    outs = []
+
+    def pick():
+        outs.append(tab_inspect.on_sample(s, "chat_multiturn.jsonl"))
+
+    threads = [threading.Thread(target=pick) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    notice = InspectOut._fields.index("notice")
+    assert "Strategy set to <b>assistant_only</b>" in outs[0][notice]
+    assert outs[1] == tab_inspect._unchanged()
+    assert s.settings.strategy == "assistant_only"
+
+
+def test_a_sessions_pick_lock_goes_with_it():
+    import gc
+
+    from app import tab_inspect
+
+    s = tab_inspect.Session()
+    assert tab_inspect._one_pick_at_a_time(s) is tab_inspect._one_pick_at_a_time(s)
+    key = id(s)
+    assert key in tab_inspect._PICKS
+    del s
+    gc.collect()
+    assert key not in tab_inspect._PICKS
