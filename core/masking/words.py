@@ -169,7 +169,7 @@ class WordEncoder:
                 continue
             words = findall(p)
             if len("".join(words)) != len(p):  # characters no alternative matched: Split keeps them as words of
-                out.append(None)  # their own, findall drops them (no known pattern does this; ~1 % of the time)
+                out.append(None)  # their own, findall drops them (no known pattern leaves any; the check costs ~1 %)
                 continue
             known = list(filter(None, map(get, words)))  # missing (None) and irregular (()) words drop out
             if len(known) == len(words):
