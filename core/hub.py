@@ -62,6 +62,12 @@ def _endpoint() -> tuple[str, int]:
     return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
 
 
+def offline_note(why: str | None) -> str:
+    """The words an error adds where the hub could not be reached (`why`), else ''."""
+    return f" (the Hugging Face Hub cannot be reached from this machine: {why}; only the local cache was read)" \
+        if why else ""
+
+
 def hub_kwargs(name: str) -> tuple[dict, str | None]:
     """(extra from_pretrained arguments, why the hub is unreachable or None): the local cache only when it is."""
     why = hub_unreachable(name)

@@ -106,13 +106,15 @@ def _read_and_check(job: Job, procs: int) -> tuple[object, Iterator]:
     tokenizer loads, so a bad file is reported at once; options only a tokenizer can check are checked before any
     rendering. Workers that can be forked (core.parallel.can_fork) start with this process's tokenizer."""
     src = job.source
-    here = procs == 1 or job.cfg.pad_token is not None or can_fork()  # the tokenizer is needed in this process
+    fork = procs > 1 and can_fork()  # forked workers start with this process's tokenizer
+    here = procs == 1 or job.cfg.pad_token is not None or fork  # the tokenizer is needed in this process
     if procs > 1 and src.local_jsonl:  # workers read their own byte ranges
-        if not can_fork():  # spawned workers load the tokenizer (seconds) while this process reads the first pass
+        if not fork:  # spawned workers load the tokenizer (seconds) while this process reads the first pass
             start_workers(job.spec, procs)
         ranges = jsonl_ranges(src.data, limit=src.limit)  # (a bad line is reported before any tokenizer loads)
         tok = _tokenizer(job) if here else None  # (checked here, once)
-        start_workers(job.spec, procs, tok)  # forked now, with it, where they can be (the spawned: already started)
+        if fork:
+            start_workers(job.spec, procs, tok)
         return tok, iter(ranges)
     rows, total = _rows_with_schema_findings(src)
     it = chunks(rows, total=total)  # of core.parallel.CHUNK rows (smaller at the end, where the total is known)

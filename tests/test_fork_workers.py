@@ -58,6 +58,7 @@ def test_forked_workers_start_with_the_parents_tokenizer_and_render_the_same(tmp
 
 
 def test_with_another_thread_running_workers_are_spawned(smol_tok):
+    P.shutdown_pool()  # (a pool kept by an earlier test in this process would be reused as it is)
     stop = threading.Event()
     t = threading.Thread(target=stop.wait, daemon=True)
     t.start()

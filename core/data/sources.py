@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import MaskLensError
-from ..hub import offline_while_unreachable
+from ..hub import offline_note, offline_while_unreachable
 
 LocatedRow = tuple[int, dict, "int | None", str]  # (row, object, line in a JSONL file or None, the file it came from)
 SHARD_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -55,8 +55,7 @@ def hub_rows(name: str, split: str, config: str | None, limit: int | None) -> It
             ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # noqa: BLE001  (datasets raises many types: the user needs its message)
         what = f"{name}" + (f" (config {config!r})" if config else "") + f", split {split!r}"
-        offline = (f" (the Hugging Face Hub cannot be reached from this machine: {unreachable}; only the local cache "
-                   "was read)") if unreachable else ""
+        offline = offline_note(unreachable)
         raise MaskLensError(f"not a local file or folder, and loading it as a hub dataset ({what}) failed{offline}: "
                             f"{e}", file=name, fix="check the path, or the dataset id, config and split (written "
                             "org/name:config:split) and your network / HF_TOKEN") from None

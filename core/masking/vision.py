@@ -35,7 +35,7 @@ from ..data.content import IMAGE, IMAGE_PAYLOAD_KEYS, IMAGE_URL
 from ..data.example import KIND_MESSAGES, KIND_PC_CONV, KIND_PC_TEXT, Example
 from ..errors import MaskLensError
 from ..findings import Finding
-from ..hub import hub_kwargs
+from ..hub import hub_kwargs, offline_note
 from ..paths import check_allowed, check_source, get_policy
 from .labels import IGNORE
 from .rendered import RenderedExample, Segment
@@ -69,8 +69,7 @@ def load_processor(name: str, trust_remote_code: bool = False):
 
         return AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
     except Exception as e:  # noqa: BLE001
-        offline = (f" (the Hugging Face Hub cannot be reached from this machine: {unreachable}; only the local cache "
-                   "was read)") if unreachable else ""
+        offline = offline_note(unreachable)
         raise MaskLensError(f"could not load a processor from {name!r}{offline}: {type(e).__name__}: {e}",
                             field="processor", fix="give a vision-language model's id or directory (it needs "
                             "preprocessor_config.json and processor files)") from None

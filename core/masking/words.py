@@ -198,10 +198,9 @@ class WordEncoder:
             if len(set(e.word_ids)) > 1:  # our pattern joined what the tokenizer's cuts: never guess
                 self.broken = True
                 return None
-            ids = e.ids
-            starts = list(accumulate((lens[i] for i in ids), initial=0))
-            regular = starts[-1] == len(w) and e.offsets == list(zip(starts, starts[1:]))
-            fresh[w] = tuple(ids) if regular else ()
+            mine = Words(e.ids, lens)
+            regular = mine._bounds()[-1] == len(w) and e.offsets == mine.offsets
+            fresh[w] = tuple(mine.ids) if regular else ()
         with self._lock:
             if len(self.cache) + len(fresh) > MAX_WORDS:
                 self.cache = {}  # a new dict: a call still reading the old one keeps it
